@@ -1,0 +1,66 @@
+package rewriter
+
+// Catalog is what tenantguard knows of the upstream schema. It is plain data:
+// the proxy loads it from pg_catalog (package proxy/catalog), `tenantguard
+// check --catalog FILE` reads it from JSON or YAML, and tests build it by hand.
+// A nil or empty Catalog means "nothing known": only the policy's own tables
+// are tenant relations and no relation or function is vouched for.
+//
+// Keys of Relations and Functions are "schema.name" exactly as Postgres stores
+// the names (unquoted identifiers folded to lower case).
+type Catalog struct {
+	Relations map[string]*Relation `json:"relations,omitempty" yaml:"relations,omitempty"`
+	Functions map[string]*Function `json:"functions,omitempty" yaml:"functions,omitempty"`
+}
+
+// RelKind is the kind of a relation, after pg_class.relkind.
+type RelKind string
+
+// Relation kinds.
+const (
+	KindTable       RelKind = "table"             // r
+	KindPartitioned RelKind = "partitioned_table" // p
+	KindView        RelKind = "view"              // v
+	KindMatView     RelKind = "materialized_view" // m
+	KindForeign     RelKind = "foreign_table"     // f
+)
+
+// Relation is one table, view or other relation of the upstream.
+type Relation struct {
+	Schema  string   `json:"schema" yaml:"schema"`
+	Name    string   `json:"name" yaml:"name"`
+	Kind    RelKind  `json:"kind" yaml:"kind"`
+	Columns []string `json:"columns,omitempty" yaml:"columns,omitempty"`
+	// NotNull lists the columns declared NOT NULL.
+	NotNull []string `json:"not_null,omitempty" yaml:"not_null,omitempty"`
+	// Parents are inheritance parents or the partitioned parent ("schema.name").
+	Parents []string `json:"parents,omitempty" yaml:"parents,omitempty"`
+	// Children are inheritance children and partitions ("schema.name").
+	Children []string `json:"children,omitempty" yaml:"children,omitempty"`
+	// Reads lists, for views and materialized views, the relations the
+	// definition reads ("schema.name"), from pg_depend/pg_rewrite.
+	Reads []string `json:"reads,omitempty" yaml:"reads,omitempty"`
+	// UniqueKeys lists the primary key and every unique index without a
+	// predicate or expression, each as its column names.
+	UniqueKeys [][]string `json:"unique_keys,omitempty" yaml:"unique_keys,omitempty"`
+	// Indexes lists the column names of every index (for doctor).
+	Indexes [][]string `json:"indexes,omitempty" yaml:"indexes,omitempty"`
+	// RLSEnabled and RLSForced mirror relrowsecurity and relforcerowsecurity.
+	RLSEnabled bool `json:"rls_enabled,omitempty" yaml:"rls_enabled,omitempty"`
+	RLSForced  bool `json:"rls_forced,omitempty" yaml:"rls_forced,omitempty"`
+}
+
+// Function is one user-visible function or procedure (overloads merged: the
+// most dangerous language and attributes win).
+type Function struct {
+	Schema string `json:"schema" yaml:"schema"`
+	Name   string `json:"name" yaml:"name"`
+	// Language is pg_language.lanname: internal, c, sql, plpgsql, ...
+	Language string `json:"language" yaml:"language"`
+	// Kind is f (function), p (procedure), a (aggregate) or w (window).
+	Kind            string `json:"kind,omitempty" yaml:"kind,omitempty"`
+	SecurityDefiner bool   `json:"security_definer,omitempty" yaml:"security_definer,omitempty"`
+	ReturnsSet      bool   `json:"returns_set,omitempty" yaml:"returns_set,omitempty"`
+	// Body is prosrc for sql and procedural languages. It is never logged.
+	Body string `json:"body,omitempty" yaml:"body,omitempty"`
+}
