@@ -1,0 +1,186 @@
+// Package config owns tenantguard's process configuration: the flags of
+// `tenantguard serve`, the same keys in a config file (YAML, TOML or JSON), and
+// TENANTGUARD_<NAME> environment variables, merged by viper with the
+// precedence flag > environment > file > default.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+	"github.com/spf13/viper"
+)
+
+// Config is the validated process configuration of `tenantguard serve`.
+type Config struct {
+	Listen   string // client listener, host:port
+	Upstream string // postgres:// URL of the server; its credentials serve tenantguard's own connections
+	Policy   string // policy YAML file
+	Admin    string // admin listener (/metrics, /healthz, /readyz); "" or "off" disables it
+	LogLevel string // debug, info, warn, error
+	// LogFormat is json or console; "" picks console on a terminal, json elsewhere.
+	LogFormat string
+
+	TLSCert string // server certificate for client TLS (SSLRequest); "" answers 'N'
+	TLSKey  string
+
+	AuditFile string // audit JSON lines go here; "" = stdout
+
+	StartupTimeout time.Duration
+	DrainTimeout   time.Duration
+	MaxMessageSize int
+	CatalogRefresh time.Duration
+	ConfigFileUsed string
+}
+
+// Defaults of the keys that have one.
+const (
+	DefaultListen         = "127.0.0.1:6432"
+	DefaultAdmin          = "127.0.0.1:9187"
+	DefaultLogLevel       = "info"
+	DefaultStartupTimeout = 10 * time.Second
+	DefaultDrainTimeout   = 30 * time.Second
+	DefaultMaxMessageSize = 64 << 20
+	DefaultCatalogRefresh = time.Minute
+)
+
+// keys are the configuration keys, as flag names; the file uses the same
+// names (nested keys such as audit.file are written as sections), and the
+// environment uses TENANTGUARD_ plus the name upper-cased with . and - as _.
+var keys = []struct {
+	name, usage string
+	def         any
+}{
+	{"config", "configuration file (YAML, TOML or JSON)", ""},
+	{"listen", "address clients connect to", DefaultListen},
+	{"upstream", "PostgreSQL server, as a postgres:// URL (its credentials are for tenantguard's own catalog connection)", ""},
+	{"policy", "policy YAML file", ""},
+	{"admin", "admin listener for /metrics, /healthz, /readyz (\"off\" disables it)", DefaultAdmin},
+	{"log-level", "log level: debug, info, warn, error", DefaultLogLevel},
+	{"log-format", "log format: json or console (default: console on a terminal, else json)", ""},
+	{"tls.cert", "certificate file for client TLS; without it SSLRequest is declined", ""},
+	{"tls.key", "key file for client TLS", ""},
+	{"audit.file", "audit log file (JSON lines); default stdout", ""},
+	{"startup-timeout", "time a client has to complete its startup and authentication", DefaultStartupTimeout},
+	{"drain-timeout", "on SIGTERM, how long open sessions may run before they are closed", DefaultDrainTimeout},
+	{"max-message-size", "largest protocol message accepted from a client, in bytes", DefaultMaxMessageSize},
+	{"catalog-refresh", "how often the upstream catalog is reloaded", DefaultCatalogRefresh},
+}
+
+// BindFlags declares every key as a flag on fs and binds it, with the
+// environment, into v.
+func BindFlags(v *viper.Viper, fs *pflag.FlagSet) {
+	for _, k := range keys {
+		switch d := k.def.(type) {
+		case string:
+			fs.String(k.name, d, k.usage)
+		case time.Duration:
+			fs.Duration(k.name, d, k.usage)
+		case int:
+			fs.Int(k.name, d, k.usage)
+		}
+		_ = v.BindPFlag(k.name, fs.Lookup(k.name))
+	}
+	v.SetEnvPrefix("TENANTGUARD")
+	v.SetEnvKeyReplacer(strings.NewReplacer(".", "_", "-", "_"))
+	v.AutomaticEnv()
+}
+
+// Load reads the config file (when one is named) and returns the validated
+// configuration. Every error names the key at fault.
+func Load(v *viper.Viper) (*Config, error) {
+	if file := v.GetString("config"); file != "" {
+		v.SetConfigFile(file)
+		if err := v.ReadInConfig(); err != nil {
+			return nil, fmt.Errorf("config: read %s: %w", file, err)
+		}
+	}
+	var errs []error
+	dur := func(key string) time.Duration {
+		d, err := parseDuration(v.Get(key))
+		if err != nil || d <= 0 {
+			errs = append(errs, fmt.Errorf("config: %s: want a positive duration such as 10s, got %q", key, fmt.Sprint(v.Get(key))))
+		}
+		return d
+	}
+	c := &Config{
+		Listen:         v.GetString("listen"),
+		Upstream:       v.GetString("upstream"),
+		Policy:         v.GetString("policy"),
+		Admin:          v.GetString("admin"),
+		LogLevel:       strings.ToLower(v.GetString("log-level")),
+		LogFormat:      strings.ToLower(v.GetString("log-format")),
+		TLSCert:        v.GetString("tls.cert"),
+		TLSKey:         v.GetString("tls.key"),
+		AuditFile:      v.GetString("audit.file"),
+		StartupTimeout: dur("startup-timeout"),
+		DrainTimeout:   dur("drain-timeout"),
+		CatalogRefresh: dur("catalog-refresh"),
+		MaxMessageSize: v.GetInt("max-message-size"),
+		ConfigFileUsed: v.ConfigFileUsed(),
+	}
+	if err := checkAddr("listen", c.Listen); err != nil {
+		errs = append(errs, err)
+	}
+	if c.Admin == "off" {
+		c.Admin = ""
+	} else if err := checkAddr("admin", c.Admin); err != nil {
+		errs = append(errs, err)
+	}
+	if c.Upstream == "" {
+		errs = append(errs, errors.New("config: upstream: required (a postgres:// URL, e.g. postgres://tenantguard@127.0.0.1:5432/app)"))
+	} else if u, err := url.Parse(c.Upstream); err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") || u.Host == "" {
+		// The URL may hold a password: never echo it.
+		errs = append(errs, errors.New("config: upstream: want a postgres://[user[:password]@]host[:port]/database URL"))
+	}
+	if c.Policy == "" {
+		errs = append(errs, errors.New("config: policy: required (a policy YAML file)"))
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		errs = append(errs, fmt.Errorf("config: log-level: want debug, info, warn or error, got %q", c.LogLevel))
+	}
+	switch c.LogFormat {
+	case "", "json", "console":
+	default:
+		errs = append(errs, fmt.Errorf("config: log-format: want json or console, got %q", c.LogFormat))
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		errs = append(errs, errors.New("config: tls.cert and tls.key: set both or neither"))
+	}
+	if c.MaxMessageSize < 1024 {
+		errs = append(errs, fmt.Errorf("config: max-message-size: want at least 1024 bytes, got %d", c.MaxMessageSize))
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return c, nil
+}
+
+func checkAddr(key, addr string) error {
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return fmt.Errorf("config: %s: want host:port, got %q", key, addr)
+	}
+	return nil
+}
+
+func parseDuration(x any) (time.Duration, error) {
+	switch d := x.(type) {
+	case time.Duration:
+		return d, nil
+	case int:
+		return time.Duration(d) * time.Second, nil
+	case float64:
+		return time.Duration(d * float64(time.Second)), nil
+	case string:
+		return time.ParseDuration(d)
+	default:
+		return 0, fmt.Errorf("not a duration")
+	}
+}
