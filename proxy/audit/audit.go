@@ -1,0 +1,316 @@
+// Package audit writes tenantguard's audit trail: one JSON line per statement
+// decision and per session or policy event, with the stable keys of SPEC §1
+// (ts, event, conn_id, client, user, database, application_name, tenant,
+// kind, relations, decision, reason, sqlstate, fingerprint, statement, rows,
+// duration_ms).
+//
+// The trail never carries a literal, parameter or row value: Statement must
+// be the normalized text (every constant replaced by a placeholder), and the
+// other fields are identifiers and codes. A failed write never fails the
+// client's statement: it is counted, and reported once through the error
+// callback.
+package audit
+
+import (
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// Event kinds (the `event` key).
+const (
+	EventStatement      = "statement"
+	EventConnect        = "connect"
+	EventDisconnect     = "disconnect"
+	EventPolicyReload   = "policy_reload"
+	EventCatalogRefresh = "catalog_refresh"
+)
+
+// Decisions (the `decision` key of statement events).
+const (
+	DecisionAllowed   = "allowed"
+	DecisionRewritten = "rewritten"
+	DecisionRejected  = "rejected"
+	DecisionBypassed  = "bypassed"
+)
+
+// Event is one audit record. Zero-valued optional fields are omitted.
+type Event struct {
+	Time            time.Time
+	Event           string
+	ConnID          uint64
+	Client          string
+	User            string
+	Database        string
+	ApplicationName string
+	Tenant          string
+	Kind            string
+	Relations       []string
+	Decision        string
+	Reason          string
+	SQLState        string
+	Fingerprint     string
+	// Statement is the normalized statement: never the raw text.
+	Statement string
+	// Rows is the number of rows returned or affected; negative when unknown.
+	Rows     int64
+	Duration time.Duration
+	// Injected says the tenant predicate was added by tenantguard.
+	Injected bool
+	// Protocol is "simple" or "extended" for statements.
+	Protocol string
+	// Session events.
+	TLS        *bool
+	AuthMethod string
+	Statements int64 // disconnect: statements decided in the session
+	Rejected   int64 // disconnect: statements rejected in the session
+	// Result and Error describe policy reloads and catalog refreshes; Error
+	// must not carry values (a policy error names file, line and key).
+	Result string
+	Error  string
+}
+
+// MarshalLogObject writes the event with the stable keys.
+func (e *Event) MarshalLogObject(enc zapcore.ObjectEncoder) error {
+	enc.AddString("event", e.Event)
+	if e.ConnID != 0 {
+		enc.AddUint64("conn_id", e.ConnID)
+	}
+	addString(enc, "client", e.Client)
+	addString(enc, "user", e.User)
+	addString(enc, "database", e.Database)
+	addString(enc, "application_name", e.ApplicationName)
+	addString(enc, "tenant", e.Tenant)
+	addString(enc, "kind", e.Kind)
+	if len(e.Relations) > 0 {
+		_ = enc.AddArray("relations", zapcore.ArrayMarshalerFunc(func(a zapcore.ArrayEncoder) error {
+			for _, r := range e.Relations {
+				a.AppendString(r)
+			}
+			return nil
+		}))
+	}
+	addString(enc, "decision", e.Decision)
+	addString(enc, "reason", e.Reason)
+	addString(enc, "sqlstate", e.SQLState)
+	addString(enc, "fingerprint", e.Fingerprint)
+	addString(enc, "statement", e.Statement)
+	addString(enc, "protocol", e.Protocol)
+	if e.Event == EventStatement {
+		if e.Rows >= 0 {
+			enc.AddInt64("rows", e.Rows)
+		}
+		enc.AddFloat64("duration_ms", float64(e.Duration.Microseconds())/1000)
+		enc.AddBool("injected", e.Injected)
+	}
+	if e.TLS != nil {
+		enc.AddBool("tls", *e.TLS)
+	}
+	addString(enc, "auth_method", e.AuthMethod)
+	if e.Event == EventDisconnect {
+		enc.AddInt64("statements", e.Statements)
+		enc.AddInt64("rejected", e.Rejected)
+		enc.AddFloat64("duration_ms", float64(e.Duration.Microseconds())/1000)
+	}
+	addString(enc, "result", e.Result)
+	addString(enc, "error", e.Error)
+	return nil
+}
+
+func addString(enc zapcore.ObjectEncoder, k, v string) {
+	if v != "" {
+		enc.AddString(k, v)
+	}
+}
+
+// Options configures a Logger.
+type Options struct {
+	// File is the audit file; "" writes to Stdout.
+	File string
+	// Stdout is where events go without a File (default os.Stdout).
+	Stdout io.Writer
+	// Sample is the fraction (0..1] of allowed statements logged; rejected,
+	// rewritten and bypassed statements and session events are always logged.
+	// 0 means 1 (log everything).
+	Sample float64
+	// Decisions, when non-empty, limits statement events to these decisions.
+	Decisions []string
+	// OnError is called with the first write error after a run of successes
+	// (not once per failed write).
+	OnError func(error)
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+// Logger writes audit events. It is safe for concurrent use.
+type Logger struct {
+	core      zapcore.Core
+	sink      *sink
+	sample    float64
+	decisions map[string]bool
+	now       func() time.Time
+	failures  atomic.Int64
+}
+
+// New opens the audit sink.
+func New(opts Options) (*Logger, error) {
+	s := &sink{path: opts.File, out: opts.Stdout, onError: opts.OnError}
+	if s.out == nil {
+		s.out = os.Stdout
+	}
+	if err := s.open(); err != nil {
+		return nil, err
+	}
+	enc := zapcore.NewJSONEncoder(zapcore.EncoderConfig{
+		TimeKey:        "ts",
+		EncodeTime:     zapcore.RFC3339NanoTimeEncoder,
+		LineEnding:     zapcore.DefaultLineEnding,
+		EncodeDuration: zapcore.MillisDurationEncoder,
+	})
+	l := &Logger{sink: s, sample: opts.Sample, now: opts.Now}
+	s.failures = &l.failures
+	l.core = zapcore.NewCore(enc, s, zapcore.DebugLevel)
+	if l.sample <= 0 || l.sample > 1 {
+		l.sample = 1
+	}
+	if len(opts.Decisions) > 0 {
+		l.decisions = map[string]bool{}
+		for _, d := range opts.Decisions {
+			l.decisions[d] = true
+		}
+	}
+	if l.now == nil {
+		l.now = time.Now
+	}
+	return l, nil
+}
+
+// Log writes one event, subject to sampling for statement events.
+func (l *Logger) Log(e *Event) {
+	if l == nil {
+		return
+	}
+	if e.Event == EventStatement {
+		if l.decisions != nil && !l.decisions[e.Decision] {
+			return
+		}
+		if e.Decision == DecisionAllowed && l.sample < 1 && rand.Float64() >= l.sample {
+			return
+		}
+	}
+	t := e.Time
+	if t.IsZero() {
+		t = l.now()
+	}
+	// Write errors are handled (counted, reported) by the sink.
+	_ = l.core.Write(zapcore.Entry{Time: t}, []zapcore.Field{zap.Inline(e)})
+}
+
+// Failures is the number of audit writes that failed.
+func (l *Logger) Failures() int64 { return l.failures.Load() }
+
+// Reopen closes and reopens the audit file (SIGHUP, for logrotate).
+func (l *Logger) Reopen() error { return l.sink.reopen() }
+
+// Close flushes and closes the audit file.
+func (l *Logger) Close() error { return l.sink.close() }
+
+// sink is a reopenable, failure-counting zapcore.WriteSyncer.
+type sink struct {
+	mu       sync.Mutex
+	path     string
+	out      io.Writer
+	f        *os.File
+	failing  bool
+	failures *atomic.Int64
+	onError  func(error)
+}
+
+func (s *sink) open() error {
+	if s.path == "" {
+		return nil
+	}
+	f, err := os.OpenFile(s.path, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o640)
+	if err != nil {
+		return fmt.Errorf("audit: open %s: %w", s.path, err)
+	}
+	s.f = f
+	return nil
+}
+
+func (s *sink) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	w := s.out
+	if s.f != nil {
+		w = s.f
+	} else if s.path != "" {
+		// The file could not be reopened: try again now.
+		if err := s.open(); err == nil {
+			w = s.f
+		} else {
+			s.fail(err)
+			return 0, err
+		}
+	}
+	n, err := w.Write(p)
+	if err != nil {
+		s.fail(err)
+		return n, err
+	}
+	s.failing = false
+	return n, nil
+}
+
+// fail counts a failed write and reports the first of a run. Callers hold mu.
+func (s *sink) fail(err error) {
+	if s.failures != nil {
+		s.failures.Add(1)
+	}
+	if !s.failing && s.onError != nil {
+		s.onError(fmt.Errorf("audit: write: %w", err))
+	}
+	s.failing = true
+}
+
+func (s *sink) Sync() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.f != nil {
+		return s.f.Sync()
+	}
+	return nil
+}
+
+func (s *sink) reopen() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.path == "" {
+		return nil
+	}
+	if s.f != nil {
+		_ = s.f.Close()
+		s.f = nil
+	}
+	return s.open()
+}
+
+func (s *sink) close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.f == nil {
+		return nil
+	}
+	err := s.f.Close()
+	s.f = nil
+	// Events after Close are dropped, not sent to stdout.
+	s.path, s.out = "", io.Discard
+	return err
+}
