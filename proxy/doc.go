@@ -1,0 +1,46 @@
+// Package proxy is tenantguard's PostgreSQL wire relay: it accepts client
+// connections speaking protocol 3.0, terminates their TLS when configured,
+// connects each client to the upstream server with the client's own startup
+// parameters, passes authentication through, and then relays messages in
+// both directions.
+//
+// # Structure
+//
+// Server accepts connections and owns the process-wide cancel-key registry
+// and the drain logic (Shutdown). Each client connection is a Session:
+//
+//   - startup.go: startup packet (SSLRequest, GSSENCRequest, CancelRequest,
+//     protocol version checks), upstream dial with libpq sslmode semantics,
+//     and the authentication pass-through (SCRAM-SHA-256-PLUS removed from
+//     the mechanism list, since channel binding cannot cross the proxy).
+//   - relay.go: the two relay loops. frontendLoop frames every client
+//     message (frame.go) and forwards it; backendLoop streams upstream
+//     messages to the client reading only the 5-byte header of the types
+//     nobody inspects (DataRow, CopyData, ...), so result rows are never
+//     decoded or copied into a message buffer.
+//
+// Writes are batched in bufio.Writers and flushed only when the reading side
+// has no more buffered input, so a pipelined batch or a result set goes out
+// in few syscalls while an interactive round trip is never delayed.
+//
+// # Where enforcement plugs in
+//
+// Config.Hooks (hooks.go) is the interception point; with nil Hooks the
+// relay is a pure pass-through and pays nothing for it.
+//
+//   - Replace a Query's text: OnFrontend on MsgQuery returns
+//     Verdict{Replace: encoded new Query}.
+//   - Replace Parse text and append a parameter at Bind: OnFrontend on
+//     MsgParse / MsgBind decodes with DecodeFrontend and returns the
+//     re-encoded message in Replace.
+//   - Refuse a statement: OnFrontend returns Verdict{Replace: []byte{},
+//     Reply: encoded ErrorResponse}; for the extended protocol the hook then
+//     discards messages (Replace: []byte{}) until MsgSync, which it answers
+//     with a ReadyForQuery in Reply (Session.TxStatus gives the status).
+//   - Strip the appended parameter from ParameterDescription:
+//     BackendInterest(MsgParamDescription) = Inspect and OnBackend replaces it.
+//   - Count rows for a row guard: BackendInterest(MsgDataRow) = Notify; the
+//     hook sees each DataRow's length, never its bytes.
+//
+// The relay never logs SQL text, parameters or row values.
+package proxy

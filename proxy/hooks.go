@@ -1,0 +1,62 @@
+package proxy
+
+// Message is one protocol message seen by a hook: its type byte and its body
+// without the 5-byte header. Body aliases the relay's reused buffer and is
+// valid only during the hook call: copy what you keep. For backend messages
+// the relay streams without reading (Interest Notify), Body is nil and Len
+// still tells the body's size.
+type Message struct {
+	Type byte
+	Body []byte
+	Len  int
+}
+
+// Verdict tells the relay what to do with an intercepted message.
+type Verdict struct {
+	// Replace, when non-nil, is sent instead of the message: zero or more
+	// complete encoded messages (header included), e.g. a Query with
+	// rewritten text or a Bind with one more parameter. An empty non-nil
+	// slice drops the message.
+	Replace []byte
+	// Reply, when non-nil, is sent back the way the message came (to the
+	// client for frontend messages, to the upstream for backend messages):
+	// complete encoded messages, e.g. an ErrorResponse. It is written
+	// before Replace is forwarded.
+	Reply []byte
+}
+
+// Interest says how much of a backend message type a hook wants to see.
+type Interest uint8
+
+const (
+	// Ignore relays the type without calling the hook (the default).
+	Ignore Interest = iota
+	// Notify calls OnBackend with the type and length only; the body is
+	// streamed to the client without being read into memory (DataRow counting).
+	Notify
+	// Inspect reads the whole body and calls OnBackend with it, so the hook
+	// may replace it (Verdict.Replace is ignored for Notify) (ParameterDescription, RowDescription, CommandComplete).
+	Inspect
+)
+
+// Hooks intercept a session's traffic; the enforcement layer implements
+// them. OnFrontend runs on the session's client-reading goroutine and
+// OnBackend on its upstream-reading goroutine, so they may run concurrently
+// for one session: state shared between them needs synchronisation.
+// A returned error ends the session with a FATAL ErrorResponse to the
+// client (a *ClientError's response is sent as is).
+type Hooks interface {
+	// OnStartup sees the client's startup parameters before the upstream is
+	// dialled; it may change s.Params (forwarded upstream afterwards) or
+	// refuse the session.
+	OnStartup(s *Session) error
+	// OnFrontend sees every client message after authentication.
+	OnFrontend(s *Session, m Message) (Verdict, error)
+	// BackendInterest is asked once per session and backend type.
+	BackendInterest(typ byte) Interest
+	// OnBackend sees backend messages of the types BackendInterest selects,
+	// after authentication.
+	OnBackend(s *Session, m Message) (Verdict, error)
+	// OnEnd is called once when the session has ended.
+	OnEnd(s *Session)
+}

@@ -1,0 +1,394 @@
+package proxy
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"sync"
+
+	"go.uber.org/zap"
+)
+
+// relay runs the two message loops until either side ends, then makes sure
+// both connections are closed and both goroutines have returned.
+func (s *Session) relay() {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.frontendLoop()
+	}()
+	s.backendLoop()
+	wg.Wait()
+}
+
+// frontendLoop frames client messages and forwards them upstream. Every
+// message is framed (never blindly copied) so that hooks can see it and no
+// oversized or malformed message reaches the server.
+func (s *Session) frontendLoop() {
+	fr := newFrameReader(s.cr, s.srv.cfg.MaxMessageSize)
+	hooks := s.srv.cfg.Hooks
+	var hdr [5]byte
+	for {
+		typ, body, err := fr.next()
+		if err != nil {
+			var pe *ProtocolError
+			if errors.As(err, &pe) {
+				s.log.Info("client protocol error", zap.Error(err))
+				s.terminate(err)
+				return
+			}
+			s.clientGone(err)
+			return
+		}
+		if !knownFrontend(typ) {
+			err := protocolErrorf(CodeProtocolViolation, "invalid frontend message type %d", typ)
+			s.log.Info("client protocol error", zap.Error(err))
+			s.terminate(err)
+			return
+		}
+		if hooks != nil {
+			v, err := hooks.OnFrontend(s, Message{Type: typ, Body: body, Len: len(body)})
+			if err != nil {
+				s.log.Info("session ended by frontend hook", zap.Error(err))
+				s.terminate(err)
+				return
+			}
+			if v.Reply != nil {
+				if err := s.writeClientFlush(v.Reply); err != nil {
+					s.terminate(nil)
+					return
+				}
+			}
+			if v.Replace != nil {
+				if !s.accountAll(v.Replace) {
+					return
+				}
+				if !s.sendUpstream(v.Replace, nil, false) {
+					return
+				}
+				continue
+			}
+		}
+		if !s.account(typ) {
+			return
+		}
+		hdr[0] = typ
+		binary.BigEndian.PutUint32(hdr[1:], uint32(len(body)+4))
+		if !s.sendUpstream(hdr[:], body, typ == MsgTerminate) {
+			return
+		}
+		if typ == MsgTerminate {
+			s.terminate(nil)
+			return
+		}
+	}
+}
+
+// sendUpstream writes a message (a and b concatenated) to the upstream
+// buffer, flushing when the client has nothing more buffered or when
+// flushNow. It reports false when the session is over.
+func (s *Session) sendUpstream(a, b []byte, flushNow bool) bool {
+	s.uwMu.Lock()
+	_, err := s.uw.Write(a)
+	if err == nil && len(b) > 0 {
+		_, err = s.uw.Write(b)
+	}
+	if err == nil && (flushNow || s.cr.Buffered() == 0) {
+		err = s.uw.Flush()
+	}
+	s.uwMu.Unlock()
+	if err != nil {
+		s.upstreamGone(err)
+		return false
+	}
+	return true
+}
+
+// account records a message about to go upstream for the drain logic and
+// reports false when the session is closing and the message must not be sent.
+func (s *Session) account(typ byte) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return false
+	}
+	switch typ {
+	case MsgQuery, MsgSync, MsgFunctionCall:
+		s.pending++
+		s.unsynced = false
+	case MsgParse, MsgBind, MsgDescribe, MsgExecute, MsgClose, MsgFlush:
+		s.unsynced = true
+	}
+	return true
+}
+
+// accountAll accounts every message of an encoded sequence.
+func (s *Session) accountAll(b []byte) bool {
+	for len(b) >= 5 {
+		if !s.account(b[0]) {
+			return false
+		}
+		n := int(binary.BigEndian.Uint32(b[1:5]))
+		if n < 4 || n+1 > len(b) {
+			break
+		}
+		b = b[n+1:]
+	}
+	return !s.isClosing()
+}
+
+// clientGone handles the client's connection ending without Terminate: a
+// query still running upstream is cancelled (the server would otherwise run
+// it to completion), then the upstream connection is closed.
+func (s *Session) clientGone(err error) {
+	s.mu.Lock()
+	closing := s.closing
+	busy := (s.pending > 0 || s.unsynced) && !s.backendFatal
+	s.mu.Unlock()
+	if closing {
+		return
+	}
+	s.log.Debug("client disconnected", zap.Bool("query_in_flight", busy), zap.Bool("clean", errors.Is(err, io.EOF)))
+	if busy && s.keyBytes != nil {
+		if err := s.srv.sendCancel(s.keyBytes, s.UpstreamTLS); err != nil {
+			s.log.Info("cancel after client disconnect failed", zap.Error(err))
+		}
+	}
+	s.terminate(nil)
+}
+
+// upstreamGone handles a failed upstream read or write: unless the session
+// is already closing, or the server already sent the client a FATAL error,
+// the client is told with SQLSTATE 08006.
+func (s *Session) upstreamGone(err error) {
+	s.mu.Lock()
+	closing, fatal := s.closing, s.backendFatal
+	s.mu.Unlock()
+	if closing {
+		return
+	}
+	s.log.Info("upstream connection lost", zap.Error(err))
+	if fatal {
+		s.terminate(nil)
+		return
+	}
+	s.terminate(&ProtocolError{Code: CodeConnectionFailure, Message: "the connection to the upstream server was lost"})
+}
+
+// backendLoop streams upstream messages to the client. Only the 5-byte
+// header of most messages is examined; the body is copied straight from the
+// read buffer to the write buffer (DataRow, CopyData are never decoded).
+// ReadyForQuery, ErrorResponse and BackendKeyData are read whole because the
+// session tracks them, and so are types a hook inspects.
+func (s *Session) backendLoop() {
+	ur := s.ur
+	var body []byte
+	for {
+		hdr, err := ur.Peek(5)
+		if err != nil {
+			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+				err = io.ErrUnexpectedEOF
+			}
+			s.upstreamGone(err)
+			return
+		}
+		typ := hdr[0]
+		n := int(binary.BigEndian.Uint32(hdr[1:5]))
+		if n < 4 || n > maxBackendMessage {
+			s.log.Warn("upstream protocol error", zap.Int("length", n))
+			s.terminate(protocolErrorf(CodeConnectionFailure, "the upstream server sent an invalid message"))
+			return
+		}
+		interest := s.interest[typ]
+		builtin := typ == MsgReadyForQuery || typ == MsgErrorResponse || typ == MsgBackendKeyData
+		if !builtin && interest != Inspect {
+			if interest == Notify {
+				v, err := s.srv.cfg.Hooks.OnBackend(s, Message{Type: typ, Len: n - 4})
+				if !s.applyBackendVerdict(v, err) {
+					return
+				}
+			}
+			if err := s.streamMessage(n); err != nil {
+				s.streamFailed(err)
+				return
+			}
+			continue
+		}
+		// Read the whole message.
+		if _, err := ur.Discard(5); err != nil {
+			s.upstreamGone(err)
+			return
+		}
+		if cap(body) < n-4 {
+			body = make([]byte, n-4)
+		}
+		body = body[:n-4]
+		if _, err := io.ReadFull(ur, body); err != nil {
+			s.upstreamGone(io.ErrUnexpectedEOF)
+			return
+		}
+		drainNow := false
+		switch typ {
+		case MsgReadyForQuery:
+			s.mu.Lock()
+			s.pending--
+			if len(body) > 0 {
+				s.txStatus = body[0]
+			}
+			drainNow = s.draining && s.idleLocked()
+			s.mu.Unlock()
+		case MsgErrorResponse:
+			if isFatal(body) {
+				s.mu.Lock()
+				s.backendFatal = true
+				s.mu.Unlock()
+			}
+		case MsgBackendKeyData:
+			if s.keyBytes == nil && len(body) >= 8 {
+				s.keyBytes = append([]byte(nil), body...)
+				s.keyString = string(body)
+				s.srv.registerKey(s, s.keyString)
+			}
+		}
+		out := body
+		if interest == Inspect {
+			v, err := s.srv.cfg.Hooks.OnBackend(s, Message{Type: typ, Body: body, Len: len(body)})
+			if !s.applyBackendVerdict(v, err) {
+				return
+			}
+			if v.Replace != nil {
+				if err := s.writeClient(v.Replace, nil, typ, false); err != nil {
+					s.clientWriteFailed(err)
+					return
+				}
+				continue
+			}
+		}
+		if err := s.writeClient(nil, out, typ, drainNow); err != nil {
+			s.clientWriteFailed(err)
+			return
+		}
+		if drainNow {
+			s.terminate(errDraining)
+			return
+		}
+		// Large one-off inspected messages must not pin memory.
+		if cap(body) > 1<<16 {
+			body = nil
+		}
+	}
+}
+
+// writeClient writes raw (complete messages) or a message of type typ with
+// body to the client buffer, flushing when the upstream has nothing more
+// buffered, or when flushNow.
+func (s *Session) writeClient(raw, body []byte, typ byte, flushNow bool) error {
+	s.cwMu.Lock()
+	defer s.cwMu.Unlock()
+	var err error
+	if raw != nil {
+		_, err = s.cw.Write(raw)
+	} else {
+		var hdr [5]byte
+		hdr[0] = typ
+		binary.BigEndian.PutUint32(hdr[1:], uint32(len(body)+4))
+		if _, err = s.cw.Write(hdr[:]); err == nil {
+			_, err = s.cw.Write(body)
+		}
+	}
+	if err == nil && (flushNow || s.ur.Buffered() == 0) {
+		err = s.cw.Flush()
+	}
+	return err
+}
+
+// errClientWrite marks a failed write to the client inside streamMessage.
+type errClientWrite struct{ err error }
+
+func (e errClientWrite) Error() string { return "proxy: write to client: " + e.err.Error() }
+
+// streamMessage copies one message of length n (header not yet consumed)
+// from the upstream reader to the client writer through the reader's own
+// buffer, without allocating.
+func (s *Session) streamMessage(n int) error {
+	ur := s.ur
+	s.cwMu.Lock()
+	defer s.cwMu.Unlock()
+	rem := n + 1 // type byte + length-counted bytes
+	for rem > 0 {
+		k := ur.Buffered()
+		if k == 0 {
+			k = min(rem, ur.Size())
+		} else {
+			k = min(k, rem)
+		}
+		b, err := ur.Peek(k)
+		if len(b) > 0 {
+			if _, werr := s.cw.Write(b); werr != nil {
+				return errClientWrite{werr}
+			}
+			_, _ = ur.Discard(len(b))
+			rem -= len(b)
+		}
+		if err != nil && rem > 0 {
+			return err
+		}
+	}
+	if ur.Buffered() == 0 {
+		if err := s.cw.Flush(); err != nil {
+			return errClientWrite{err}
+		}
+	}
+	return nil
+}
+
+func (s *Session) streamFailed(err error) {
+	var cw errClientWrite
+	if errors.As(err, &cw) {
+		s.clientWriteFailed(cw.err)
+		return
+	}
+	s.upstreamGone(io.ErrUnexpectedEOF)
+}
+
+// clientWriteFailed: the client went away while results were streaming.
+func (s *Session) clientWriteFailed(err error) {
+	s.clientGone(err)
+}
+
+// applyBackendVerdict sends a hook's Reply upstream and reports false when
+// the hook ended the session.
+func (s *Session) applyBackendVerdict(v Verdict, err error) bool {
+	if err != nil {
+		s.log.Info("session ended by backend hook", zap.Error(err))
+		s.terminate(err)
+		return false
+	}
+	if v.Reply != nil {
+		if !s.accountAll(v.Reply) {
+			return false
+		}
+		return s.sendUpstream(v.Reply, nil, true)
+	}
+	return true
+}
+
+// isFatal reports whether an ErrorResponse body has severity FATAL or PANIC.
+func isFatal(body []byte) bool {
+	for len(body) > 1 {
+		code := body[0]
+		i := bytes.IndexByte(body[1:], 0)
+		if i < 0 {
+			return false
+		}
+		val := body[1 : 1+i]
+		if code == 'V' || code == 'S' {
+			return string(val) == "FATAL" || string(val) == "PANIC"
+		}
+		body = body[2+i:]
+	}
+	return false
+}

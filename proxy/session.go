@@ -1,0 +1,175 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"net"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Session is one client connection and its upstream connection.
+type Session struct {
+	// ID numbers sessions within a Server, for logs.
+	ID uint64
+	// Params are the client's startup parameters (user, database, options,
+	// application_name, ...), forwarded to the upstream unchanged unless a
+	// hook changes them in OnStartup.
+	Params map[string]string
+	// ClientAddr is the client's remote address.
+	ClientAddr net.Addr
+	// ClientTLS is true when the client's TLS ends at the proxy.
+	ClientTLS bool
+	// UpstreamTLS is true when the upstream leg is encrypted.
+	UpstreamTLS bool
+	// ProtocolVersion is the version code the client asked for (196608 = 3.0).
+	ProtocolVersion uint32
+	// State is free for the hooks' per-session data.
+	State any
+
+	srv        *Server
+	log        *zap.Logger
+	paramOrder []string
+	interest   [256]Interest
+
+	client   net.Conn // replaced by the TLS conn after SSLRequest
+	cr       *bufio.Reader
+	cw       *bufio.Writer
+	cwMu     sync.Mutex // guards cw: the backend loop writes, errors and hook replies too
+	upstream net.Conn
+	ur       *bufio.Reader
+	uw       *bufio.Writer
+	uwMu     sync.Mutex // guards uw
+
+	keyString string // BackendKeyData body (pid + secret), set once
+	keyBytes  []byte
+
+	mu           sync.Mutex // guards the fields below and client/upstream swaps
+	pending      int        // messages sent upstream that still owe a ReadyForQuery
+	unsynced     bool       // extended-protocol messages sent since the last Sync
+	txStatus     byte       // from the last ReadyForQuery: 'I', 'T' or 'E'
+	relaying     bool       // authentication is over
+	draining     bool
+	closing      bool
+	backendFatal bool // the upstream already sent the client a FATAL error
+	closeOnce    sync.Once
+}
+
+func newSession(srv *Server, conn net.Conn) *Session {
+	id := srv.nextID.Add(1)
+	return &Session{
+		ID:         id,
+		ClientAddr: conn.RemoteAddr(),
+		srv:        srv,
+		log:        srv.log.With(zap.Uint64("session", id)),
+		client:     conn,
+		pending:    1, // the startup owes the first ReadyForQuery
+	}
+}
+
+// TxStatus returns the transaction status of the last ReadyForQuery the
+// upstream sent: 'I' idle, 'T' in a transaction, 'E' in a failed
+// transaction, or 0 before the first one.
+func (s *Session) TxStatus() byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.txStatus
+}
+
+// InFlight reports how many ReadyForQuery messages the upstream still owes
+// (one per Query, Sync and FunctionCall forwarded), and whether extended
+// protocol messages were sent after the last Sync. A hook may answer the
+// client directly (Verdict.Reply) only when nothing is in flight, or its
+// reply would overtake earlier results.
+func (s *Session) InFlight() (pending int, unsynced bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.pending, s.unsynced
+}
+
+// BackendPID returns the upstream backend's process id from BackendKeyData,
+// or 0 before it was received.
+func (s *Session) BackendPID() uint32 {
+	if len(s.keyBytes) < 4 {
+		return 0
+	}
+	return uint32(s.keyBytes[0])<<24 | uint32(s.keyBytes[1])<<16 | uint32(s.keyBytes[2])<<8 | uint32(s.keyBytes[3])
+}
+
+func (s *Session) run(ctx context.Context) {
+	stop := context.AfterFunc(ctx, func() {
+		s.terminate(&ProtocolError{Code: CodeAdminShutdown, Message: "terminating connection: the proxy is shutting down"})
+	})
+	defer stop()
+	start := time.Now()
+	s.log.Debug("client connected", zap.Stringer("client", s.ClientAddr))
+	if err := s.startup(ctx); err != nil {
+		if err == errQuiet {
+			s.terminate(nil)
+		} else {
+			s.log.Info("session refused", zap.Stringer("client", s.ClientAddr), zap.Error(err))
+			s.terminate(err)
+		}
+	} else {
+		s.relay()
+	}
+	if s.srv.cfg.Hooks != nil {
+		s.srv.cfg.Hooks.OnEnd(s)
+	}
+	s.log.Debug("session ended", zap.Duration("duration", time.Since(start)))
+}
+
+// terminate ends the session once: it closes the upstream (which unblocks
+// the backend loop), sends err to the client as a FATAL ErrorResponse when
+// non-nil, and closes the client connection.
+func (s *Session) terminate(err error) {
+	s.closeOnce.Do(func() {
+		s.mu.Lock()
+		s.closing = true
+		up, client := s.upstream, s.client
+		s.mu.Unlock()
+		if up != nil {
+			up.Close()
+		}
+		if err != nil {
+			// A client that does not read must not hold the session open.
+			_ = client.SetWriteDeadline(time.Now().Add(time.Second))
+			s.cwMu.Lock()
+			msg := encodeError(nil, err)
+			if s.cw != nil {
+				_, _ = s.cw.Write(msg)
+				_ = s.cw.Flush()
+			} else {
+				_, _ = client.Write(msg)
+			}
+			s.cwMu.Unlock()
+		}
+		client.Close()
+	})
+}
+
+func (s *Session) isClosing() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closing
+}
+
+// startDrain marks the session as draining and closes it at once if it is
+// idle; otherwise the backend loop closes it at its next idle ReadyForQuery.
+func (s *Session) startDrain() {
+	s.mu.Lock()
+	s.draining = true
+	idle := s.idleLocked()
+	s.mu.Unlock()
+	if idle {
+		s.terminate(errDraining)
+	}
+}
+
+func (s *Session) idleLocked() bool {
+	return s.relaying && s.pending <= 0 && !s.unsynced && s.txStatus == 'I'
+}
+
+var errDraining = &ProtocolError{Code: CodeAdminShutdown, Message: "terminating connection: the proxy is shutting down"}
