@@ -2,6 +2,44 @@
 // relations are tenant-scoped, how the tenant is carried and checked, and what
 // each database role may do. It validates a file completely before anything
 // uses it, so that an invalid policy never reaches the proxy.
+//
+// # Policy file reference
+//
+// Every key is optional; an unknown key, a value of the wrong YAML type or
+// a value outside its set is an error naming the file, line and key
+// (see Error). Defaults:
+//
+//	version: 1                 # the only version; any other is refused
+//	mode: enforce              # enforce | audit
+//	strategy: inject           # inject | verify; default of every table
+//	tenant:
+//	  column: clinic_id        # default tenant column; a SQL name, folded to lower case unless "quoted"
+//	  type: integer            # integer (int32) | bigint (int64) | uuid | text
+//	  setting: app.clinic_id   # custom setting with a dot; folded to lower case
+//	  required: true           # no tenant on a tenant relation: reject
+//	tables: []                 # see below; at least one entry unless discover: true
+//	discover: false            # opt in: widens the policy from the live schema
+//	limits:
+//	  max_rows: 100            # integer >= 1
+//	  unbounded: reject        # reject | cap
+//	roles: {}                  # database user name -> role (all flags false, no functions)
+//	redact_errors: true        # redact upstream error text that may echo row values
+//
+// A tables entry is a name, "patients" (matches in any schema) or
+// "schema.table" (that schema only), or a mapping {name, column, strategy}
+// whose column defaults to tenant.column and strategy to the top-level
+// strategy. Names follow SQL: unquoted parts are folded to lower case, and
+// a part written with SQL double quotes inside YAML quotes, '"Mixed Case"',
+// keeps its case. A YAML-quoted name with upper-case letters and no SQL
+// quotes ("Patients") is refused as ambiguous. An entry listed twice (same
+// schema and name after folding) is refused.
+//
+// A roles entry is a mapping of bypass, ddl, truncate, copy_from, do
+// (booleans, default false) and functions (a list of function names, "name"
+// or "schema.name", stored folded as "schema.name"/"name").
+//
+// YAML anchors and aliases are resolved; a file must hold exactly one YAML
+// document. testdata/policy/REFERENCE.md has the same reference as a table.
 package policy
 
 // Mode says whether decisions are enforced or only logged.
@@ -68,6 +106,9 @@ type Policy struct {
 	RedactErrors bool
 	// Source is the file the policy was read from ("" when parsed from memory).
 	Source string
+	// Digest is the hex SHA-256 of the file's bytes: it identifies the policy
+	// in policy_reload audit events and lets a watcher skip unchanged files.
+	Digest string
 }
 
 // Tenant describes how the tenant of a connection is carried and checked.
