@@ -3,6 +3,8 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"errors"
+	"io"
 	"net"
 	"sync"
 	"time"
@@ -145,9 +147,24 @@ func (s *Session) terminate(err error) {
 				_, _ = client.Write(msg)
 			}
 			s.cwMu.Unlock()
+			var pe *ProtocolError
+			if errors.As(err, &pe) && pe.Code != CodeAdminShutdown {
+				lingeringClose(client)
+			}
 		}
 		client.Close()
 	})
+}
+
+// lingeringClose half-closes conn and discards what the client still sends
+// for a moment, so that closing with unread input does not reset the
+// connection before the client has read our error.
+func lingeringClose(conn net.Conn) {
+	if cw, ok := conn.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(250 * time.Millisecond))
+	_, _ = io.Copy(io.Discard, io.LimitReader(conn, 1<<20))
 }
 
 func (s *Session) isClosing() bool {
