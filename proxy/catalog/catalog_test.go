@@ -1,0 +1,250 @@
+package catalog
+
+import (
+	"context"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tenantguard/tenantguard/proxy/pgtest"
+	"github.com/tenantguard/tenantguard/rewriter"
+)
+
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+
+// clinicSchema has one of each thing the loader must read.
+const clinicSchema = `
+CREATE SCHEMA clinic;
+CREATE TABLE clinic.patients (
+  id int PRIMARY KEY,
+  clinic_id int NOT NULL,
+  mrn text,
+  email text,
+  deleted_at timestamptz,
+  legacy text
+);
+CREATE UNIQUE INDEX patients_clinic_mrn ON clinic.patients (clinic_id, mrn);
+CREATE UNIQUE INDEX patients_email_live ON clinic.patients (email) WHERE deleted_at IS NULL;
+CREATE UNIQUE INDEX patients_lower_email ON clinic.patients (lower(email));
+CREATE INDEX patients_clinic ON clinic.patients (clinic_id) INCLUDE (email);
+ALTER TABLE clinic.patients ENABLE ROW LEVEL SECURITY;
+ALTER TABLE clinic.patients FORCE ROW LEVEL SECURITY;
+ALTER TABLE clinic.patients DROP COLUMN legacy;
+
+CREATE VIEW clinic.patient_names AS SELECT p.id, p.clinic_id, p.mrn FROM clinic.patients p;
+CREATE VIEW clinic.patient_count AS SELECT count(*) AS n FROM clinic.patients;
+CREATE TABLE clinic.visits (clinic_id int, amount numeric);
+CREATE VIEW clinic.names_and_visits AS
+  SELECT n.mrn, v.amount FROM clinic.patient_names n JOIN clinic.visits v USING (clinic_id);
+
+CREATE TABLE clinic.invoices (id int, clinic_id int NOT NULL, amount numeric, PRIMARY KEY (clinic_id, id))
+  PARTITION BY LIST (clinic_id);
+CREATE TABLE clinic.invoices_1 PARTITION OF clinic.invoices FOR VALUES IN (1);
+CREATE TABLE clinic.invoices_2 PARTITION OF clinic.invoices FOR VALUES IN (2);
+CREATE MATERIALIZED VIEW clinic.invoice_totals AS
+  SELECT clinic_id, sum(amount) AS total FROM clinic.invoices GROUP BY clinic_id;
+
+CREATE TABLE clinic.notes (id int, clinic_id int, body text);
+CREATE TABLE clinic.soap_notes (signed boolean NOT NULL DEFAULT false) INHERITS (clinic.notes);
+
+CREATE FUNCTION clinic.patient_total(c int) RETURNS bigint LANGUAGE plpgsql AS
+$$BEGIN RETURN (SELECT count(*) FROM clinic.patients WHERE clinic_id = c); END$$;
+CREATE FUNCTION clinic.add(a int, b int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT a + b';
+CREATE FUNCTION clinic.add(a bigint, b bigint) RETURNS SETOF bigint LANGUAGE sql SECURITY DEFINER AS 'SELECT a - b';
+CREATE FUNCTION clinic.next_id(c int) RETURNS int LANGUAGE sql RETURN c + 1;
+CREATE PROCEDURE clinic.purge(c int) LANGUAGE sql AS 'DELETE FROM clinic.patients WHERE clinic_id = c';
+CREATE FUNCTION public.mixed(a int) RETURNS int LANGUAGE sql AS 'SELECT a';
+CREATE FUNCTION public.mixed(a text) RETURNS int LANGUAGE plpgsql AS 'BEGIN RETURN 1; END';
+CREATE TABLE public."Odd Name" ("Col" int);
+`
+
+func testContext(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// newDatabase creates a database holding sql and returns a superuser
+// connection to it.
+func newDatabase(t *testing.T, ctx context.Context, sql string) (*pgtest.Cluster, string, *pgx.Conn) {
+	t.Helper()
+	c := pgtest.Shared(t)
+	db, err := c.CreateDatabase(ctx, "catalog")
+	require.NoError(t, err)
+	if sql != "" {
+		require.NoError(t, c.Exec(ctx, db, sql))
+	}
+	conn, err := c.Connect(ctx, db)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = conn.Close(context.Background()) })
+	return c, db, conn
+}
+
+func TestLoad(t *testing.T) {
+	ctx := testContext(t)
+	_, _, conn := newDatabase(t, ctx, clinicSchema)
+
+	got, err := LoadConn(ctx, conn, Options{})
+	require.NoError(t, err)
+
+	want := &rewriter.Catalog{
+		Relations: map[string]*rewriter.Relation{
+			"clinic.patients": {
+				Schema: "clinic", Name: "patients", Kind: rewriter.KindTable,
+				Columns: []string{"id", "clinic_id", "mrn", "email", "deleted_at"}, // dropped column left out
+				NotNull: []string{"id", "clinic_id"},
+				// The primary key first, then by index name; the partial
+				// and the expression unique indexes are not keys.
+				UniqueKeys: [][]string{{"id"}, {"clinic_id", "mrn"}},
+				Indexes: [][]string{
+					{"id"},
+					{"clinic_id"}, // INCLUDE columns are not key columns
+					{"clinic_id", "mrn"},
+					{"email"}, // partial
+					{"lower(email)"},
+				},
+				RLSEnabled: true, RLSForced: true,
+			},
+			"clinic.patient_names": {
+				Schema: "clinic", Name: "patient_names", Kind: rewriter.KindView,
+				Columns: []string{"id", "clinic_id", "mrn"},
+				Reads:   []string{"clinic.patients"},
+			},
+			"clinic.patient_count": {
+				Schema: "clinic", Name: "patient_count", Kind: rewriter.KindView,
+				Columns: []string{"n"},
+				Reads:   []string{"clinic.patients"},
+			},
+			"clinic.names_and_visits": {
+				Schema: "clinic", Name: "names_and_visits", Kind: rewriter.KindView,
+				Columns: []string{"mrn", "amount"},
+				// Direct reads only: patients is reached through patient_names.
+				Reads: []string{"clinic.patient_names", "clinic.visits"},
+			},
+			"clinic.visits": {
+				Schema: "clinic", Name: "visits", Kind: rewriter.KindTable,
+				Columns: []string{"clinic_id", "amount"},
+			},
+			"clinic.invoices": {
+				Schema: "clinic", Name: "invoices", Kind: rewriter.KindPartitioned,
+				Columns:    []string{"id", "clinic_id", "amount"},
+				NotNull:    []string{"id", "clinic_id"},
+				Children:   []string{"clinic.invoices_1", "clinic.invoices_2"},
+				UniqueKeys: [][]string{{"clinic_id", "id"}},
+				Indexes:    [][]string{{"clinic_id", "id"}},
+			},
+			"clinic.invoices_1": {
+				Schema: "clinic", Name: "invoices_1", Kind: rewriter.KindTable,
+				Columns:    []string{"id", "clinic_id", "amount"},
+				NotNull:    []string{"id", "clinic_id"},
+				Parents:    []string{"clinic.invoices"},
+				UniqueKeys: [][]string{{"clinic_id", "id"}},
+				Indexes:    [][]string{{"clinic_id", "id"}},
+			},
+			"clinic.invoices_2": {
+				Schema: "clinic", Name: "invoices_2", Kind: rewriter.KindTable,
+				Columns:    []string{"id", "clinic_id", "amount"},
+				NotNull:    []string{"id", "clinic_id"},
+				Parents:    []string{"clinic.invoices"},
+				UniqueKeys: [][]string{{"clinic_id", "id"}},
+				Indexes:    [][]string{{"clinic_id", "id"}},
+			},
+			"clinic.invoice_totals": {
+				Schema: "clinic", Name: "invoice_totals", Kind: rewriter.KindMatView,
+				Columns: []string{"clinic_id", "total"},
+				Reads:   []string{"clinic.invoices"},
+			},
+			"clinic.notes": {
+				Schema: "clinic", Name: "notes", Kind: rewriter.KindTable,
+				Columns:  []string{"id", "clinic_id", "body"},
+				Children: []string{"clinic.soap_notes"},
+			},
+			"clinic.soap_notes": {
+				Schema: "clinic", Name: "soap_notes", Kind: rewriter.KindTable,
+				Columns: []string{"id", "clinic_id", "body", "signed"},
+				NotNull: []string{"signed"},
+				Parents: []string{"clinic.notes"},
+			},
+			"public.Odd Name": {
+				Schema: "public", Name: "Odd Name", Kind: rewriter.KindTable,
+				Columns: []string{"Col"},
+			},
+		},
+		Functions: map[string]*rewriter.Function{
+			"clinic.patient_total": {
+				Schema: "clinic", Name: "patient_total", Language: "plpgsql", Kind: "f",
+				Body: "BEGIN RETURN (SELECT count(*) FROM clinic.patients WHERE clinic_id = c); END",
+			},
+			"clinic.add": {
+				// Two overloads merged: flags ORed, bodies joined in
+				// identity-argument order (bigint before integer).
+				Schema: "clinic", Name: "add", Language: "sql", Kind: "f",
+				SecurityDefiner: true, ReturnsSet: true,
+				Body: "SELECT a - b\nSELECT a + b",
+			},
+			"clinic.next_id": {
+				Schema: "clinic", Name: "next_id", Language: "sql", Kind: "f",
+				Body: "RETURN (c + 1)",
+			},
+			"clinic.purge": {
+				Schema: "clinic", Name: "purge", Language: "sql", Kind: "p",
+				Body: "DELETE FROM clinic.patients WHERE clinic_id = c",
+			},
+			"public.mixed": {
+				// The riskier language of the two overloads wins.
+				Schema: "public", Name: "mixed", Language: "plpgsql", Kind: "f",
+				Body: "SELECT a\nBEGIN RETURN 1; END",
+			},
+		},
+	}
+	assert.Equal(t, want, got)
+}
+
+func TestLoadSchemasOption(t *testing.T) {
+	ctx := testContext(t)
+	_, _, conn := newDatabase(t, ctx, `
+CREATE SCHEMA a; CREATE SCHEMA b;
+CREATE TABLE a.t (x int); CREATE TABLE b.t (x int);
+CREATE TABLE a.parent (x int); CREATE TABLE b.child () INHERITS (a.parent);
+CREATE VIEW b.v AS SELECT x FROM a.t;
+CREATE FUNCTION a.f() RETURNS int LANGUAGE sql AS 'SELECT 1';
+CREATE FUNCTION b.f() RETURNS int LANGUAGE sql AS 'SELECT 2';
+`)
+	got, err := LoadConn(ctx, conn, Options{Schemas: []string{"b"}})
+	require.NoError(t, err)
+	assert.Equal(t, &rewriter.Catalog{
+		Relations: map[string]*rewriter.Relation{
+			"b.t": {Schema: "b", Name: "t", Kind: rewriter.KindTable, Columns: []string{"x"}},
+			// Names outside the loaded schemas are still given.
+			"b.child": {Schema: "b", Name: "child", Kind: rewriter.KindTable, Columns: []string{"x"}, Parents: []string{"a.parent"}},
+			"b.v":     {Schema: "b", Name: "v", Kind: rewriter.KindView, Columns: []string{"x"}, Reads: []string{"a.t"}},
+		},
+		Functions: map[string]*rewriter.Function{
+			"b.f": {Schema: "b", Name: "f", Language: "sql", Kind: "f", Body: "SELECT 2"},
+		},
+	}, got)
+}
+
+func TestLoadEmptyDatabase(t *testing.T) {
+	ctx := testContext(t)
+	_, _, conn := newDatabase(t, ctx, "")
+	got, err := Load(ctx, conn, Options{})
+	require.NoError(t, err)
+	assert.Equal(t, &rewriter.Catalog{
+		Relations: map[string]*rewriter.Relation{},
+		Functions: map[string]*rewriter.Function{},
+	}, got, "system schemas are skipped")
+}
+
+func TestLoadFailsOnBrokenConnection(t *testing.T) {
+	ctx := testContext(t)
+	_, _, conn := newDatabase(t, ctx, "")
+	require.NoError(t, conn.Close(ctx))
+	_, err := LoadConn(ctx, conn, Options{})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "catalog: ")
+}
