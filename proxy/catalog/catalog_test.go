@@ -70,7 +70,7 @@ func testContext(t *testing.T) context.Context {
 
 // newDatabase creates a database holding sql and returns a superuser
 // connection to it.
-func newDatabase(t *testing.T, ctx context.Context, sql string) (*pgtest.Cluster, string, *pgx.Conn) {
+func newDatabase(t testing.TB, ctx context.Context, sql string) (*pgtest.Cluster, string, *pgx.Conn) {
 	t.Helper()
 	c := pgtest.Shared(t)
 	db, err := c.CreateDatabase(ctx, "catalog")
