@@ -267,3 +267,34 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// TestReferenceListsEveryKey keeps testdata/policy/REFERENCE.md (pasted
+// into the README) in step with the parser: every key the parser knows has
+// a row there.
+func TestReferenceListsEveryKey(t *testing.T) {
+	ref, err := os.ReadFile(filepath.Join(testdataDir, "REFERENCE.md"))
+	require.NoError(t, err)
+	var keys []string
+	for _, k := range strings.Split(rootKeys, ", ") {
+		switch k {
+		case "tenant":
+			for _, s := range []string{"column", "type", "setting", "required"} {
+				keys = append(keys, "tenant."+s)
+			}
+		case "limits":
+			keys = append(keys, "limits.max_rows", "limits.unbounded")
+		case "tables":
+			keys = append(keys, "tables", "tables[i].name", "tables[i].column", "tables[i].strategy")
+		case "roles":
+			keys = append(keys, "roles")
+			for _, s := range []string{"bypass", "ddl", "truncate", "copy_from", "do", "functions"} {
+				keys = append(keys, "roles.<user>."+s)
+			}
+		default:
+			keys = append(keys, k)
+		}
+	}
+	for _, k := range keys {
+		assert.Contains(t, string(ref), "| `"+k+"` |", "REFERENCE.md has no row for %s", k)
+	}
+}
