@@ -147,13 +147,14 @@ func (s *Session) clientGone(err error) {
 	s.mu.Lock()
 	closing := s.closing
 	busy := (s.pending > 0 || s.unsynced) && !s.backendFatal
+	key := s.keyBytes
 	s.mu.Unlock()
 	if closing {
 		return
 	}
 	s.log.Debug("client disconnected", zap.Bool("query_in_flight", busy), zap.Bool("clean", errors.Is(err, io.EOF)))
-	if busy && s.keyBytes != nil {
-		if err := s.srv.sendCancel(s.keyBytes, s.UpstreamTLS); err != nil {
+	if busy && key != nil {
+		if err := s.srv.sendCancel(key, s.UpstreamTLS); err != nil {
 			s.log.Info("cancel after client disconnect failed", zap.Error(err))
 		}
 	}
@@ -247,10 +248,15 @@ func (s *Session) backendLoop() {
 				s.mu.Unlock()
 			}
 		case MsgBackendKeyData:
-			if s.keyBytes == nil && len(body) >= 8 {
+			s.mu.Lock()
+			first := s.keyBytes == nil && len(body) >= 8
+			if first {
 				s.keyBytes = append([]byte(nil), body...)
 				s.keyString = string(body)
-				s.srv.registerKey(s, s.keyString)
+			}
+			s.mu.Unlock()
+			if first {
+				s.srv.registerKey(s, string(body))
 			}
 		}
 		out := body

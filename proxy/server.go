@@ -175,10 +175,13 @@ func (s *Server) forget(l net.Listener) {
 }
 
 func (s *Server) endSession(sess *Session) {
+	sess.mu.Lock()
+	key := sess.keyString
+	sess.mu.Unlock()
 	s.mu.Lock()
 	delete(s.sessions, sess)
-	if sess.keyString != "" && s.keys[sess.keyString] == sess {
-		delete(s.keys, sess.keyString)
+	if key != "" && s.keys[key] == sess {
+		delete(s.keys, key)
 	}
 	draining := s.draining
 	s.mu.Unlock()

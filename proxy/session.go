@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"errors"
 	"io"
 	"net"
@@ -45,9 +46,6 @@ type Session struct {
 	uw       *bufio.Writer
 	uwMu     sync.Mutex // guards uw
 
-	keyString string // BackendKeyData body (pid + secret), set once
-	keyBytes  []byte
-
 	mu           sync.Mutex // guards the fields below and client/upstream swaps
 	pending      int        // messages sent upstream that still owe a ReadyForQuery
 	unsynced     bool       // extended-protocol messages sent since the last Sync
@@ -55,6 +53,8 @@ type Session struct {
 	relaying     bool       // authentication is over
 	draining     bool
 	closing      bool
+	keyString    string // BackendKeyData body (pid + secret), set once
+	keyBytes     []byte
 	backendFatal bool // the upstream already sent the client a FATAL error
 	closeOnce    sync.Once
 }
@@ -94,10 +94,12 @@ func (s *Session) InFlight() (pending int, unsynced bool) {
 // BackendPID returns the upstream backend's process id from BackendKeyData,
 // or 0 before it was received.
 func (s *Session) BackendPID() uint32 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if len(s.keyBytes) < 4 {
 		return 0
 	}
-	return uint32(s.keyBytes[0])<<24 | uint32(s.keyBytes[1])<<16 | uint32(s.keyBytes[2])<<8 | uint32(s.keyBytes[3])
+	return binary.BigEndian.Uint32(s.keyBytes)
 }
 
 func (s *Session) run(ctx context.Context) {

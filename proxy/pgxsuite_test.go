@@ -1,0 +1,289 @@
+package proxy_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/zap"
+
+	"github.com/tenantguard/tenantguard/proxy"
+	"github.com/tenantguard/tenantguard/proxy/pgtest"
+)
+
+// pgxVersion is the pgx module whose own test suite is run through the proxy.
+const pgxVersion = "v5.12.0"
+
+// knownProxyDifferences are pgx tests expected to fail only through the
+// proxy, with the reason. Anything else that passes directly and fails
+// through the proxy fails TestPgxSuite.
+var knownProxyDifferences = map[string]string{
+	// channel_binding=require cannot work: the proxy strips SCRAM-SHA-256-PLUS
+	// because the client's TLS session ends at the proxy.
+	"github.com/jackc/pgx/v5/pgconn TestConnect/SCRAM-PLUS password": "SCRAM channel binding cannot cross a TLS-terminating proxy",
+}
+
+// TestPgxSuite runs pgx's own test suite against PostgreSQL directly and
+// then through the proxy, and compares the results. It takes minutes, so it
+// runs only with TENANTGUARD_PGX_SUITE=1 (see testdata/pgx-suite.sh). The
+// comparison is written to $TENANTGUARD_PGX_SUITE_REPORT when set.
+func TestPgxSuite(t *testing.T) {
+	if os.Getenv("TENANTGUARD_PGX_SUITE") != "1" {
+		t.Skip("set TENANTGUARD_PGX_SUITE=1 to run pgx's test suite through the proxy")
+	}
+	pgxSrc := filepath.Join(goEnv(t, "GOMODCACHE"), "github.com/jackc/pgx/v5@"+pgxVersion)
+	if _, err := os.Stat(pgxSrc); err != nil {
+		t.Skipf("pgx %s source not in the module cache: %v", pgxVersion, err)
+	}
+	c, err := pgtest.Start(pgtest.Options{Settings: map[string]string{"max_connections": "400"}})
+	if err != nil {
+		t.Fatalf("start cluster: %v", err)
+	}
+	defer c.Stop()
+	setupPgxDatabase(t, c)
+
+	srv, err := proxy.NewServer(proxy.Config{
+		Upstream:    proxy.UpstreamConfig{Host: "localhost", Port: c.Port, SSLMode: "verify-full", SSLRootCert: c.CAFile},
+		TLSCertFile: c.CertFile, TLSKeyFile: c.KeyFile,
+		Logger: zap.NewNop(),
+	})
+	require.NoError(t, err)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = srv.Serve(ctx, l) }()
+	defer func() {
+		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer scancel()
+		_ = srv.Shutdown(sctx)
+	}()
+	proxyPort := l.Addr().(*net.TCPAddr).Port
+
+	dir := copyPgxSource(t, pgxSrc)
+	pkgs := strings.Fields(envOr("TENANTGUARD_PGX_PACKAGES", ". ./pgconn ./pgtype ./pgxpool ./stdlib"))
+	start := time.Now()
+	direct := runPgxTests(t, dir, pkgs, pgxEnv(c.Port, c.CAFile))
+	directTime := time.Since(start)
+	start = time.Now()
+	proxied := runPgxTests(t, dir, pkgs, pgxEnv(proxyPort, c.CAFile))
+	proxyTime := time.Since(start)
+
+	report, regressions := compareSuites(direct, proxied)
+	report = fmt.Sprintf("pgx %s suite, packages %v\ndirect: %s in %s\nproxy:  %s in %s\n%s",
+		pgxVersion, pkgs, summary(direct), directTime.Round(time.Second), summary(proxied), proxyTime.Round(time.Second), report)
+	t.Log("\n" + report)
+	if p := os.Getenv("TENANTGUARD_PGX_SUITE_REPORT"); p != "" {
+		require.NoError(t, os.WriteFile(p, []byte(report), 0o644))
+	}
+	for _, r := range regressions {
+		t.Errorf("passes directly, fails through the proxy: %s", r)
+	}
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+func goEnv(t *testing.T, name string) string {
+	out, err := exec.Command("go", "env", name).Output()
+	require.NoError(t, err)
+	return strings.TrimSpace(string(out))
+}
+
+// setupPgxDatabase does what pgx's testsetup/postgresql_setup.sql and
+// pg_hba.conf do, on a pgtest cluster.
+func setupPgxDatabase(t *testing.T, c *pgtest.Cluster) {
+	ctx := context.Background()
+	hba := filepath.Join(c.Dir, "data", "pg_hba.conf")
+	old, err := os.ReadFile(hba)
+	require.NoError(t, err)
+	lines := strings.Join([]string{
+		"host all pgx_md5 127.0.0.1/32 md5",
+		"host all pgx_scram 127.0.0.1/32 scram-sha-256",
+		"host all pgx_pw 127.0.0.1/32 password",
+		"hostssl all pgx_ssl 127.0.0.1/32 scram-sha-256",
+		"",
+	}, "\n")
+	require.NoError(t, os.WriteFile(hba, append([]byte(lines), old...), 0o600))
+	require.NoError(t, c.Exec(ctx, "postgres", "select pg_reload_conf()"))
+	require.NoError(t, c.Exec(ctx, "postgres", "create database pgx_test"))
+	setup := `
+create extension hstore;
+create extension ltree;
+create domain uint64 as numeric(20,0);
+create user pgx_ssl with superuser password 'secret';
+create user pgx_sslcert with superuser password 'secret';
+set password_encryption = md5;
+create user pgx_md5 with superuser password 'secret';
+set password_encryption = 'scram-sha-256';
+create user pgx_pw with superuser password 'secret';
+create user pgx_scram with superuser password 'secret';
+create user root with superuser;
+create user " tricky, ' } "" \ test user " superuser password 'secret';
+`
+	require.NoError(t, c.Exec(ctx, "pgx_test", setup))
+}
+
+// copyPgxSource copies the read-only module source to a temp dir and points
+// its test dependencies at the versions this module already has in the
+// module cache, so the suite builds offline.
+func copyPgxSource(t *testing.T, src string) string {
+	dir := t.TempDir()
+	out, err := exec.Command("cp", "-r", src+"/.", dir).CombinedOutput()
+	require.NoError(t, err, string(out))
+	out, err = exec.Command("chmod", "-R", "u+w", dir).CombinedOutput()
+	require.NoError(t, err, string(out))
+	gomod := exec.Command("go", "mod", "edit",
+		"-require=github.com/stretchr/testify@v1.12.1", "-require=golang.org/x/sync@v0.23.0", "-require=golang.org/x/text@v0.42.0",
+		"-droprequire=github.com/davecgh/go-spew", "-droprequire=github.com/kr/pretty", "-droprequire=github.com/pmezard/go-difflib",
+		"-droprequire=gopkg.in/check.v1", "-droprequire=gopkg.in/yaml.v3")
+	gomod.Dir = dir
+	out, err = gomod.CombinedOutput()
+	require.NoError(t, err, string(out))
+	tidy := exec.Command("go", "mod", "tidy")
+	tidy.Dir = dir
+	tidy.Env = append(os.Environ(), "GOPROXY=off", "GOSUMDB=off", "GOFLAGS=-mod=mod")
+	out, err = tidy.CombinedOutput()
+	require.NoError(t, err, string(out))
+	return dir
+}
+
+// pgxEnv is pgx's CI test environment (scripts/lib/test_targets.rb) for a
+// server on port; client-certificate and Unix-socket tests stay unset, as
+// neither can go through a TCP proxy that terminates TLS.
+func pgxEnv(port int, caFile string) []string {
+	tcp := fmt.Sprintf("host=127.0.0.1 port=%d dbname=pgx_test password=secret", port)
+	tls := fmt.Sprintf("host=localhost port=%d user=pgx_ssl password=secret sslmode=verify-full sslrootcert=%s dbname=pgx_test", port, caFile)
+	return []string{
+		"PGX_TEST_DATABASE=" + tcp + " user=pgx_md5",
+		"PGX_TEST_TCP_CONN_STRING=" + tcp + " user=pgx_md5",
+		"PGX_TEST_MD5_PASSWORD_CONN_STRING=" + tcp + " user=pgx_md5",
+		"PGX_TEST_PLAIN_PASSWORD_CONN_STRING=" + tcp + " user=pgx_pw",
+		"PGX_TEST_SCRAM_PASSWORD_CONN_STRING=" + tcp + " user=pgx_scram channel_binding=disable",
+		"PGX_TEST_SCRAM_PLUS_CONN_STRING=" + tls + " channel_binding=require",
+		"PGX_TEST_TLS_CONN_STRING=" + tls + " channel_binding=disable",
+	}
+}
+
+type testResult struct {
+	Action  string
+	Package string
+	Test    string
+}
+
+// runPgxTests runs go test -json and returns the final action of every test
+// ("pkg Test/sub" -> pass|fail|skip), and of each package under "pkg".
+func runPgxTests(t *testing.T, dir string, pkgs []string, env []string) map[string]string {
+	args := append([]string{"test", "-json", "-count=1", "-vet=off", "-p=1", "-timeout=20m"}, pkgs...)
+	cmd := exec.Command("go", args...)
+	cmd.Dir = dir
+	cmd.Env = append(append(filterEnv(os.Environ()), "GOPROXY=off", "GOFLAGS=-mod=mod"), env...)
+	stdout, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	require.NoError(t, cmd.Start())
+	results := map[string]string{}
+	sc := bufio.NewScanner(stdout)
+	sc.Buffer(make([]byte, 1<<20), 16<<20)
+	for sc.Scan() {
+		var r testResult
+		if json.Unmarshal(sc.Bytes(), &r) != nil {
+			continue
+		}
+		if r.Action == "pass" || r.Action == "fail" || r.Action == "skip" {
+			key := r.Package
+			if r.Test != "" {
+				key += " " + r.Test
+			}
+			results[key] = r.Action
+		}
+	}
+	_, _ = io.Copy(io.Discard, stdout)
+	if err := cmd.Wait(); err != nil {
+		t.Logf("go test exited with %v\n%s", err, stderr.String())
+	}
+	return results
+}
+
+// filterEnv drops PG* variables so that only the test strings pick the server.
+func filterEnv(env []string) []string {
+	var out []string
+	for _, e := range env {
+		if strings.HasPrefix(e, "PG") || strings.HasPrefix(e, "TENANTGUARD_") {
+			continue
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+func summary(r map[string]string) string {
+	n := map[string]int{}
+	for k, v := range r {
+		if strings.Contains(k, " ") {
+			n[v]++
+		}
+	}
+	return fmt.Sprintf("%d passed, %d failed, %d skipped", n["pass"], n["fail"], n["skip"])
+}
+
+// compareSuites lists every test whose outcome differs, and returns the
+// regressions (pass directly, fail or missing through the proxy) that are
+// not known differences.
+func compareSuites(direct, proxied map[string]string) (string, []string) {
+	keys := map[string]bool{}
+	for k := range direct {
+		keys[k] = true
+	}
+	for k := range proxied {
+		keys[k] = true
+	}
+	sorted := make([]string, 0, len(keys))
+	for k := range keys {
+		sorted = append(sorted, k)
+	}
+	sort.Strings(sorted)
+	var b strings.Builder
+	var regressions []string
+	for _, k := range sorted {
+		d, p := direct[k], proxied[k]
+		if d == p {
+			if d == "fail" {
+				fmt.Fprintf(&b, "fails both ways: %s\n", k)
+			}
+			continue
+		}
+		note := ""
+		if why, ok := knownProxyDifferences[k]; ok {
+			note = " (known: " + why + ")"
+		} else if d == "pass" && p != "skip" {
+			regressions = append(regressions, fmt.Sprintf("%s (direct %s, proxy %s)", k, d, orNone(p)))
+		}
+		fmt.Fprintf(&b, "differs: %s: direct %s, proxy %s%s\n", k, orNone(d), orNone(p), note)
+	}
+	return b.String(), regressions
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "absent"
+	}
+	return s
+}
