@@ -105,12 +105,11 @@ func (w *Watcher) Done() <-chan struct{} { return w.done }
 func (w *Watcher) run(ctx context.Context) {
 	defer close(w.done)
 	defer w.fs.Close()
-	timer := time.NewTimer(time.Hour)
-	timer.Stop()
-	defer timer.Stop()
 	// A change between the caller's Load and the watch being in place must
-	// not be missed: check once at start.
-	w.check(false)
+	// not be missed: check once at start, after the same settling delay as
+	// for an event, so that a write in progress is not read half done.
+	timer := time.NewTimer(settle)
+	defer timer.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -142,6 +141,11 @@ func (w *Watcher) check(force bool) {
 		if force {
 			w.report(nil, fmt.Errorf("policy: read %s: %w", w.path, err))
 		}
+		return
+	}
+	if len(data) == 0 && !force {
+		// An in-place save truncates before it writes: an empty file is
+		// never a valid policy, and the write that follows brings an event.
 		return
 	}
 	d := digest(data)

@@ -187,3 +187,17 @@ func TestWatchMissingDirectory(t *testing.T) {
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "policy: watch ")
 }
+
+// TestWatchIgnoresTruncatedFile: an in-place save truncates the file before
+// writing it; the empty file in between is not reported as an invalid policy.
+func TestWatchIgnoresTruncatedFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "policy.yaml")
+	writeFile(t, path, "tables: [patients]\n")
+	h, r, _, _ := startWatch(t, path)
+
+	writeFile(t, path, "")
+	writeFile(t, path, "tables: [invoices]\n")
+	waitFor(t, "new policy stored", func() bool { return h.Load().Tables[0].Name == "invoices" })
+	_, e := r.counts()
+	assert.Equal(t, 0, e)
+}
