@@ -1,0 +1,185 @@
+package rewriter
+
+import (
+	"regexp"
+	"strings"
+
+	pg "github.com/pganalyze/pg_query_go/v6"
+)
+
+// deniedFunctions are builtins refused by default: they run SQL given as a
+// string, reach files, large objects, other servers or other sessions, take
+// locks shared by all tenants, or sleep.
+var deniedFunctions = map[string]bool{
+	"pg_read_file": true, "pg_read_binary_file": true, "pg_ls_dir": true, "pg_stat_file": true,
+	"pg_terminate_backend": true, "pg_cancel_backend": true,
+	"pg_sleep": true, "pg_sleep_for": true, "pg_sleep_until": true,
+	"pg_notify": true, "ts_stat": true, "ts_rewrite": true,
+	"pg_stat_get_activity": true, "pg_stat_statements": true, "pg_stat_statements_reset": true,
+	"pg_reload_conf": true, "pg_rotate_logfile": true, "pg_promote": true,
+	"pg_logdir_ls": true, "pg_file_write": true, "pg_file_rename": true, "pg_file_unlink": true,
+	"pg_file_sync": true, "pg_switch_wal": true, "pg_create_restore_point": true,
+	"pg_import_system_collations": true, "set_config": true,
+}
+
+// deniedPrefixes refuse function families by name prefix.
+var deniedPrefixes = []string{
+	"dblink", "lo_", "pg_ls_", "pg_advisory", "pg_try_advisory",
+	"query_to_xml", "table_to_xml", "cursor_to_xml", "database_to_xml", "schema_to_xml",
+	"pg_stat_get_backend", "pg_replication_", "pg_drop_replication", "pg_create_logical", "pg_create_physical",
+	"pg_logical_", "pg_export_snapshot",
+}
+
+// aggregates are the builtin aggregate functions (for the bounded-result rule).
+var aggregates = map[string]bool{
+	"count": true, "sum": true, "avg": true, "min": true, "max": true, "array_agg": true, "string_agg": true,
+	"bool_and": true, "bool_or": true, "every": true, "json_agg": true, "jsonb_agg": true, "json_object_agg": true,
+	"jsonb_object_agg": true, "json_agg_strict": true, "jsonb_agg_strict": true, "json_objectagg": true,
+	"json_arrayagg": true, "xmlagg": true, "bit_and": true, "bit_or": true, "bit_xor": true,
+	"stddev": true, "stddev_pop": true, "stddev_samp": true, "variance": true, "var_pop": true, "var_samp": true,
+	"corr": true, "covar_pop": true, "covar_samp": true, "regr_avgx": true, "regr_avgy": true, "regr_count": true,
+	"regr_intercept": true, "regr_r2": true, "regr_slope": true, "regr_sxx": true, "regr_sxy": true, "regr_syy": true,
+	"percentile_cont": true, "percentile_disc": true, "mode": true, "range_agg": true, "range_intersect_agg": true,
+	"any_value": true,
+}
+
+// setReturning are builtin set-returning functions: in a target list they
+// multiply rows.
+var setReturning = map[string]bool{
+	"generate_series": true, "generate_subscripts": true, "unnest": true, "jsonb_array_elements": true,
+	"json_array_elements": true, "jsonb_array_elements_text": true, "json_array_elements_text": true,
+	"jsonb_each": true, "json_each": true, "jsonb_each_text": true, "json_each_text": true,
+	"jsonb_object_keys": true, "json_object_keys": true, "regexp_matches": true, "regexp_split_to_table": true,
+	"string_to_table": true, "jsonb_path_query": true, "jsonb_to_recordset": true, "json_to_recordset": true,
+	"jsonb_populate_recordset": true, "json_populate_recordset": true, "ts_debug": true, "pg_options_to_table": true,
+}
+
+func (c *stmtCtx) roleAllowsFunction(schema, name string) bool {
+	for _, f := range c.role.Functions {
+		if f == name || (schema != "" && f == schema+"."+name) {
+			return true
+		}
+	}
+	return false
+}
+
+// funcCall checks one function call anywhere in a statement.
+func (c *stmtCtx) funcCall(f *pg.FuncCall) {
+	schema, name := funcName(f)
+	if name == "" || c.roleAllowsFunction(schema, name) {
+		return
+	}
+	builtinSchema := schema == "" || schema == "pg_catalog"
+	if builtinSchema && name == "set_config" {
+		if len(f.Args) > 0 {
+			if k, v, _ := c.tenantValue(f.Args[0]); k == valueLiteral && strings.EqualFold(v, c.pol.Tenant.Setting) {
+				c.reject(ReasonTenantTamper, c.pol.Tenant.Setting)
+				return
+			}
+		}
+		c.reject(ReasonDeniedFunction, name)
+		return
+	}
+	if builtinSchema && deniedBuiltin(name) {
+		c.reject(ReasonDeniedFunction, name)
+		return
+	}
+	fn := c.r.rels.function(schema, name)
+	if fn == nil {
+		if schema != "" && schema != "pg_catalog" && c.r.rels.catalogLoaded {
+			c.reject(ReasonDeniedFunction, schema+"."+name)
+		}
+		return
+	}
+	if c.r.rels.functionReadsTenant(fn) {
+		c.reject(ReasonDeniedFunction, fn.Schema+"."+fn.Name)
+	}
+}
+
+func deniedBuiltin(name string) bool {
+	if deniedFunctions[name] {
+		return true
+	}
+	for _, p := range deniedPrefixes {
+		if strings.HasPrefix(name, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// function finds a user-defined function in the catalog. An unqualified name
+// matches in any schema except pg_catalog (builtins stay builtins).
+func (ix *relationIndex) function(schema, name string) *Function {
+	if schema != "" {
+		return ix.funcByKey[schema+"."+name]
+	}
+	for _, f := range ix.funcs[name] {
+		if f.Schema != "pg_catalog" {
+			return f
+		}
+	}
+	return nil
+}
+
+// dynamicSQL finds EXECUTE in procedural code: SQL built at run time.
+var dynamicSQL = regexp.MustCompile(`(?i)\bexecute\b`)
+
+// functionReadsTenant is true for a function in a language that can run SQL
+// whose body names a tenant relation or builds SQL at run time.
+func (ix *relationIndex) functionReadsTenant(f *Function) bool {
+	switch f.Language {
+	case "internal", "c", "":
+		return false
+	}
+	if f.Language != "sql" && dynamicSQL.MatchString(f.Body) {
+		return true
+	}
+	body := strings.ToLower(f.Body)
+	for _, t := range ix.tenantNames {
+		if containsWord(body, strings.ToLower(t)) {
+			return true
+		}
+	}
+	return false
+}
+
+func containsWord(hay, word string) bool {
+	for i := 0; ; {
+		j := strings.Index(hay[i:], word)
+		if j < 0 {
+			return false
+		}
+		j += i
+		before := j == 0 || !isIdentByte(hay[j-1])
+		after := j+len(word) >= len(hay) || !isIdentByte(hay[j+len(word)])
+		if before && after {
+			return true
+		}
+		i = j + 1
+	}
+}
+
+func isIdentByte(b byte) bool {
+	return b == '_' || b == '$' || (b >= 'a' && b <= 'z') || (b >= 'A' && b <= 'Z') || (b >= '0' && b <= '9') || b >= 0x80
+}
+
+func (ix *relationIndex) isAggregate(schema, name string) bool {
+	if (schema == "" || schema == "pg_catalog") && aggregates[name] {
+		return true
+	}
+	if f := ix.function(schema, name); f != nil && f.Kind == "a" {
+		return true
+	}
+	return false
+}
+
+func (ix *relationIndex) isSetReturning(schema, name string) bool {
+	if (schema == "" || schema == "pg_catalog") && setReturning[name] {
+		return true
+	}
+	if f := ix.function(schema, name); f != nil && f.ReturnsSet {
+		return true
+	}
+	return false
+}

@@ -1,0 +1,277 @@
+package rewriter
+
+import (
+	"strconv"
+
+	pg "github.com/pganalyze/pg_query_go/v6"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+
+	"github.com/tenantguard/tenantguard/policy"
+)
+
+// unboundedRows stands for "no bound".
+const unboundedRows = -1
+
+// bound returns an upper bound of the rows s returns, or unboundedRows.
+// LIMIT $k counts as max_rows and records k in limitParams (the proxy checks
+// the bound value at Bind).
+func (c *stmtCtx) bound(s *pg.SelectStmt, ctes map[string]*pg.SelectStmt) int64 {
+	if s == nil {
+		return unboundedRows
+	}
+	ctes = c.cteScope(s.WithClause, ctes)
+	limit := int64(unboundedRows)
+	if s.LimitCount != nil && s.LimitOption != pg.LimitOption_LIMIT_OPTION_WITH_TIES {
+		switch k, v, p := c.limitValue(s.LimitCount); k {
+		case valueLiteral:
+			if n, err := strconv.ParseInt(v, 10, 64); err == nil && n >= 0 {
+				limit = n
+			}
+		case valueParam:
+			c.limitParams = appendUnique(c.limitParams, p)
+			limit = c.pol.Limits.MaxRows
+		}
+	}
+	shape := c.shapeBound(s, ctes)
+	switch {
+	case limit == unboundedRows:
+		return shape
+	case shape == unboundedRows || limit < shape:
+		return limit
+	}
+	return shape
+}
+
+func (c *stmtCtx) limitValue(n *pg.Node) (valueKind, string, int) {
+	for n != nil && n.GetTypeCast() != nil {
+		n = n.GetTypeCast().Arg
+	}
+	if a := n.GetAConst(); a != nil {
+		if iv, ok := a.Val.(*pg.A_Const_Ival); ok && !a.Isnull {
+			return valueLiteral, strconv.FormatInt(int64(iv.Ival.Ival), 10), 0
+		}
+		if fv, ok := a.Val.(*pg.A_Const_Fval); ok && !a.Isnull {
+			return valueLiteral, fv.Fval.Fval, 0
+		}
+		return valueOther, "", 0
+	}
+	if p := n.GetParamRef(); p != nil && c.extended && !c.dynamic {
+		return valueParam, "", int(p.Number)
+	}
+	return valueOther, "", 0
+}
+
+func (c *stmtCtx) cteScope(w *pg.WithClause, outer map[string]*pg.SelectStmt) map[string]*pg.SelectStmt {
+	if w == nil || w.Recursive {
+		return outer
+	}
+	m := map[string]*pg.SelectStmt{}
+	for k, v := range outer {
+		m[k] = v
+	}
+	for _, n := range w.Ctes {
+		if ce := n.GetCommonTableExpr(); ce != nil {
+			m[ce.Ctename] = ce.Ctequery.GetSelectStmt()
+		}
+	}
+	return m
+}
+
+// shapeBound bounds a SELECT by its shape, without its own LIMIT.
+func (c *stmtCtx) shapeBound(s *pg.SelectStmt, ctes map[string]*pg.SelectStmt) int64 {
+	switch s.Op {
+	case pg.SetOperation_SETOP_UNION:
+		l, r := c.bound(s.Larg, ctes), c.bound(s.Rarg, ctes)
+		if l == unboundedRows || r == unboundedRows {
+			return unboundedRows
+		}
+		return l + r
+	case pg.SetOperation_SETOP_INTERSECT:
+		l, r := c.bound(s.Larg, ctes), c.bound(s.Rarg, ctes)
+		switch {
+		case l == unboundedRows:
+			return r
+		case r == unboundedRows || l < r:
+			return l
+		}
+		return r
+	case pg.SetOperation_SETOP_EXCEPT:
+		return c.bound(s.Larg, ctes)
+	}
+	if len(s.ValuesLists) > 0 {
+		return int64(len(s.ValuesLists))
+	}
+	if c.hasSetReturning(s.TargetList) {
+		return unboundedRows
+	}
+	if len(s.FromClause) == 0 {
+		return 1
+	}
+	if len(s.GroupClause) == 0 && (c.hasAggregate(s.TargetList) || c.hasAggregate([]*pg.Node{s.HavingClause})) {
+		return 1
+	}
+	if len(s.FromClause) == 1 {
+		item := s.FromClause[0]
+		if sub := item.GetRangeSubselect(); sub != nil && !sub.Lateral {
+			return c.bound(sub.Subquery.GetSelectStmt(), ctes)
+		}
+		if rv := item.GetRangeVar(); rv != nil {
+			if rv.Schemaname == "" {
+				if cte, ok := ctes[rv.Relname]; ok && cte != nil {
+					// The CTE's body does not see itself (non-recursive WITH).
+					inner := map[string]*pg.SelectStmt{}
+					for k, v := range ctes {
+						if k != rv.Relname {
+							inner[k] = v
+						}
+					}
+					return c.bound(cte, inner)
+				}
+			}
+			if c.uniqueKeyEquality(rv, s.WhereClause) {
+				return 1
+			}
+		}
+	}
+	return unboundedRows
+}
+
+// uniqueKeyEquality: every column of a unique key of rv is equal to a
+// constant, parameter or the tenant in a top-level conjunct.
+func (c *stmtCtx) uniqueKeyEquality(rv *pg.RangeVar, where *pg.Node) bool {
+	keys := c.r.rels.keysOf(rv)
+	if len(keys) == 0 {
+		return false
+	}
+	quals := refNames(rv)
+	fixed := map[string]bool{}
+	for _, cj := range conjuncts(where, nil) {
+		l, r, ok := isEq(cj)
+		if !ok {
+			continue
+		}
+		for _, pair := range [][2]*pg.Node{{l, r}, {r, l}} {
+			cr := pair[0].GetColumnRef()
+			if cr == nil || len(cr.Fields) == 0 {
+				continue
+			}
+			last := cr.Fields[len(cr.Fields)-1].GetString_()
+			if last == nil || !colMatches(pair[0], quals, last.Sval, true) {
+				continue
+			}
+			if k, _, _ := c.tenantValue(pair[1]); k == valueLiteral || k == valueParam || k == valueSetting {
+				fixed[last.Sval] = true
+			}
+		}
+	}
+	for _, key := range keys {
+		all := len(key) > 0
+		for _, col := range key {
+			if !fixed[col] {
+				all = false
+			}
+		}
+		if all {
+			return true
+		}
+	}
+	return false
+}
+
+// findFuncs calls fn for each function call in ns, not descending into
+// subqueries.
+func findFuncs(ns []*pg.Node, fn func(*pg.FuncCall)) {
+	var walk func(m protoreflect.Message)
+	visit := func(x proto.Message) {
+		switch t := x.(type) {
+		case *pg.SelectStmt:
+			return
+		case *pg.FuncCall:
+			fn(t)
+		}
+		walk(x.ProtoReflect())
+	}
+	walk = func(m protoreflect.Message) {
+		m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+			if fd.Kind() != protoreflect.MessageKind || fd.IsMap() {
+				return true
+			}
+			if fd.IsList() {
+				l := v.List()
+				for i := 0; i < l.Len(); i++ {
+					visit(l.Get(i).Message().Interface())
+				}
+				return true
+			}
+			visit(v.Message().Interface())
+			return true
+		})
+	}
+	for _, n := range ns {
+		if n != nil {
+			walk(n.ProtoReflect())
+		}
+	}
+}
+
+func (c *stmtCtx) hasAggregate(ns []*pg.Node) bool {
+	found := false
+	findFuncs(ns, func(f *pg.FuncCall) {
+		if f.Over != nil {
+			return
+		}
+		s, n := funcName(f)
+		if f.AggStar || f.AggDistinct || f.AggWithinGroup || len(f.AggOrder) > 0 || f.AggFilter != nil || c.r.rels.isAggregate(s, n) {
+			found = true
+		}
+	})
+	return found
+}
+
+func (c *stmtCtx) hasSetReturning(ns []*pg.Node) bool {
+	found := false
+	findFuncs(ns, func(f *pg.FuncCall) {
+		if s, n := funcName(f); c.r.rels.isSetReturning(s, n) {
+			found = true
+		}
+	})
+	return found
+}
+
+// applyLimits enforces the bounded-result rule on a top-level SELECT that
+// reads tenant relations.
+func (c *stmtCtx) applyLimits(s *pg.SelectStmt) {
+	if s == nil || c.rejReason != "" {
+		return
+	}
+	max := c.pol.Limits.MaxRows
+	if off := s.LimitOffset; off != nil && c.r.maxOffset > 0 {
+		if k, v, _ := c.limitValue(off); k == valueLiteral {
+			if n, err := strconv.ParseInt(v, 10, 64); err != nil || n > c.r.maxOffset {
+				c.reject(ReasonOffset, "")
+				return
+			}
+		}
+	}
+	b := c.bound(s, nil)
+	if b != unboundedRows && b <= max {
+		return
+	}
+	if c.pol.Limits.Unbounded != policy.UnboundedCap || s.LimitOption == pg.LimitOption_LIMIT_OPTION_WITH_TIES {
+		c.reject(ReasonUnbounded, "")
+		return
+	}
+	// cap: inject LIMIT max_rows, or clamp a larger constant.
+	if s.LimitCount != nil {
+		if k, _, _ := c.limitValue(s.LimitCount); k != valueLiteral {
+			c.reject(ReasonUnbounded, "")
+			return
+		}
+	}
+	s.LimitCount = pg.MakeAConstIntNode(max, -1)
+	if s.LimitOption != pg.LimitOption_LIMIT_OPTION_COUNT {
+		s.LimitOption = pg.LimitOption_LIMIT_OPTION_COUNT
+	}
+	c.modified = true
+}

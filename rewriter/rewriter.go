@@ -1,0 +1,275 @@
+// Package rewriter is tenantguard's decision engine: statement + policy +
+// catalog + session in, decision out. It parses with the real PostgreSQL
+// parser (pg_query, Postgres 17 grammar), scopes every tenant relation to the
+// session's tenant (strategy inject) or checks that the statement already is
+// (strategy verify), refuses what it cannot prove safe, and caches a
+// tenant-independent template of every decision so that a repeated statement
+// text costs a map lookup and the rendering of the tenant.
+//
+// The package is pure: no I/O, no logging, no globals that change.
+package rewriter
+
+import (
+	"sync"
+
+	"github.com/tenantguard/tenantguard/policy"
+)
+
+// Session is what the rewriter needs to know of a connection.
+type Session struct {
+	// Tenant is the current tenant value ("" with HasTenant=false = none).
+	Tenant    string
+	HasTenant bool
+	// StartupTenant is the tenant the connection started with (startup
+	// parameter or options); RESET, RESET ALL and DISCARD ALL revert to it.
+	// It only matters for multi-statement strings that reset the tenant and
+	// then use it.
+	StartupTenant    string
+	HasStartupTenant bool
+	// User is the database user; it selects policy.Roles[User].
+	User string
+	// Extended is true when the statement came from a Parse message
+	// (extended protocol): exactly one statement, and the tenant is appended
+	// as an extra parameter instead of being rendered into the text.
+	Extended bool
+}
+
+// Verdicts of a Decision.
+const (
+	VerdictAllowed   = "allowed"
+	VerdictRewritten = "rewritten"
+	VerdictRejected  = "rejected"
+	VerdictBypassed  = "bypassed"
+)
+
+// Statement kinds of a Decision (the audit "kind" values of SPEC §1).
+const (
+	KindSelect  = "select"
+	KindInsert  = "insert"
+	KindUpdate  = "update"
+	KindDelete  = "delete"
+	KindMerge   = "merge"
+	KindCopy    = "copy"
+	KindDDL     = "ddl"
+	KindUtility = "utility"
+)
+
+// Result is the decision for a whole query string: one Decision per
+// statement, in order.
+type Result struct {
+	Statements []Decision `json:"statements"`
+	// CacheHit says whether the decision came from the template cache (for
+	// metrics; not part of the golden files).
+	CacheHit bool `json:"-"`
+}
+
+// Rejected reports whether any statement of the result is rejected.
+func (r *Result) Rejected() bool {
+	for i := range r.Statements {
+		if r.Statements[i].Verdict == VerdictRejected {
+			return true
+		}
+	}
+	return false
+}
+
+// Decision is what tenantguard does with one statement.
+type Decision struct {
+	// Kind is select|insert|update|delete|merge|copy|ddl|utility.
+	Kind string `json:"kind"`
+	// Relations lists the tenant relations the statement touches, as written
+	// ("schema.name" when qualified), in order of first appearance.
+	Relations []string `json:"relations,omitempty"`
+	// Verdict is allowed|rewritten|rejected|bypassed.
+	Verdict string `json:"decision"`
+	// Reason is a short stable code (see reasons.go).
+	Reason string `json:"reason"`
+	// Error is set when the statement is rejected.
+	Error *Error `json:"error,omitempty"`
+	// Enforced is false in audit mode: the verdict is what enforce mode would
+	// decide, but the proxy must forward SQL (the original statement) and
+	// never reject; Bind-time checks are to be logged, not enforced.
+	Enforced bool `json:"enforced"`
+	// SQL is the statement to send upstream (rewritten or original), with the
+	// tenant rendered for this Session. Empty when rejected.
+	SQL string `json:"sql,omitempty"`
+	// Fingerprint is the pg_query fingerprint of the original statement.
+	Fingerprint string `json:"fingerprint,omitempty"`
+	// Normalized is the original statement with every literal replaced by a
+	// placeholder and comments removed: safe for the audit log.
+	Normalized string `json:"normalized,omitempty"`
+	// TenantParam is, in the extended protocol, the 1-based number of the
+	// parameter the proxy must append and bind to the tenant ($n+1); 0 if none.
+	TenantParam int `json:"tenant_param,omitempty"`
+	// TenantType is the SQL type of TenantParam (integer, bigint, uuid, text).
+	TenantType string `json:"tenant_type,omitempty"`
+	// LimitParams are parameters whose bound value must be <= MaxRows
+	// (checked by the proxy at Bind; reject with 54000 otherwise).
+	LimitParams []int `json:"limit_params,omitempty"`
+	// MaxRows is the bound for LimitParams and for the RowGuard.
+	MaxRows int64 `json:"max_rows,omitempty"`
+	// VerifyParams are parameters whose bound value must equal the tenant
+	// (checked by the proxy at Bind; reject with 42501 otherwise).
+	VerifyParams []int `json:"verify_params,omitempty"`
+	// TenantEffect says how the statement changes the tenant setting.
+	TenantEffect *TenantEffect `json:"tenant_effect,omitempty"`
+	// TxOp is the transaction-control effect of the statement.
+	TxOp *TxOp `json:"tx_op,omitempty"`
+	// Notify is set for LISTEN/UNLISTEN/NOTIFY so that the proxy can
+	// namespace channels per tenant.
+	Notify *Notify `json:"notify,omitempty"`
+	// RowGuard says the result carries tenant rows: the proxy cuts it with
+	// 54000 when it exceeds MaxRows at run time.
+	RowGuard bool `json:"row_guard,omitempty"`
+}
+
+// Error is what the client sees when a statement is rejected.
+type Error struct {
+	SQLState string `json:"sqlstate"`
+	Message  string `json:"message"`
+	Hint     string `json:"hint"`
+}
+
+// TenantEffect ops.
+const (
+	EffectSet        = "set"         // SET / set_config: the tenant becomes Value
+	EffectReset      = "reset"       // RESET / SET TO DEFAULT: back to the startup value
+	EffectResetAll   = "reset_all"   // RESET ALL
+	EffectDiscardAll = "discard_all" // DISCARD ALL
+)
+
+// TenantEffect is a change of the tenant setting made by a statement.
+type TenantEffect struct {
+	Op string `json:"op"`
+	// Value is the validated, canonical new tenant (Op "set", ValueParam 0).
+	Value string `json:"value,omitempty"`
+	// ValueParam is, for `SELECT set_config('app.clinic_id', $k, ...)` in
+	// the extended protocol, the parameter carrying the new value; the proxy
+	// validates it at Bind.
+	ValueParam int `json:"value_param,omitempty"`
+	// Local is true for SET LOCAL and set_config(..., true): the change ends
+	// with the transaction.
+	Local bool `json:"local,omitempty"`
+}
+
+// TxOp is a transaction-control statement.
+type TxOp struct {
+	// Op is begin|commit|rollback|savepoint|release|rollback_to|
+	// prepare_transaction|commit_prepared|rollback_prepared.
+	Op string `json:"op"`
+	// Savepoint is the savepoint name for savepoint/release/rollback_to.
+	Savepoint string `json:"savepoint,omitempty"`
+	// Chain is true for COMMIT/ROLLBACK AND CHAIN.
+	Chain bool `json:"chain,omitempty"`
+}
+
+// Notify describes LISTEN/UNLISTEN/NOTIFY.
+type Notify struct {
+	Op      string `json:"op"` // listen|unlisten|notify
+	Channel string `json:"channel,omitempty"`
+}
+
+// Option configures a Rewriter.
+type Option func(*Rewriter)
+
+// WithCacheSize sets the number of cached statement templates (default
+// 10000); 0 disables the cache.
+func WithCacheSize(n int) Option {
+	return func(r *Rewriter) { r.cacheSize = n }
+}
+
+// WithMaxOffset sets the largest constant OFFSET allowed on a SELECT of tenant
+// relations (default 100000); 0 means no bound.
+func WithMaxOffset(n int64) Option {
+	return func(r *Rewriter) { r.maxOffset = n }
+}
+
+// Rewriter decides statements for one policy and catalog. It is safe for
+// concurrent use. A policy or catalog change builds a new Rewriter.
+type Rewriter struct {
+	pol       *policy.Policy
+	cat       *Catalog
+	rels      *relationIndex
+	cacheSize int
+	maxOffset int64
+	cache     *templateCache
+	mu        sync.Mutex
+}
+
+// New returns a Rewriter for the policy and catalog (c may be nil).
+func New(p *policy.Policy, c *Catalog, opts ...Option) *Rewriter {
+	r := &Rewriter{pol: withDefaults(p), cat: c, cacheSize: 10000, maxOffset: 100000}
+	for _, o := range opts {
+		o(r)
+	}
+	r.rels = buildRelationIndex(r.pol, c)
+	if r.cacheSize > 0 {
+		r.cache = newTemplateCache(r.cacheSize)
+	}
+	return r
+}
+
+// withDefaults returns a copy of p with empty fields defaulted, so that a
+// policy built by hand in a test behaves like a loaded one.
+func withDefaults(p *policy.Policy) *policy.Policy {
+	cp := policy.Policy{}
+	if p != nil {
+		cp = *p
+	}
+	if cp.Mode == "" {
+		cp.Mode = policy.ModeEnforce
+	}
+	if cp.Strategy == "" {
+		cp.Strategy = policy.StrategyInject
+	}
+	if cp.Tenant.Column == "" {
+		cp.Tenant.Column = "clinic_id"
+	}
+	if cp.Tenant.Type == "" {
+		cp.Tenant.Type = policy.TypeInteger
+	}
+	if cp.Tenant.Setting == "" {
+		cp.Tenant.Setting = "app.clinic_id"
+	}
+	if cp.Limits.MaxRows <= 0 {
+		cp.Limits.MaxRows = 100
+	}
+	if cp.Limits.Unbounded == "" {
+		cp.Limits.Unbounded = policy.UnboundedReject
+	}
+	return &cp
+}
+
+// Decide decides a whole query string. In the simple protocol it may hold
+// many statements, decided in order; a tenant change by an earlier statement
+// applies to the later ones. In the extended protocol it must hold exactly
+// one statement.
+func (r *Rewriter) Decide(sql string, s Session) *Result {
+	role, roleKey := r.role(s.User)
+	key := cacheKey{sql: sql, extended: s.Extended, role: roleKey}
+	var tpl *queryTemplate
+	hit := false
+	if r.cache != nil {
+		tpl, hit = r.cache.get(key)
+	}
+	if !hit {
+		tpl = r.compile(sql, s.Extended, role)
+		if r.cache != nil && len(sql) <= maxCachedSQL {
+			r.cache.put(key, tpl)
+		}
+	}
+	res := tpl.render(r, s, role)
+	res.CacheHit = hit
+	return res
+}
+
+// maxCachedSQL keeps huge one-off statements out of the cache.
+const maxCachedSQL = 64 << 10
+
+// role returns the policy role of user and the cache key class for it.
+func (r *Rewriter) role(user string) (policy.Role, string) {
+	if ro, ok := r.pol.Roles[user]; ok {
+		return ro, "role:" + user
+	}
+	return policy.Role{}, ""
+}

@@ -1,0 +1,244 @@
+package rewriter
+
+import (
+	"strings"
+
+	pg "github.com/pganalyze/pg_query_go/v6"
+
+	"github.com/tenantguard/tenantguard/policy"
+)
+
+// tenantRel is how one relation is scoped.
+type tenantRel struct {
+	Column   string
+	Strategy policy.Strategy
+}
+
+// relationIndex answers "is this RangeVar a tenant relation" from the policy
+// and the catalog. It is built once per Rewriter.
+type relationIndex struct {
+	pol *policy.Policy
+	// bySchemaName holds catalog relations found tenant-scoped ("schema.name").
+	bySchemaName map[string]*tenantRel
+	// byName holds the same by bare name (any schema).
+	byName map[string]*tenantRel
+	// refusedViews are views that read tenant relations without exposing
+	// the tenant column ("schema.name" and bare name).
+	refusedViews map[string]bool
+	// uniqueKeys by "schema.name" and bare name.
+	uniqueKeys map[string][][]string
+	// columns by "schema.name" and bare name (first seen wins for bare).
+	columns map[string][]string
+	// catalogLoaded is true when the catalog knows any function.
+	catalogLoaded bool
+	funcs         map[string][]*Function // by bare name
+	funcByKey     map[string]*Function   // by "schema.name"
+	// tenantNames are the bare names of all tenant relations, for function
+	// bodies.
+	tenantNames []string
+}
+
+func buildRelationIndex(p *policy.Policy, c *Catalog) *relationIndex {
+	ix := &relationIndex{pol: p, bySchemaName: map[string]*tenantRel{}, byName: map[string]*tenantRel{},
+		refusedViews: map[string]bool{}, uniqueKeys: map[string][][]string{}, columns: map[string][]string{},
+		funcs: map[string][]*Function{}, funcByKey: map[string]*Function{}}
+	seen := map[string]bool{}
+	for _, t := range p.Tables {
+		if !seen[t.Name] {
+			seen[t.Name] = true
+			ix.tenantNames = append(ix.tenantNames, t.Name)
+		}
+	}
+	if c == nil {
+		return ix
+	}
+	// Resolve catalog relations to a fixed point: parents make children
+	// tenant, reads make views tenant or refused.
+	var resolve func(key string, depth int) *tenantRel
+	memo := map[string]*tenantRel{}
+	done := map[string]bool{}
+	resolve = func(key string, depth int) *tenantRel {
+		if done[key] {
+			return memo[key]
+		}
+		if depth > 64 {
+			return nil
+		}
+		rel := c.Relations[key]
+		if rel == nil {
+			return nil
+		}
+		var tr *tenantRel
+		if t := tableForPolicy(p, rel.Schema, rel.Name); t != nil {
+			tr = t
+		} else if p.Discover && contains(rel.Columns, p.Tenant.Column) {
+			tr = &tenantRel{Column: p.Tenant.Column, Strategy: p.Strategy}
+		}
+		if tr == nil {
+			for _, par := range rel.Parents {
+				if pt := resolve(par, depth+1); pt != nil {
+					tr = &tenantRel{Column: pt.Column, Strategy: pt.Strategy}
+					break
+				}
+			}
+		}
+		if tr == nil && (rel.Kind == KindView || rel.Kind == KindMatView) {
+			for _, rd := range rel.Reads {
+				if rt := resolve(rd, depth+1); rt != nil || tableForPolicyKey(p, rd) != nil {
+					col := p.Tenant.Column
+					if rt != nil {
+						col = rt.Column
+					}
+					if contains(rel.Columns, col) {
+						tr = &tenantRel{Column: col, Strategy: p.Strategy}
+					} else {
+						ix.refusedViews[key] = true
+						ix.refusedViews[rel.Name] = true
+					}
+					break
+				}
+			}
+		}
+		done[key] = true
+		memo[key] = tr
+		return tr
+	}
+	for key, rel := range c.Relations {
+		if rel == nil {
+			continue
+		}
+		if tr := resolve(key, 0); tr != nil {
+			ix.bySchemaName[key] = tr
+			if _, ok := ix.byName[rel.Name]; !ok {
+				ix.byName[rel.Name] = tr
+			}
+			if !seen[rel.Name] {
+				seen[rel.Name] = true
+				ix.tenantNames = append(ix.tenantNames, rel.Name)
+			}
+		}
+		if len(rel.UniqueKeys) > 0 {
+			ix.uniqueKeys[key] = rel.UniqueKeys
+			if _, ok := ix.uniqueKeys[rel.Name]; !ok {
+				ix.uniqueKeys[rel.Name] = rel.UniqueKeys
+			}
+		}
+		if len(rel.Columns) > 0 {
+			ix.columns[key] = rel.Columns
+			if _, ok := ix.columns[rel.Name]; !ok {
+				ix.columns[rel.Name] = rel.Columns
+			}
+		}
+	}
+	for key, f := range c.Functions {
+		if f == nil {
+			continue
+		}
+		ix.catalogLoaded = true
+		ix.funcByKey[key] = f
+		ix.funcs[f.Name] = append(ix.funcs[f.Name], f)
+	}
+	if len(c.Relations) > 0 {
+		ix.catalogLoaded = true
+	}
+	return ix
+}
+
+func splitKey(k string) (string, string) {
+	if i := strings.IndexByte(k, '.'); i >= 0 {
+		return k[:i], k[i+1:]
+	}
+	return "", k
+}
+
+// tableFor finds the policy table for schema.name: a bare policy name matches
+// any schema. It is a function of the rewriter, not a method in package
+// policy, to keep policy/ owned by its author.
+func tableForPolicy(p *policy.Policy, schema, name string) *tenantRel {
+	for i := range p.Tables {
+		t := &p.Tables[i]
+		if t.Name != name {
+			continue
+		}
+		if t.Schema != "" && schema != "" && t.Schema != schema {
+			continue
+		}
+		col := t.Column
+		if col == "" {
+			col = p.Tenant.Column
+		}
+		st := t.Strategy
+		if st == "" {
+			st = p.Strategy
+		}
+		return &tenantRel{Column: col, Strategy: st}
+	}
+	return nil
+}
+
+// lookup returns the tenant scoping of rv, or nil for a non-tenant relation.
+// An unqualified name matches a tenant relation of that name in any schema:
+// search_path decides the schema at run time, so the rewriter assumes the
+// worst.
+func (ix *relationIndex) lookup(rv *pg.RangeVar) *tenantRel {
+	if t := tableForPolicy(ix.pol, rv.Schemaname, rv.Relname); t != nil {
+		return t
+	}
+	if rv.Schemaname != "" {
+		return ix.bySchemaName[rv.Schemaname+"."+rv.Relname]
+	}
+	return ix.byName[rv.Relname]
+}
+
+// refusedView reports a view that reads tenant relations but does not expose
+// the tenant column.
+func (ix *relationIndex) refusedView(rv *pg.RangeVar) bool {
+	if rv.Schemaname != "" {
+		return ix.refusedViews[rv.Schemaname+"."+rv.Relname]
+	}
+	return ix.refusedViews[rv.Relname]
+}
+
+func (ix *relationIndex) keysOf(rv *pg.RangeVar) [][]string {
+	if rv.Schemaname != "" {
+		return ix.uniqueKeys[rv.Schemaname+"."+rv.Relname]
+	}
+	return ix.uniqueKeys[rv.Relname]
+}
+
+func (ix *relationIndex) columnsOf(rv *pg.RangeVar) []string {
+	if rv.Schemaname != "" {
+		return ix.columns[rv.Schemaname+"."+rv.Relname]
+	}
+	return ix.columns[rv.Relname]
+}
+
+// deniedRelations are system views that expose other sessions' statements or
+// column statistics of every tenant.
+var deniedRelations = map[string]bool{
+	"pg_stat_activity": true, "pg_stats": true, "pg_stats_ext": true, "pg_stats_ext_exprs": true,
+	"pg_stat_statements": true, "pg_stat_statements_info": true, "pg_locks": true,
+	"pg_statistic": true, "pg_statistic_ext_data": true,
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// relDisplay is the relation name as written, for Relations and messages.
+func relDisplay(rv *pg.RangeVar) string {
+	if rv.Schemaname != "" {
+		return rv.Schemaname + "." + rv.Relname
+	}
+	return rv.Relname
+}
+
+func tableForPolicyKey(p *policy.Policy, key string) *tenantRel {
+	s, n := splitKey(key)
+	return tableForPolicy(p, s, n)
+}
