@@ -82,6 +82,8 @@ func (ck *scopeChecker) tenantOK(n *pg.Node) bool {
 			v = strconv.Itoa(int(x.Ival.Ival))
 		case *pg.A_Const_Sval:
 			v = x.Sval.Sval
+		case *pg.A_Const_Fval:
+			v = x.Fval.Fval
 		default:
 			return false
 		}
@@ -295,6 +297,12 @@ func (ck *scopeChecker) checkInsert(rv *pg.RangeVar, ins *pg.InsertStmt, col str
 			if idx >= len(items) || !ck.tenantOK(items[idx]) {
 				ck.fail(rv, "VALUES row without the tenant value")
 			}
+		}
+	case hasStar(sel.TargetList):
+		// SELECT *, <tenant> FROM (...) wrapper: the tenant is the last column.
+		last := sel.TargetList[len(sel.TargetList)-1].GetResTarget().GetVal()
+		if idx != len(ins.Cols)-1 || !ck.tenantOK(last) {
+			ck.fail(rv, "INSERT ... SELECT * without the tenant value last")
 		}
 	default:
 		if idx >= len(sel.TargetList) || !ck.tenantOK(sel.TargetList[idx].GetResTarget().GetVal()) {

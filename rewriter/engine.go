@@ -78,7 +78,7 @@ func (c *stmtCtx) addRelation(name string) {
 // tenantExpr is the expression standing for the session's tenant.
 func (c *stmtCtx) tenantExpr() *pg.Node {
 	tn := tenantTypeName(c.pol.Tenant.Type)
-	if c.dynamic {
+	if c.dynamic || c.r.tenantSetting {
 		fc := pg.MakeFuncCallNode([]*pg.Node{pg.MakeStrNode("current_setting")},
 			[]*pg.Node{pg.MakeAConstStrNode(c.pol.Tenant.Setting, -1)}, -1)
 		return &pg.Node{Node: &pg.Node_TypeCast{TypeCast: &pg.TypeCast{Arg: fc, TypeName: tn, Location: -1}}}

@@ -253,10 +253,13 @@ func literalsOf(sql string) []string {
 		switch tk.Token {
 		case pg.Token_SCONST, pg.Token_ICONST, pg.Token_FCONST, pg.Token_USCONST, pg.Token_BCONST, pg.Token_XCONST:
 			v := strings.Trim(sql[tk.Start:tk.End], "'$")
-			if len(v) >= 2 && v != "100" && !strings.EqualFold(v, "app.clinic_id") {
+			if len(v) >= 2 && v != "100" && !settingNames[strings.ToLower(v)] {
 				out = append(out, v)
 			}
 		}
 	}
 	return out
 }
+
+// settingNames may appear in messages: they name settings, not data.
+var settingNames = map[string]bool{"app.clinic_id": true, "role": true, "search_path": true}

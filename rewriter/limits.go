@@ -263,6 +263,9 @@ func (c *stmtCtx) applyLimits(s *pg.SelectStmt) {
 		return
 	}
 	// cap: inject LIMIT max_rows, or clamp a larger constant.
+	if a := s.LimitCount.GetAConst(); a != nil && a.Isnull {
+		s.LimitCount = nil // LIMIT ALL / LIMIT NULL
+	}
 	if s.LimitCount != nil {
 		if k, _, _ := c.limitValue(s.LimitCount); k != valueLiteral {
 			c.reject(ReasonUnbounded, "")

@@ -192,6 +192,9 @@ type Rewriter struct {
 	rels      *relationIndex
 	cacheSize int
 	maxOffset int64
+	// tenantSetting renders the tenant as current_setting(<setting>) (see
+	// WithTenantSetting).
+	tenantSetting bool
 	cache     *templateCache
 	mu        sync.Mutex
 }
