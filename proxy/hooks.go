@@ -32,7 +32,9 @@ const (
 	// Ignore relays the type without calling the hook (the default).
 	Ignore Interest = iota
 	// Notify calls OnBackend with the type and length only; the body is
-	// streamed to the client without being read into memory (DataRow counting).
+	// streamed to the client without being read into memory (DataRow
+	// counting). A Verdict with a non-nil Replace drops the message unread
+	// and sends Replace instead (the row guard cutting a result).
 	Notify
 	// Inspect reads the whole body and calls OnBackend with it, so the hook
 	// may replace it (Verdict.Replace is ignored for Notify) (ParameterDescription, RowDescription, CommandComplete).

@@ -211,6 +211,20 @@ func (s *Session) backendLoop() {
 				if !s.applyBackendVerdict(v, err) {
 					return
 				}
+				if v.Replace != nil {
+					// The hook drops (or replaces) the message unread.
+					if _, err := ur.Discard(1 + n); err != nil {
+						s.upstreamGone(err)
+						return
+					}
+					if len(v.Replace) > 0 {
+						if err := s.writeClient(v.Replace, nil, typ, false); err != nil {
+							s.clientWriteFailed(err)
+							return
+						}
+					}
+					continue
+				}
 			}
 			if err := s.streamMessage(n); err != nil {
 				s.streamFailed(err)

@@ -1,0 +1,299 @@
+package guard
+
+import (
+	"strconv"
+	"strings"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+	"go.uber.org/zap"
+
+	"github.com/tenantguard/tenantguard/proxy"
+	"github.com/tenantguard/tenantguard/proxy/audit"
+	"github.com/tenantguard/tenantguard/rewriter"
+)
+
+// Backend message types the guard watches besides the proxy's own.
+const (
+	msgEmptyQuery     = 'I'
+	msgPortalSuspend  = 's'
+	msgNotificationRe = 'A'
+)
+
+// BackendInterest selects the backend messages the guard sees: statement
+// completions and errors whole, DataRow by length only (the row guard counts
+// rows, it never reads them).
+func (g *Guard) BackendInterest(typ byte) proxy.Interest {
+	switch typ {
+	case proxy.MsgErrorResponse, proxy.MsgCommandComplete, proxy.MsgReadyForQuery:
+		return proxy.Inspect
+	case proxy.MsgDataRow, msgEmptyQuery, msgPortalSuspend:
+		return proxy.Notify
+	}
+	return proxy.Ignore
+}
+
+// drop is the verdict that removes a backend message.
+var drop = proxy.Verdict{Replace: []byte{}}
+
+// OnBackend completes statements: audit, metrics, row guard, rejection
+// errors, error redaction and transaction tracking.
+func (g *Guard) OnBackend(s *proxy.Session, m proxy.Message) (proxy.Verdict, error) {
+	c, _ := s.State.(*conn)
+	if c == nil {
+		return proxy.Verdict{}, errNoState
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch m.Type {
+	case proxy.MsgDataRow:
+		return g.onDataRow(c)
+	case proxy.MsgCommandComplete:
+		return g.onCommandComplete(c, m.Body)
+	case proxy.MsgErrorResponse:
+		return g.onError(c, m.Body)
+	case msgEmptyQuery:
+		if c.cutting {
+			return drop, nil
+		}
+		if f := c.pop(g); f != nil {
+			g.complete(c, f, 0, "")
+		}
+	case msgPortalSuspend:
+		if c.cutting {
+			return drop, nil
+		}
+		if f := c.pop(g); f != nil {
+			g.complete(c, f, f.rows, "")
+		}
+	case proxy.MsgReadyForQuery:
+		g.onReady(c, m.Body)
+	}
+	return proxy.Verdict{}, nil
+}
+
+// pop removes and returns the statement the next completion belongs to,
+// auditing statements of finished cycles that the server skipped after an
+// error. Callers hold c.mu.
+func (c *conn) pop(g *Guard) *inflight {
+	for len(c.queue) > 0 {
+		f := c.queue[0]
+		c.queue[0] = nil
+		c.queue = c.queue[1:]
+		if f.cycle < c.backCycle {
+			g.skipped(c, f)
+			continue
+		}
+		return f
+	}
+	return nil
+}
+
+// head returns the statement producing rows now, without removing it.
+func (c *conn) head(g *Guard) *inflight {
+	for len(c.queue) > 0 && c.queue[0].cycle < c.backCycle {
+		g.skipped(c, c.queue[0])
+		c.queue[0] = nil
+		c.queue = c.queue[1:]
+	}
+	if len(c.queue) == 0 {
+		return nil
+	}
+	return c.queue[0]
+}
+
+func (g *Guard) skipped(c *conn, f *inflight) {
+	if f.reject != nil {
+		return // already answered by its sentinel error
+	}
+	ev := g.statementEvent(c, &f.dec, f.protocol)
+	ev.Tenant = f.tenant
+	ev.Result = "not_executed"
+	g.opts.Audit.Log(ev)
+}
+
+func (g *Guard) onDataRow(c *conn) (proxy.Verdict, error) {
+	if c.cutting {
+		return drop, nil
+	}
+	f := c.head(g)
+	if f == nil {
+		return proxy.Verdict{}, nil
+	}
+	f.rows++
+	total := f.rows
+	if f.rowsSoFar != nil {
+		*f.rowsSoFar++
+		total = *f.rowsSoFar
+	}
+	if f.dec.RowGuard && f.dec.Enforced && f.dec.MaxRows > 0 && total > f.dec.MaxRows {
+		// Cut the result: this row and everything up to ReadyForQuery is
+		// dropped, and the client gets a 54000 error instead of the rest.
+		c.cutting = true
+		g.opts.Metrics.RowGuardCuts.Inc()
+		g.opts.Metrics.Rejections.WithLabelValues("row_limit").Inc()
+		c.queue = c.queue[1:]
+		ev := g.statementEvent(c, &f.dec, f.protocol)
+		ev.Tenant, ev.Decision, ev.Reason, ev.SQLState = f.tenant, audit.DecisionRejected, "row_limit", "54000"
+		ev.Rows, ev.Duration = f.dec.MaxRows, g.opts.Now().Sub(f.start)
+		g.opts.Audit.Log(ev)
+		return proxy.Verdict{Replace: encode(&pgproto3.ErrorResponse{
+			Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "54000",
+			Message: "tenantguard: the result exceeds limits.max_rows (" + strconv.FormatInt(f.dec.MaxRows, 10) + " rows)",
+			Hint:    "add a LIMIT or a narrower condition",
+		})}, nil
+	}
+	return proxy.Verdict{}, nil
+}
+
+func (g *Guard) onCommandComplete(c *conn, body []byte) (proxy.Verdict, error) {
+	if c.cutting {
+		return drop, nil
+	}
+	tag, _, _ := cstring(body)
+	f := c.pop(g)
+	if f == nil {
+		return proxy.Verdict{}, nil
+	}
+	rows := tagRows(tag)
+	if rows < 0 {
+		rows = f.rows
+	}
+	if f.dec.TxOp != nil && f.dec.TxOp.Op == "commit" && tag == "ROLLBACK" {
+		// COMMIT of a failed transaction rolls back.
+		c.tenant.undoCommit()
+	}
+	g.complete(c, f, rows, "")
+	return proxy.Verdict{}, nil
+}
+
+// tagRows reads the row count of a CommandComplete tag ("SELECT 5",
+// "INSERT 0 5", "UPDATE 3"); -1 when the tag has none.
+func tagRows(tag string) int64 {
+	i := strings.LastIndexByte(tag, ' ')
+	if i < 0 {
+		return -1
+	}
+	n, err := strconv.ParseInt(tag[i+1:], 10, 64)
+	if err != nil {
+		return -1
+	}
+	return n
+}
+
+// complete audits a finished statement and observes its duration.
+func (g *Guard) complete(c *conn, f *inflight, rows int64, sqlstate string) {
+	d := g.opts.Now().Sub(f.start)
+	g.opts.Metrics.StatementDuration.Observe(d.Seconds())
+	ev := g.statementEvent(c, &f.dec, f.protocol)
+	ev.Tenant, ev.Rows, ev.Duration, ev.Injected, ev.SQLState = f.tenant, rows, d, f.injected, sqlstate
+	g.opts.Audit.Log(ev)
+}
+
+func (g *Guard) onError(c *conn, body []byte) (proxy.Verdict, error) {
+	var e pgproto3.ErrorResponse
+	if err := e.Decode(append([]byte(nil), body...)); err != nil {
+		return proxy.Verdict{}, nil // relay what cannot be read; the proxy counts FATALs itself
+	}
+	if c.cutting {
+		return drop, nil
+	}
+	// An error ends the implicit transaction of its cycle: undo its SETs.
+	if !c.tenant.inTx && c.cycleSnapshot != nil {
+		c.tenant = *c.cycleSnapshot
+		c.cycleSnapshot = nil
+	}
+	if name := c.sentinelIn(&e); name != "" {
+		rj := c.rejects[name]
+		delete(c.rejects, name)
+		if f := c.head(g); f != nil && f.reject == rj {
+			c.queue = c.queue[1:]
+			ev := g.statementEvent(c, &f.dec, f.protocol)
+			ev.Tenant, ev.Duration = f.tenant, g.opts.Now().Sub(f.start)
+			if f.dec.Error != nil {
+				ev.SQLState = f.dec.Error.SQLState
+			}
+			g.opts.Audit.Log(ev)
+		}
+		if rj == nil {
+			return proxy.Verdict{}, nil
+		}
+		return proxy.Verdict{Replace: encode(&pgproto3.ErrorResponse{
+			Severity: "ERROR", SeverityUnlocalized: "ERROR",
+			Code: rj.err.SQLState, Message: rj.err.Message, Hint: rj.err.Hint,
+		})}, nil
+	}
+	if f := c.pop(g); f != nil {
+		g.complete(c, f, -1, e.Code)
+	}
+	if g.redact(c, &e) {
+		return proxy.Verdict{Replace: encode(&e)}, nil
+	}
+	return proxy.Verdict{}, nil
+}
+
+// sentinelIn returns the sentinel name an upstream error is about, or "".
+func (c *conn) sentinelIn(e *pgproto3.ErrorResponse) string {
+	prefix := "tg_reject_" + c.nonce + "_"
+	i := strings.Index(e.Message, prefix)
+	if i < 0 {
+		return ""
+	}
+	j := i + len(prefix)
+	for j < len(e.Message) && (e.Message[j] == '_' || e.Message[j] >= '0' && e.Message[j] <= '9') {
+		j++
+	}
+	return e.Message[i:j]
+}
+
+func (g *Guard) onReady(c *conn, body []byte) {
+	c.backCycle++
+	c.cutting = false
+	for len(c.queue) > 0 && c.queue[0].cycle < c.backCycle {
+		g.skipped(c, c.queue[0])
+		c.queue[0] = nil
+		c.queue = c.queue[1:]
+	}
+	if len(c.queue) == 0 {
+		c.queue = nil // release the backing array between cycles
+	}
+	if len(body) == 0 || c.frontCycle != c.backCycle {
+		// More cycles are in flight: the tracked state already reflects
+		// statements the server has not reached.
+		return
+	}
+	switch body[0] {
+	case 'I':
+		if c.tenant.inTx {
+			// The transaction ended in a way the guard did not see (for
+			// example a procedure's COMMIT): keep the session value.
+			c.tenant.endTx(true, false)
+		}
+		c.cycleSnapshot = nil
+	case 'T', 'E':
+		if !c.tenant.inTx {
+			c.tenant.tx(&rewriter.TxOp{Op: "begin"})
+		}
+		c.cycleSnapshot = nil
+	}
+}
+
+// OnEnd writes the disconnect event.
+func (g *Guard) OnEnd(s *proxy.Session) {
+	c, _ := s.State.(*conn)
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.refused {
+		return
+	}
+	g.opts.Metrics.ClientConnections.Dec()
+	g.opts.Metrics.UpstreamConnections.Dec()
+	g.opts.Audit.Log(&audit.Event{
+		Event: audit.EventDisconnect, ConnID: c.id, Client: c.client, User: c.user, Database: c.database,
+		ApplicationName: c.applicationName, Tenant: c.tenant.current().v,
+		Statements: c.nStatements, Rejected: c.nRejected, Duration: g.opts.Now().Sub(c.started),
+	})
+	g.log.Debug("session ended", zap.Uint64("conn_id", c.id), zap.Int64("statements", c.nStatements))
+}

@@ -1,0 +1,512 @@
+package guard
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"strconv"
+	"strings"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/tenantguard/tenantguard/policy"
+	"github.com/tenantguard/tenantguard/proxy"
+	"github.com/tenantguard/tenantguard/proxy/audit"
+	"github.com/tenantguard/tenantguard/rewriter"
+)
+
+// errNoState ends a session whose startup the guard did not see: it cannot
+// be decided, so it fails closed.
+var errNoState = errors.New("guard: session has no enforcement state")
+
+// OnFrontend decides every client message that can run SQL.
+func (g *Guard) OnFrontend(s *proxy.Session, m proxy.Message) (proxy.Verdict, error) {
+	c, _ := s.State.(*conn)
+	if c == nil {
+		return proxy.Verdict{}, errNoState
+	}
+	switch m.Type {
+	case proxy.MsgQuery:
+		return g.onQuery(c, m.Body)
+	case proxy.MsgParse:
+		return g.onParse(c, m.Body)
+	case proxy.MsgBind:
+		return g.onBind(c, m.Body)
+	case proxy.MsgExecute:
+		return g.onExecute(c, m.Body)
+	case proxy.MsgClose:
+		g.onClose(c, m.Body)
+	case proxy.MsgSync:
+		c.mu.Lock()
+		c.frontCycle++
+		c.mu.Unlock()
+	case proxy.MsgFunctionCall:
+		return g.onFunctionCall(c)
+	}
+	return proxy.Verdict{}, nil
+}
+
+// cstring returns the NUL-terminated string at the start of b and the rest.
+func cstring(b []byte) (string, []byte, bool) {
+	i := bytes.IndexByte(b, 0)
+	if i < 0 {
+		return "", nil, false
+	}
+	return string(b[:i]), b[i+1:], true
+}
+
+// rwSession is the rewriter's view of the session. Callers hold c.mu.
+func (c *conn) rwSession(extended bool) rewriter.Session {
+	cur := c.tenant.current()
+	return rewriter.Session{
+		Tenant: cur.v, HasTenant: cur.ok,
+		StartupTenant: c.tenant.startup.v, HasStartupTenant: c.tenant.startup.ok,
+		User: c.user, Extended: extended,
+	}
+}
+
+// sentinelQuery is a statement the upstream refuses at parse analysis; its
+// error is replaced by the rejection registered under name.
+func sentinelQuery(name string) string { return "SELECT " + name + "()" }
+
+// reject registers a rejection and returns the sentinel name that carries
+// it. Callers hold c.mu.
+func (c *conn) reject(err *rewriter.Error, reason string) (string, *rejection) {
+	name := c.nextSentinel()
+	r := &rejection{err: err, reason: reason}
+	c.rejects[name] = r
+	return name, r
+}
+
+func (g *Guard) onQuery(c *conn, body []byte) (proxy.Verdict, error) {
+	text, _, ok := cstring(body)
+	if !ok {
+		return proxy.Verdict{}, &proxy.ProtocolError{Code: proxy.CodeProtocolViolation, Message: "malformed Query message"}
+	}
+	e := g.engine()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	// A simple Query destroys the unnamed statement and portal.
+	delete(c.statements, "")
+	delete(c.portals, "")
+	c.beginCycle()
+	res := e.rw.Decide(text, c.rwSession(false))
+	g.countCache(res)
+	cycle := c.frontCycle
+	c.frontCycle++
+
+	changed := false
+	var parts []string
+	for i := range res.Statements {
+		d := &res.Statements[i]
+		g.countDecision(c, d)
+		if d.Verdict == rewriter.VerdictRejected && d.Enforced {
+			name, rj := c.reject(d.Error, d.Reason)
+			c.queue = append(c.queue, &inflight{cycle: cycle, dec: *d, start: g.opts.Now(), tenant: c.tenant.current().v, protocol: "simple", reject: rj})
+			parts = append(parts, sentinelQuery(name))
+			changed = true
+			break // PostgreSQL would not run the statements after an error
+		}
+		if d.Enforced && d.Verdict == rewriter.VerdictRewritten {
+			changed = true
+		}
+		c.queue = append(c.queue, &inflight{cycle: cycle, dec: *d, start: g.opts.Now(), tenant: c.tenant.current().v, protocol: "simple", injected: d.Enforced && d.Verdict == rewriter.VerdictRewritten})
+		c.applyEffects(d, "")
+		if d.Enforced {
+			parts = append(parts, d.SQL)
+		}
+	}
+	if !changed {
+		return proxy.Verdict{}, nil
+	}
+	return proxy.Verdict{Replace: encode(&pgproto3.Query{String: strings.Join(parts, ";\n")})}, nil
+}
+
+// beginCycle remembers the tenant state at the start of an implicit
+// transaction, so that a failure can undo its SETs. Callers hold c.mu.
+func (c *conn) beginCycle() {
+	if c.tenant.inTx || c.cycleSnapshot != nil {
+		return
+	}
+	snap := c.tenant.snapshot()
+	c.cycleSnapshot = &snap
+}
+
+// applyEffects applies a statement's tenant and transaction effects to the
+// tracked state. Callers hold c.mu.
+func (c *conn) applyEffects(d *rewriter.Decision, value string) {
+	if d.TxOp != nil {
+		c.tenant.tx(d.TxOp)
+	}
+	if d.TenantEffect != nil {
+		v := d.TenantEffect.Value
+		if d.TenantEffect.ValueParam > 0 {
+			v = value
+		}
+		c.tenant.effect(d.TenantEffect, v)
+	}
+}
+
+func (g *Guard) onParse(c *conn, body []byte) (proxy.Verdict, error) {
+	msg, err := proxy.DecodeFrontend(proxy.MsgParse, body)
+	if err != nil {
+		return proxy.Verdict{}, &proxy.ProtocolError{Code: proxy.CodeProtocolViolation, Message: "malformed Parse message"}
+	}
+	p := msg.(*pgproto3.Parse)
+	e := g.engine()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.beginCycle()
+	sess := c.rwSession(true)
+	res := e.rw.Decide(p.Query, sess)
+	g.countCache(res)
+	if len(res.Statements) == 0 {
+		// An empty query: the server answers EmptyQueryResponse at Execute.
+		c.statements[p.Name] = &prepared{dec: rewriter.Decision{Kind: rewriter.KindUtility, Verdict: rewriter.VerdictAllowed, Enforced: true, SQL: p.Query}, tenant: c.tenant.current(), sql: p.Query, text: p.Query}
+		return proxy.Verdict{}, nil
+	}
+	d := res.Statements[0]
+	if d.Verdict == rewriter.VerdictRejected && d.Reason == rewriter.ReasonNoTenant && !sess.HasTenant {
+		// Statements are often prepared before the tenant is set (pools,
+		// ORMs): prepare the scoped form now and require the tenant at Bind.
+		sess.Tenant, sess.HasTenant = placeholderTenant(e.pol), true
+		if d2 := e.rw.Decide(p.Query, sess).Statements; len(d2) == 1 && d2[0].Verdict != rewriter.VerdictRejected {
+			d = d2[0]
+		}
+	}
+	if d.Verdict == rewriter.VerdictRejected && d.Enforced {
+		g.countDecision(c, &d)
+		name, _ := c.reject(d.Error, d.Reason)
+		c.statements[p.Name] = &prepared{rejected: true}
+		g.auditDecision(c, &d, "extended", -1, 0, "")
+		return proxy.Verdict{Replace: encode(&pgproto3.Parse{Name: p.Name, Query: sentinelQuery(name)})}, nil
+	}
+	if d.TenantParam > 0 && d.Enforced {
+		// The guard scopes with the upstream's own tenant setting; a
+		// decision that needs an appended parameter cannot be relayed.
+		g.countDecision(c, &d)
+		name, _ := c.reject(&rewriter.Error{SQLState: "XX000", Message: "tenantguard: internal error: the decision needs a tenant parameter", Hint: "report this to the tenantguard maintainers"}, rewriter.ReasonInternal)
+		return proxy.Verdict{Replace: encode(&pgproto3.Parse{Name: p.Name, Query: sentinelQuery(name)})}, nil
+	}
+	sql := p.Query
+	if d.Enforced {
+		sql = d.SQL
+	}
+	c.statements[p.Name] = &prepared{dec: d, tenant: c.tenant.current(), sql: sql, text: p.Query}
+	if sql == p.Query {
+		return proxy.Verdict{}, nil
+	}
+	return proxy.Verdict{Replace: encode(&pgproto3.Parse{Name: p.Name, Query: sql, ParameterOIDs: p.ParameterOIDs})}, nil
+}
+
+// placeholderTenant is a valid tenant of the policy's type, used only to
+// prepare a statement's scoped form before the session has a tenant (the
+// scoped form reads the tenant from the upstream setting, never from it).
+func placeholderTenant(pol *policy.Policy) string {
+	switch pol.Tenant.Type {
+	case policy.TypeUUID:
+		return "00000000-0000-0000-0000-000000000000"
+	case policy.TypeText:
+		return "placeholder"
+	default:
+		return "0"
+	}
+}
+
+// touchesTenant reports whether a decision reads or writes tenant relations.
+func touchesTenant(d *rewriter.Decision) bool {
+	return len(d.Relations) > 0 || d.RowGuard
+}
+
+func (g *Guard) onBind(c *conn, body []byte) (proxy.Verdict, error) {
+	portalName, rest, ok1 := cstring(body)
+	stmtName, _, ok2 := cstring(rest)
+	if !ok1 || !ok2 {
+		return proxy.Verdict{}, &proxy.ProtocolError{Code: proxy.CodeProtocolViolation, Message: "malformed Bind message"}
+	}
+	e := g.engine()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.beginCycle()
+	p := c.statements[stmtName]
+	refuse := func(err *rewriter.Error, reason string, d *rewriter.Decision) (proxy.Verdict, error) {
+		c.portals[portalName] = &portal{rejected: true}
+		if d == nil {
+			d = &rewriter.Decision{Kind: rewriter.KindUtility}
+		}
+		rd := *d
+		rd.Verdict, rd.Reason, rd.Error = rewriter.VerdictRejected, reason, err
+		g.countDecision(c, &rd)
+		name, _ := c.reject(err, reason)
+		g.auditDecision(c, &rd, "extended", -1, 0, "")
+		return proxy.Verdict{Replace: encode(&pgproto3.Bind{DestinationPortal: portalName, PreparedStatement: name})}, nil
+	}
+	if p != nil && p.rejected {
+		// Its Parse failed upstream: the server refuses this Bind itself.
+		c.portals[portalName] = &portal{rejected: true}
+		return proxy.Verdict{}, nil
+	}
+	if p == nil {
+		if c.bypass {
+			c.portals[portalName] = &portal{dec: rewriter.Decision{Kind: rewriter.KindUtility, Verdict: rewriter.VerdictBypassed}}
+			return proxy.Verdict{}, nil
+		}
+		return refuse(&rewriter.Error{SQLState: "26000", Message: "tenantguard: the prepared statement was not seen by tenantguard", Hint: "prepare the statement on this connection before binding it"}, "unknown_statement", nil)
+	}
+	d := p.dec
+	cur := c.tenant.current()
+	enforce := d.Enforced && d.Verdict != rewriter.VerdictBypassed
+	if enforce && cur != p.tenant && touchesTenant(&d) {
+		// The tenant changed since Parse: decide again for the new tenant;
+		// the prepared text upstream must still be the right one.
+		res := e.rw.Decide(p.text, c.rwSession(true))
+		if len(res.Statements) != 1 {
+			return refuse(&rewriter.Error{SQLState: "0A000", Message: "tenantguard: the statement cannot be decided again after a tenant switch", Hint: "prepare the statement again"}, rewriter.ReasonUnsupported, &d)
+		}
+		nd := res.Statements[0]
+		if nd.Verdict == rewriter.VerdictRejected {
+			return refuse(nd.Error, nd.Reason, &nd)
+		}
+		if nd.SQL != p.sql {
+			return refuse(&rewriter.Error{SQLState: "0A000", Message: "tenantguard: the prepared statement is not valid for the session's new tenant", Hint: "prepare the statement again after switching tenants"}, rewriter.ReasonUnsupported, &nd)
+		}
+		d = nd
+		p.dec, p.tenant = nd, cur
+	}
+	if enforce && touchesTenant(&d) && !cur.ok && e.pol.Tenant.Required {
+		return refuse(&rewriter.Error{SQLState: "42501",
+			Message: "tenantguard: no tenant is set for a statement on tenant relation " + firstOr(d.Relations, "(tenant relation)"),
+			Hint:    "set the tenant first, for example SET " + e.pol.Tenant.Setting + ", or connect with it as a startup parameter"},
+			rewriter.ReasonNoTenant, &d)
+	}
+	pt := &portal{dec: d, injected: enforce && d.Verdict == rewriter.VerdictRewritten}
+	if len(d.LimitParams) > 0 || len(d.VerifyParams) > 0 || (d.TenantEffect != nil && d.TenantEffect.ValueParam > 0) {
+		msg, err := proxy.DecodeFrontend(proxy.MsgBind, body)
+		if err != nil {
+			return proxy.Verdict{}, &proxy.ProtocolError{Code: proxy.CodeProtocolViolation, Message: "malformed Bind message"}
+		}
+		b := msg.(*pgproto3.Bind)
+		for _, k := range d.LimitParams {
+			n, ok := intParam(b, k)
+			if !ok || n > d.MaxRows {
+				if enforce {
+					return refuse(&rewriter.Error{SQLState: "54000",
+						Message: "tenantguard: the LIMIT bound to parameter $" + strconv.Itoa(k) + " is above the allowed maximum or not a number",
+						Hint:    "bind a LIMIT of at most " + strconv.FormatInt(d.MaxRows, 10)}, rewriter.ReasonUnbounded, &d)
+				}
+			}
+		}
+		for _, k := range d.VerifyParams {
+			v, ok := textParam(b, k, e.pol)
+			if canon, valid := tenantValid(e.pol, v); !ok || !valid || !cur.ok || canon != cur.v {
+				if enforce {
+					return refuse(&rewriter.Error{SQLState: "42501",
+						Message: "tenantguard: the tenant bound to parameter $" + strconv.Itoa(k) + " is not the session's tenant",
+						Hint:    "bind the session's tenant, or use current_setting('" + e.pol.Tenant.Setting + "')"}, rewriter.ReasonCrossTenant, &d)
+				}
+			}
+		}
+		if d.TenantEffect != nil && d.TenantEffect.ValueParam > 0 {
+			v, ok := textParam(b, d.TenantEffect.ValueParam, e.pol)
+			canon, valid := tenantValid(e.pol, v)
+			if (!ok || !valid) && !c.bypass {
+				if enforce {
+					return refuse(&rewriter.Error{SQLState: "42501",
+						Message: "tenantguard: the tenant value bound to parameter $" + strconv.Itoa(d.TenantEffect.ValueParam) + " is not a valid " + string(e.pol.Tenant.Type),
+						Hint:    "bind a tenant value of the policy's tenant type"}, rewriter.ReasonInvalidTenant, &d)
+				}
+			}
+			pt.effectValue = canon
+			if !valid {
+				pt.effectValue = ""
+			}
+		}
+	}
+	c.portals[portalName] = pt
+	return proxy.Verdict{}, nil
+}
+
+func firstOr(s []string, def string) string {
+	if len(s) > 0 {
+		return s[0]
+	}
+	return def
+}
+
+// paramFormat returns the format code of parameter k (1-based).
+func paramFormat(b *pgproto3.Bind, k int) int16 {
+	switch len(b.ParameterFormatCodes) {
+	case 0:
+		return 0
+	case 1:
+		return b.ParameterFormatCodes[0]
+	default:
+		if k-1 < len(b.ParameterFormatCodes) {
+			return b.ParameterFormatCodes[k-1]
+		}
+		return 0
+	}
+}
+
+// intParam reads an integer parameter in text or binary (int2/int4/int8) form.
+func intParam(b *pgproto3.Bind, k int) (int64, bool) {
+	if k < 1 || k > len(b.Parameters) || b.Parameters[k-1] == nil {
+		return 0, false
+	}
+	v := b.Parameters[k-1]
+	if paramFormat(b, k) == 1 {
+		switch len(v) {
+		case 2:
+			return int64(int16(binary.BigEndian.Uint16(v))), true
+		case 4:
+			return int64(int32(binary.BigEndian.Uint32(v))), true
+		case 8:
+			return int64(binary.BigEndian.Uint64(v)), true
+		}
+		return 0, false
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(string(v)), 10, 64)
+	return n, err == nil
+}
+
+// textParam reads a tenant-typed parameter as text: text format as is,
+// binary integers and UUIDs decoded.
+func textParam(b *pgproto3.Bind, k int, pol *policy.Policy) (string, bool) {
+	if k < 1 || k > len(b.Parameters) || b.Parameters[k-1] == nil {
+		return "", false
+	}
+	v := b.Parameters[k-1]
+	if paramFormat(b, k) == 0 {
+		return string(v), true
+	}
+	switch pol.Tenant.Type {
+	case policy.TypeUUID:
+		if len(v) != 16 {
+			return "", false
+		}
+		h := hex.EncodeToString(v)
+		return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:], true
+	case policy.TypeText:
+		return string(v), true
+	default:
+		n, ok := intParam(b, k)
+		return strconv.FormatInt(n, 10), ok
+	}
+}
+
+func (g *Guard) onExecute(c *conn, body []byte) (proxy.Verdict, error) {
+	name, _, ok := cstring(body)
+	if !ok {
+		return proxy.Verdict{}, &proxy.ProtocolError{Code: proxy.CodeProtocolViolation, Message: "malformed Execute message"}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	pt := c.portals[name]
+	if pt != nil && pt.rejected {
+		return proxy.Verdict{}, nil // the server skips it after the rejection's error
+	}
+	f := &inflight{cycle: c.frontCycle, start: g.opts.Now(), tenant: c.tenant.current().v, protocol: "extended"}
+	if pt == nil {
+		// A cursor opened with DECLARE (decided when it was declared), or a
+		// portal that does not exist (the server reports it).
+		f.dec = rewriter.Decision{Kind: rewriter.KindSelect, Verdict: rewriter.VerdictAllowed, Reason: "cursor", Enforced: true}
+	} else {
+		f.dec, f.value, f.injected = pt.dec, pt.effectValue, pt.injected
+		f.rowsSoFar = &pt.rows
+		g.countDecision(c, &pt.dec)
+		c.applyEffects(&pt.dec, pt.effectValue)
+	}
+	c.queue = append(c.queue, f)
+	return proxy.Verdict{}, nil
+}
+
+func (g *Guard) onClose(c *conn, body []byte) {
+	if len(body) < 2 {
+		return
+	}
+	name, _, _ := cstring(body[1:])
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch body[0] {
+	case 'S':
+		delete(c.statements, name)
+	case 'P':
+		delete(c.portals, name)
+	}
+}
+
+func (g *Guard) onFunctionCall(c *conn) (proxy.Verdict, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	d := rewriter.Decision{Kind: rewriter.KindUtility, Verdict: rewriter.VerdictBypassed, Reason: rewriter.ReasonBypass, Enforced: true}
+	cycle := c.frontCycle
+	c.frontCycle++
+	if c.bypass {
+		c.queue = append(c.queue, &inflight{cycle: cycle, dec: d, start: g.opts.Now(), protocol: "function_call"})
+		g.countDecision(c, &d)
+		return proxy.Verdict{}, nil
+	}
+	err := &rewriter.Error{SQLState: "42501", Message: "tenantguard: the FunctionCall protocol message is not allowed", Hint: "call the function with a SELECT statement"}
+	d.Verdict, d.Reason, d.Error = rewriter.VerdictRejected, rewriter.ReasonDeniedFunction, err
+	g.countDecision(c, &d)
+	name, rj := c.reject(err, d.Reason)
+	c.queue = append(c.queue, &inflight{cycle: cycle, dec: d, start: g.opts.Now(), protocol: "function_call", reject: rj})
+	return proxy.Verdict{Replace: encode(&pgproto3.Query{String: sentinelQuery(name)})}, nil
+}
+
+// encode returns the wire form of a message.
+func encode(m pgproto3.Message) []byte {
+	b, err := m.Encode(nil)
+	if err != nil {
+		// Only oversized messages fail to encode; the statement texts and
+		// names built here are far below the protocol limits.
+		panic("guard: encode: " + err.Error())
+	}
+	return b
+}
+
+// auditDecision writes the audit event of a decision whose statement does
+// not reach the upstream as itself. Callers hold c.mu.
+func (g *Guard) auditDecision(c *conn, d *rewriter.Decision, protocol string, rows int64, dur int64, sqlstate string) {
+	ev := g.statementEvent(c, d, protocol)
+	ev.Rows = rows
+	if d.Error != nil {
+		ev.SQLState = d.Error.SQLState
+	}
+	if sqlstate != "" {
+		ev.SQLState = sqlstate
+	}
+	g.opts.Audit.Log(ev)
+}
+
+func (g *Guard) statementEvent(c *conn, d *rewriter.Decision, protocol string) *audit.Event {
+	return &audit.Event{
+		Event: audit.EventStatement, ConnID: c.id, Client: c.client, User: c.user, Database: c.database,
+		ApplicationName: c.applicationName, Tenant: c.tenant.current().v, Kind: d.Kind, Relations: d.Relations,
+		Decision: auditVerdict(d), Reason: d.Reason, Fingerprint: d.Fingerprint, Statement: d.Normalized,
+		Protocol: protocol, Rows: -1,
+	}
+}
+
+// auditVerdict is the decision the audit records: in audit mode the
+// verdict tenantguard would have enforced.
+func auditVerdict(d *rewriter.Decision) string { return d.Verdict }
+
+// countDecision counts a decision in the metrics. Callers hold c.mu.
+func (g *Guard) countDecision(c *conn, d *rewriter.Decision) {
+	c.nStatements++
+	g.opts.Metrics.Statements.WithLabelValues(d.Verdict, d.Kind).Inc()
+	if d.Verdict == rewriter.VerdictRejected {
+		c.nRejected++
+		g.opts.Metrics.Rejections.WithLabelValues(d.Reason).Inc()
+	}
+}
+
+func (g *Guard) countCache(res *rewriter.Result) {
+	if res.CacheHit {
+		g.opts.Metrics.RewriteCacheHits.Inc()
+	} else {
+		g.opts.Metrics.RewriteCacheMisses.Inc()
+	}
+}

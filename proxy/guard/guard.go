@@ -1,0 +1,217 @@
+// Package guard is tenantguard's enforcement layer: it implements
+// proxy.Hooks, decides every statement that reaches the upstream through any
+// message type with the rewriter, tracks each session's tenant, refuses what
+// the policy refuses with a PostgreSQL error, and writes the audit trail and
+// the metrics of every decision.
+//
+// # Rejections keep PostgreSQL's error semantics
+//
+// A rejected statement is not answered by the proxy itself: it is replaced,
+// in its place in the stream, by a sentinel the upstream refuses (a call of a
+// function, or a Bind to a prepared statement, whose name carries a random
+// per-process nonce and a sequence number). The upstream's error arrives in
+// order with every other response, fails the transaction block, rolls back
+// an implicit transaction and discards the extended-protocol batch up to
+// Sync exactly as PostgreSQL does for any error; the guard then replaces
+// that error with its own SQLSTATE, message and hint. No response is ever
+// reordered and no transaction state is simulated.
+package guard
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/tenantguard/tenantguard/policy"
+	"github.com/tenantguard/tenantguard/proxy"
+	"github.com/tenantguard/tenantguard/proxy/admin"
+	"github.com/tenantguard/tenantguard/proxy/audit"
+	"github.com/tenantguard/tenantguard/rewriter"
+)
+
+// Options configures a Guard.
+type Options struct {
+	// Policies holds the policy in force (hot-reloaded).
+	Policies *policy.Holder
+	// Catalog returns the latest upstream catalog, or nil when none is loaded.
+	Catalog func() *rewriter.Catalog
+	Audit   *audit.Logger
+	Metrics *admin.Metrics
+	Logger  *zap.Logger
+	// RewriterOptions are passed to every rewriter built.
+	RewriterOptions []rewriter.Option
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+// Guard implements proxy.Hooks. It is safe for concurrent use by many
+// sessions.
+type Guard struct {
+	opts  Options
+	log   *zap.Logger
+	nonce string
+
+	mu    sync.Mutex
+	built *engine
+}
+
+// engine is a rewriter with the policy and catalog it was built from.
+type engine struct {
+	pol *policy.Policy
+	cat *rewriter.Catalog
+	rw  *rewriter.Rewriter
+}
+
+var _ proxy.Hooks = (*Guard)(nil)
+
+// New returns a Guard.
+func New(opts Options) *Guard {
+	if opts.Logger == nil {
+		opts.Logger = zap.NewNop()
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Catalog == nil {
+		opts.Catalog = func() *rewriter.Catalog { return nil }
+	}
+	if opts.Metrics == nil {
+		opts.Metrics = admin.NewMetrics()
+	}
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return &Guard{opts: opts, log: opts.Logger, nonce: hex.EncodeToString(b[:])}
+}
+
+// engine returns the rewriter for the policy and catalog in force, building
+// a new one (with an empty decision cache) when either changed.
+func (g *Guard) engine() *engine {
+	pol := g.opts.Policies.Load()
+	cat := g.opts.Catalog()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.built == nil || g.built.pol != pol || g.built.cat != cat {
+		opts := append([]rewriter.Option{rewriter.WithTenantSetting()}, g.opts.RewriterOptions...)
+		g.built = &engine{pol: pol, cat: cat, rw: rewriter.New(pol, cat, opts...)}
+	}
+	return g.built
+}
+
+// conn is the guard's state of one session (proxy.Session.State).
+type conn struct {
+	mu sync.Mutex
+
+	id              uint64
+	nonce           string
+	user, database  string
+	applicationName string
+	client          string
+	started         time.Time
+	// bypass is decided once, from the authenticated user: a later SET ROLE
+	// cannot make a session a bypass session.
+	bypass bool
+
+	tenant tenantState
+	// cycleSnapshot is the tenant state at the start of the current
+	// implicit transaction (when not in a block), restored if it fails.
+	cycleSnapshot *tenantState
+
+	statements map[string]*prepared // named (and unnamed "") prepared statements
+	portals    map[string]*portal
+
+	// queue holds the statements sent upstream whose completion has not
+	// been seen yet, in order.
+	queue []*inflight
+	// rejects maps sentinel names to the errors that replace the upstream's.
+	rejects map[string]*rejection
+	seq     uint64
+
+	// frontCycle counts the Query, Sync and FunctionCall messages sent
+	// upstream, backCycle the ReadyForQuery messages received: an inflight
+	// statement of an older cycle than backCycle was skipped by the server.
+	frontCycle, backCycle uint64
+
+	// cutting is set when the row guard cut a result: backend messages are
+	// dropped until ReadyForQuery.
+	cutting bool
+
+	refused bool // refused at startup: nothing to count at the end
+
+	nStatements, nRejected int64
+}
+
+// prepared is a statement the client prepared (Parse).
+type prepared struct {
+	dec    rewriter.Decision
+	tenant tenantValue // tenant the decision was made with
+	sql    string      // text sent upstream
+	text   string      // client's original text (re-decided at Bind after a tenant switch)
+	// rejected: its Parse was replaced by a sentinel, so it does not exist upstream.
+	rejected bool
+}
+
+// portal is a bound portal (Bind).
+type portal struct {
+	dec         rewriter.Decision
+	effectValue string // validated tenant from a set_config($k) parameter
+	injected    bool
+	rows        int64 // rows returned so far, across suspensions (row guard)
+	// rejected: its Bind was refused; the server skips its Execute.
+	rejected bool
+}
+
+// inflight is a statement sent upstream, awaiting its completion.
+type inflight struct {
+	cycle uint64
+	dec   rewriter.Decision
+	value string // tenant effect value (when from a parameter)
+	start time.Time
+	rows  int64
+	// rowsSoFar counts the rows of the portal across suspensions; nil for
+	// simple-protocol statements (rows is used then).
+	rowsSoFar *int64
+	tenant    string
+	protocol  string
+	injected  bool
+	// rejected statements wait for the sentinel error; their audit event is
+	// written when it arrives.
+	reject *rejection
+}
+
+// rejection is a statement refused by tenantguard.
+type rejection struct {
+	err    *rewriter.Error
+	reason string
+}
+
+// nextSentinel names the next rejected statement of the session: a name no
+// client can guess (the process nonce) and that no upstream object has.
+func (c *conn) nextSentinel() string {
+	c.seq++
+	var b strings.Builder
+	b.WriteString("tg_reject_")
+	b.WriteString(c.nonce)
+	b.WriteByte('_')
+	b.WriteString(uitoa(c.id))
+	b.WriteByte('_')
+	b.WriteString(uitoa(c.seq))
+	return b.String()
+}
+
+func uitoa(v uint64) string {
+	if v == 0 {
+		return "0"
+	}
+	var b [20]byte
+	i := len(b)
+	for v > 0 {
+		i--
+		b[i] = byte('0' + v%10)
+		v /= 10
+	}
+	return string(b[i:])
+}

@@ -1,0 +1,542 @@
+package guard_test
+
+import (
+	"bytes"
+	"context"
+	_ "embed"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/tenantguard/tenantguard/policy"
+	"github.com/tenantguard/tenantguard/proxy"
+	"github.com/tenantguard/tenantguard/proxy/admin"
+	"github.com/tenantguard/tenantguard/proxy/audit"
+	"github.com/tenantguard/tenantguard/proxy/guard"
+	"github.com/tenantguard/tenantguard/proxy/pgtest"
+	"github.com/tenantguard/tenantguard/rewriter"
+)
+
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+
+//go:embed testdata/fixture.sql
+var fixtureSQL string
+
+const basePolicy = `
+version: 1
+mode: enforce
+tenant:
+  column: clinic_id
+  type: integer
+  setting: app.clinic_id
+tables: [patients, invoices, soap_notes]
+limits:
+  max_rows: 50
+roles:
+  postgres:
+    bypass: true
+`
+
+// syncBuffer collects audit lines from concurrent sessions.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// env is a fixture database with tenantguard in front of it.
+type env struct {
+	c       *pgtest.Cluster
+	db      string
+	addr    string
+	audit   *syncBuffer
+	metrics *admin.Metrics
+	holder  *policy.Holder
+}
+
+func start(t *testing.T, policyYAML string) *env {
+	t.Helper()
+	return startWith(t, policyYAML, nil)
+}
+
+func startWith(t *testing.T, policyYAML string, cat *rewriter.Catalog) *env {
+	t.Helper()
+	c := pgtest.Shared(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	db, err := c.CreateDatabase(ctx, "guard_"+t.Name())
+	require.NoError(t, err)
+	require.NoError(t, c.Exec(ctx, db, fixtureSQL))
+	pol, err := policy.Parse([]byte(policyYAML), "test.yaml")
+	require.NoError(t, err)
+	e := &env{c: c, db: db, audit: &syncBuffer{}, metrics: admin.NewMetrics(), holder: policy.NewHolder(pol)}
+	al, err := audit.New(audit.Options{Stdout: e.audit})
+	require.NoError(t, err)
+	g := guard.New(guard.Options{Policies: e.holder, Audit: al, Metrics: e.metrics, Logger: zaptest.NewLogger(t),
+		Catalog: func() *rewriter.Catalog { return cat }})
+	srv, err := proxy.NewServer(proxy.Config{
+		Upstream: proxy.UpstreamConfig{Host: c.Host, Port: c.Port, SSLMode: "disable"},
+		Logger:   zaptest.NewLogger(t),
+		Hooks:    g,
+	})
+	require.NoError(t, err)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	sctx, scancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(sctx, l) }()
+	t.Cleanup(func() {
+		dctx, dcancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer dcancel()
+		_ = srv.Shutdown(dctx)
+		scancel()
+		<-done
+	})
+	e.addr = l.Addr().String()
+	return e
+}
+
+// url is a connection URL through the proxy; params are extra query
+// parameters (options, app.clinic_id, ...).
+func (e *env) url(user string, params ...string) string {
+	u := url.URL{Scheme: "postgres", Host: e.addr, Path: "/" + e.db, User: url.User(user)}
+	q := url.Values{"sslmode": {"disable"}}
+	for i := 0; i+1 < len(params); i += 2 {
+		q.Set(params[i], params[i+1])
+	}
+	// libpq-style URLs encode spaces as %20 (pgx does not read '+' as a space).
+	u.RawQuery = strings.ReplaceAll(q.Encode(), "+", "%20")
+	return u.String()
+}
+
+// connect opens a pgx connection through the proxy as app_user with the
+// tenant as a startup parameter ("" for none).
+func (e *env) connect(t *testing.T, tenant string, params ...string) *pgx.Conn {
+	t.Helper()
+	if tenant != "" {
+		params = append(params, "app.clinic_id", tenant)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, e.url(pgtest.AppUser, params...))
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
+
+// direct opens a superuser connection straight to the fixture database.
+func (e *env) direct(t *testing.T) *pgx.Conn {
+	t.Helper()
+	conn, err := e.c.Connect(context.Background(), e.db)
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
+
+var modes = []struct {
+	name string
+	mode pgx.QueryExecMode
+}{
+	{"simple", pgx.QueryExecModeSimpleProtocol},
+	{"extended", pgx.QueryExecModeCacheStatement},
+	{"describe", pgx.QueryExecModeDescribeExec},
+}
+
+func ctx(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return c
+}
+
+// strings reads a single text column.
+func queryStrings(t *testing.T, conn *pgx.Conn, mode pgx.QueryExecMode, sql string, args ...any) []string {
+	t.Helper()
+	rows, err := conn.Query(ctx(t), sql, append([]any{mode}, args...)...)
+	require.NoError(t, err)
+	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	require.NoError(t, err, sql)
+	return out
+}
+
+// pgErr asserts err is a PostgreSQL error with the code, a tenantguard
+// message and a hint.
+func pgErr(t *testing.T, err error, code string) *pgconn.PgError {
+	t.Helper()
+	var pe *pgconn.PgError
+	require.True(t, errors.As(err, &pe), "want a PostgreSQL error %s, got %v", code, err)
+	require.Equal(t, code, pe.Code, pe.Message)
+	return pe
+}
+
+func tenantErr(t *testing.T, err error, code string) {
+	t.Helper()
+	pe := pgErr(t, err, code)
+	require.True(t, strings.HasPrefix(pe.Message, "tenantguard:"), pe.Message)
+	require.NotEmpty(t, pe.Hint)
+}
+
+// onlyMarker asserts that every value carries the tenant's marker and no other.
+func onlyMarker(t *testing.T, tenant string, values []string) {
+	t.Helper()
+	for _, v := range values {
+		for _, other := range []string{"TENANT1", "TENANT2", "TENANT3", "NOTENANT"} {
+			if other != "TENANT"+tenant {
+				require.NotContains(t, v, other)
+			}
+		}
+		require.Contains(t, v, "TENANT"+tenant)
+	}
+}
+
+func TestScopedReadsInEveryProtocol(t *testing.T) {
+	e := start(t, basePolicy)
+	for _, tenant := range []string{"1", "2", "3"} {
+		conn := e.connect(t, tenant)
+		for _, m := range modes {
+			t.Run(m.name+"/tenant"+tenant, func(t *testing.T) {
+				names := queryStrings(t, conn, m.mode, "SELECT full_name FROM patients ORDER BY id LIMIT 50")
+				require.Len(t, names, 10)
+				onlyMarker(t, tenant, names)
+				var n int64
+				require.NoError(t, conn.QueryRow(ctx(t), "SELECT count(*) FROM patients", m.mode).Scan(&n))
+				require.EqualValues(t, 10, n)
+				memos := queryStrings(t, conn, m.mode,
+					"SELECT i.memo FROM patients p LEFT JOIN invoices i ON i.patient_id = p.id WHERE p.id > $1 ORDER BY p.id LIMIT 20", 0)
+				require.NotEmpty(t, memos)
+				onlyMarker(t, tenant, memos)
+			})
+		}
+	}
+}
+
+func TestNoTenantIsRefused(t *testing.T) {
+	e := start(t, basePolicy)
+	conn := e.connect(t, "")
+	for _, m := range modes {
+		_, err := conn.Exec(ctx(t), "SELECT full_name FROM patients LIMIT 5", m.mode)
+		tenantErr(t, err, "42501")
+	}
+	// Non-tenant tables still work.
+	names := queryStrings(t, conn, pgx.QueryExecModeSimpleProtocol, "SELECT name FROM clinics ORDER BY id")
+	require.Len(t, names, 3)
+}
+
+func TestUnboundedIsRefused(t *testing.T) {
+	e := start(t, basePolicy)
+	conn := e.connect(t, "1")
+	for _, m := range modes {
+		_, err := conn.Exec(ctx(t), "SELECT full_name FROM patients", m.mode)
+		tenantErr(t, err, "54000")
+		_, err = conn.Exec(ctx(t), "SELECT full_name FROM patients LIMIT 1000", m.mode)
+		tenantErr(t, err, "54000")
+	}
+	// A LIMIT parameter is checked at Bind.
+	_, err := conn.Exec(ctx(t), "SELECT full_name FROM patients LIMIT $1", 1000)
+	tenantErr(t, err, "54000")
+	names := queryStrings(t, conn, pgx.QueryExecModeCacheStatement, "SELECT full_name FROM patients ORDER BY id LIMIT $1", 3)
+	require.Len(t, names, 3)
+}
+
+func TestRejectionFailsTheTransaction(t *testing.T) {
+	e := start(t, basePolicy)
+	for _, m := range modes {
+		t.Run(m.name, func(t *testing.T) {
+			conn := e.connect(t, "1")
+			_, err := conn.Exec(ctx(t), "BEGIN", m.mode)
+			require.NoError(t, err)
+			_, err = conn.Exec(ctx(t), "INSERT INTO clinics VALUES (42, 'not committed')", m.mode)
+			require.NoError(t, err)
+			_, err = conn.Exec(ctx(t), "SELECT * FROM patients", m.mode)
+			tenantErr(t, err, "54000")
+			_, err = conn.Exec(ctx(t), "SELECT 1", m.mode)
+			pgErr(t, err, "25P02")
+			tag, err := conn.Exec(ctx(t), "COMMIT", m.mode)
+			require.NoError(t, err)
+			require.Equal(t, "ROLLBACK", tag.String())
+			var n int
+			require.NoError(t, e.direct(t).QueryRow(ctx(t), "SELECT count(*) FROM clinics WHERE id = 42").Scan(&n))
+			require.Zero(t, n, "the row inserted before the rejection must not be committed")
+			// The connection stays usable.
+			require.Len(t, queryStrings(t, conn, m.mode, "SELECT name FROM clinics ORDER BY id"), 3)
+		})
+	}
+}
+
+func TestExtendedRejectionDiscardsUntilSync(t *testing.T) {
+	e := start(t, basePolicy)
+	conn := e.connect(t, "2")
+	b := &pgx.Batch{}
+	b.Queue("INSERT INTO clinics VALUES (43, 'implicit txn')")
+	b.Queue("SELECT full_name FROM patients") // unbounded: rejected
+	b.Queue("INSERT INTO clinics VALUES (44, 'never runs')")
+	err := conn.SendBatch(ctx(t), b).Close()
+	tenantErr(t, err, "54000")
+	var n int
+	require.NoError(t, e.direct(t).QueryRow(ctx(t), "SELECT count(*) FROM clinics WHERE id IN (43, 44)").Scan(&n))
+	require.Zero(t, n, "the batch is one implicit transaction: nothing of it may commit")
+	names := queryStrings(t, conn, pgx.QueryExecModeCacheStatement, "SELECT full_name FROM patients ORDER BY id LIMIT 5")
+	onlyMarker(t, "2", names)
+}
+
+func TestTenantSwitchKeepsPreparedStatementsRight(t *testing.T) {
+	e := start(t, basePolicy)
+	conn := e.connect(t, "1")
+	const q = "SELECT full_name FROM patients WHERE id > $1 ORDER BY id LIMIT 5"
+	for _, tenant := range []string{"1", "2", "3", "1"} {
+		_, err := conn.Exec(ctx(t), "SET app.clinic_id = "+tenant)
+		require.NoError(t, err)
+		names := queryStrings(t, conn, pgx.QueryExecModeCacheStatement, q, 0)
+		require.Len(t, names, 5)
+		onlyMarker(t, tenant, names)
+	}
+	// SET LOCAL ends with the transaction; ROLLBACK undoes a SET.
+	tx, err := conn.Begin(ctx(t))
+	require.NoError(t, err)
+	_, err = tx.Exec(ctx(t), "SET LOCAL app.clinic_id = 3")
+	require.NoError(t, err)
+	onlyMarker(t, "3", queryStrings(t, conn, pgx.QueryExecModeCacheStatement, q, 0))
+	require.NoError(t, tx.Commit(ctx(t)))
+	onlyMarker(t, "1", queryStrings(t, conn, pgx.QueryExecModeCacheStatement, q, 0))
+	tx, err = conn.Begin(ctx(t))
+	require.NoError(t, err)
+	_, err = tx.Exec(ctx(t), "SET app.clinic_id = 2")
+	require.NoError(t, err)
+	require.NoError(t, tx.Rollback(ctx(t)))
+	onlyMarker(t, "1", queryStrings(t, conn, pgx.QueryExecModeCacheStatement, q, 0))
+	// RESET goes back to the startup tenant.
+	_, err = conn.Exec(ctx(t), "SET app.clinic_id = 3")
+	require.NoError(t, err)
+	_, err = conn.Exec(ctx(t), "RESET app.clinic_id")
+	require.NoError(t, err)
+	onlyMarker(t, "1", queryStrings(t, conn, pgx.QueryExecModeSimpleProtocol, "SELECT full_name FROM patients ORDER BY id LIMIT 3"))
+}
+
+func TestSetConfigIdiom(t *testing.T) {
+	e := start(t, basePolicy)
+	conn := e.connect(t, "")
+	for _, m := range modes {
+		for _, tenant := range []string{"3", "2"} {
+			var got string
+			require.NoError(t, conn.QueryRow(ctx(t), "SELECT set_config('app.clinic_id', $1, false)", m.mode, tenant).Scan(&got))
+			require.Equal(t, tenant, got)
+			onlyMarker(t, tenant, queryStrings(t, conn, m.mode, "SELECT note FROM soap_notes ORDER BY id LIMIT 10"))
+		}
+		_, err := conn.Exec(ctx(t), "SELECT set_config('app.clinic_id', $1, false)", m.mode, "2 OR 1=1")
+		tenantErr(t, err, "42501")
+		// set_config inside a larger expression is tampering.
+		_, err = conn.Exec(ctx(t), "SELECT full_name FROM patients WHERE set_config('app.clinic_id', '1', false) IS NOT NULL LIMIT 1", m.mode)
+		tenantErr(t, err, "42501")
+	}
+}
+
+func TestStartupParserDifferentialsRefused(t *testing.T) {
+	e := start(t, basePolicy)
+	for name, params := range map[string][]string{
+		"scs via options -c":   {"options", "-c standard_conforming_strings=off"},
+		"scs via options --":   {"options", "--standard-conforming-strings=off"},
+		"scs as a parameter":   {"standard_conforming_strings", "off"},
+		"client_encoding SJIS": {"client_encoding", "SJIS"},
+		"role at startup":      {"options", "-c role=postgres"},
+		"invalid tenant":       {"app.clinic_id", "1 OR 1=1"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := pgx.Connect(ctx(t), e.url(pgtest.AppUser, params...))
+			require.Error(t, err)
+			tenantErr(t, err, "42501")
+		})
+	}
+	// The tenant in options is read like a startup parameter.
+	conn := e.connect(t, "", "options", "-c app.clinic_id=3")
+	onlyMarker(t, "3", queryStrings(t, conn, pgx.QueryExecModeSimpleProtocol, "SELECT full_name FROM patients ORDER BY id LIMIT 3"))
+}
+
+func TestWritesStayInTheTenant(t *testing.T) {
+	e := start(t, basePolicy)
+	direct := e.direct(t)
+	before := func() map[int]string {
+		rows, err := direct.Query(ctx(t), "SELECT id, status FROM patients WHERE clinic_id IS DISTINCT FROM 1 ORDER BY id")
+		require.NoError(t, err)
+		out := map[int]string{}
+		for rows.Next() {
+			var id int
+			var s string
+			require.NoError(t, rows.Scan(&id, &s))
+			out[id] = s
+		}
+		require.NoError(t, rows.Err())
+		return out
+	}
+	others := before()
+	for _, m := range modes {
+		conn := e.connect(t, "1")
+		tag, err := conn.Exec(ctx(t), "UPDATE patients SET status = 'archived'", m.mode)
+		require.NoError(t, err)
+		require.EqualValues(t, 10, tag.RowsAffected())
+		_, err = conn.Exec(ctx(t), "UPDATE patients SET clinic_id = 2 WHERE id = 3", m.mode)
+		tenantErr(t, err, "42501")
+		_, err = conn.Exec(ctx(t), "INSERT INTO patients (id, clinic_id, full_name) VALUES (500, 2, 'x')", m.mode)
+		tenantErr(t, err, "42501")
+		tag, err = conn.Exec(ctx(t), "DELETE FROM soap_notes WHERE id > 0", m.mode)
+		require.NoError(t, err)
+		require.LessOrEqual(t, tag.RowsAffected(), int64(10))
+	}
+	require.Equal(t, others, before(), "rows of other tenants must never change")
+	var n int
+	require.NoError(t, direct.QueryRow(ctx(t), "SELECT count(*) FROM soap_notes WHERE clinic_id <> 1").Scan(&n))
+	require.Equal(t, 20, n)
+	// An INSERT without the tenant column gets the session's tenant.
+	conn := e.connect(t, "2")
+	_, err := conn.Exec(ctx(t), "INSERT INTO invoices (id, patient_id, memo) VALUES (900, 2, 'new TENANT2')")
+	require.NoError(t, err)
+	var clinic *int
+	require.NoError(t, direct.QueryRow(ctx(t), "SELECT clinic_id FROM invoices WHERE id = 900").Scan(&clinic))
+	require.NotNil(t, clinic)
+	require.Equal(t, 2, *clinic)
+}
+
+func TestErrorsDoNotEchoValues(t *testing.T) {
+	e := start(t, basePolicy)
+	conn := e.connect(t, "1")
+	// p2's email belongs to tenant 3 (2 % 3 = 2 -> clinic 3).
+	var email string
+	require.NoError(t, e.direct(t).QueryRow(ctx(t), "SELECT email FROM patients WHERE clinic_id = 3 ORDER BY id LIMIT 1").Scan(&email))
+	_, err := conn.Exec(ctx(t), "INSERT INTO patients (id, full_name, email) VALUES (700, 'dup', $1)", email)
+	pe := pgErr(t, err, "23505")
+	all := pe.Message + pe.Detail + pe.Hint + pe.Where
+	require.NotContains(t, all, "TENANT3")
+	require.NotContains(t, all, email)
+	_, err = conn.Exec(ctx(t), "SELECT full_name FROM patients WHERE id = 'SECRETVALUE'::int LIMIT 1")
+	pe = pgErr(t, err, "22P02")
+	require.NotContains(t, pe.Message+pe.Detail, "SECRETVALUE")
+}
+
+func TestBypassRoleSeesEverything(t *testing.T) {
+	e := start(t, basePolicy)
+	conn, err := pgx.Connect(ctx(t), e.url(pgtest.SuperUser))
+	require.NoError(t, err)
+	defer conn.Close(context.Background())
+	var n int
+	require.NoError(t, conn.QueryRow(ctx(t), "SELECT count(*) FROM patients").Scan(&n))
+	require.Equal(t, 31, n)
+	require.Contains(t, e.audit.String(), `"decision":"bypassed"`)
+}
+
+func TestAuditModeForwardsAndLogs(t *testing.T) {
+	e := start(t, strings.Replace(basePolicy, "mode: enforce", "mode: audit", 1))
+	conn := e.connect(t, "1")
+	names := queryStrings(t, conn, pgx.QueryExecModeSimpleProtocol, "SELECT full_name FROM patients WHERE full_name <> 'AUDITLITERAL'")
+	require.Len(t, names, 31, "audit mode never changes a statement")
+	out := e.audit.String()
+	require.Contains(t, out, `"decision":"rejected"`)
+	require.Contains(t, out, `"reason":"unbounded"`)
+	require.NotContains(t, out, "AUDITLITERAL", "no literal reaches the audit trail")
+}
+
+func TestAuditTrailHasNoLiterals(t *testing.T) {
+	e := start(t, basePolicy)
+	conn := e.connect(t, "1")
+	secrets := []string{"SECRETSIMPLE", "SECRETPARAM", "SECRETREJECT"}
+	_, err := conn.Exec(ctx(t), "SELECT full_name FROM patients WHERE full_name <> 'SECRETSIMPLE' LIMIT 1", pgx.QueryExecModeSimpleProtocol)
+	require.NoError(t, err)
+	_, err = conn.Exec(ctx(t), "SELECT full_name FROM patients WHERE full_name <> $1 LIMIT 1", "SECRETPARAM")
+	require.NoError(t, err)
+	_, err = conn.Exec(ctx(t), "SELECT full_name FROM patients WHERE full_name = 'SECRETREJECT'")
+	require.Error(t, err)
+	out := e.audit.String()
+	for _, s := range secrets {
+		require.NotContains(t, out, s)
+	}
+	require.Contains(t, out, `"event":"connect"`)
+	require.Contains(t, out, `"tenant":"1"`)
+	require.Contains(t, out, `"kind":"select"`)
+	require.Contains(t, out, `"rows":1`)
+}
+
+func TestRowGuardCutsLongResults(t *testing.T) {
+	e := start(t, strings.Replace(basePolicy, "max_rows: 50", "max_rows: 5", 1))
+	conn := e.connect(t, "1")
+	// A set-returning function multiplies rows past the bound the LIMIT gave.
+	_, err := conn.Exec(ctx(t), "SELECT full_name, generate_series(1, 10) FROM patients WHERE id = 3")
+	if err != nil {
+		// Refused up front is as good as cut at run time.
+		pgErr(t, err, "54000")
+	} else {
+		t.Fatalf("a result above max_rows reached the client")
+	}
+	require.Len(t, queryStrings(t, conn, pgx.QueryExecModeSimpleProtocol, "SELECT full_name FROM patients ORDER BY id LIMIT 5"), 5)
+}
+
+func TestRowGuardCutsAtRunTime(t *testing.T) {
+	// A stale catalog claims status is unique, so the statement passes the
+	// static bound; the run-time guard must still cut it.
+	cat := &rewriter.Catalog{Relations: map[string]*rewriter.Relation{
+		"public.patients": {Schema: "public", Name: "patients", Kind: rewriter.KindTable,
+			Columns: []string{"id", "clinic_id", "full_name", "email", "status"}, UniqueKeys: [][]string{{"id"}, {"status"}}},
+	}}
+	e := startWith(t, strings.Replace(basePolicy, "max_rows: 50", "max_rows: 5", 1), cat)
+	conn := e.connect(t, "1")
+	for _, m := range modes {
+		t.Run(m.name, func(t *testing.T) {
+			rows, err := conn.Query(ctx(t), "SELECT full_name FROM patients WHERE status = 'active'", m.mode)
+			require.NoError(t, err)
+			n := 0
+			for rows.Next() {
+				n++
+			}
+			tenantErr(t, rows.Err(), "54000")
+			require.LessOrEqual(t, n, 5, "no row past max_rows reaches the client")
+			// The session goes on.
+			require.Len(t, queryStrings(t, conn, m.mode, "SELECT full_name FROM patients WHERE id = 3"), 1)
+		})
+	}
+	require.Contains(t, e.audit.String(), `"reason":"row_limit"`)
+}
+
+func TestMetricsCountDecisions(t *testing.T) {
+	e := start(t, basePolicy)
+	conn := e.connect(t, "1")
+	for i := 0; i < 3; i++ {
+		_, err := conn.Exec(ctx(t), "SELECT full_name FROM patients WHERE id = "+strconv.Itoa(i+1)+" LIMIT 1", pgx.QueryExecModeSimpleProtocol)
+		require.NoError(t, err)
+	}
+	_, err := conn.Exec(ctx(t), "SELECT full_name FROM patients")
+	require.Error(t, err)
+	mfs, err := e.metrics.Registry.Gather()
+	require.NoError(t, err)
+	found := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			key := mf.GetName()
+			for _, l := range m.GetLabel() {
+				key += fmt.Sprintf(",%s=%s", l.GetName(), l.GetValue())
+			}
+			found[key] = m.GetCounter().GetValue() + m.GetGauge().GetValue()
+		}
+	}
+	require.GreaterOrEqual(t, found["tenantguard_statements_total,decision=rewritten,kind=select"], 3.0)
+	require.Equal(t, 1.0, found["tenantguard_rejections_total,reason=unbounded"])
+	require.Equal(t, 1.0, found["tenantguard_client_connections"])
+}

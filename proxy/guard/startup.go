@@ -1,0 +1,208 @@
+package guard
+
+import (
+	"strings"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+	"go.uber.org/zap"
+
+	"github.com/tenantguard/tenantguard/policy"
+	"github.com/tenantguard/tenantguard/proxy"
+	"github.com/tenantguard/tenantguard/proxy/audit"
+)
+
+// OnStartup decides the session: its tenant from the startup parameters
+// (a parameter named after the tenant setting, or `options=-c name=value`),
+// and, for roles that are not bypass roles, refuses the startup settings
+// that would make the upstream read bytes differently from the proxy's
+// parser or change the session's role.
+func (g *Guard) OnStartup(s *proxy.Session) error {
+	e := g.engine()
+	pol := e.pol
+	c := &conn{
+		id:              s.ID,
+		nonce:           g.nonce,
+		user:            s.Params["user"],
+		database:        s.Params["database"],
+		applicationName: s.Params["application_name"],
+		started:         g.opts.Now(),
+		statements:      map[string]*prepared{},
+		portals:         map[string]*portal{},
+		rejects:         map[string]*rejection{},
+		// The ReadyForQuery that ends the startup is the first the guard
+		// sees: it closes cycle 0.
+		frontCycle: 1,
+	}
+	if c.database == "" {
+		c.database = c.user
+	}
+	if s.ClientAddr != nil {
+		c.client = s.ClientAddr.String()
+	}
+	c.bypass = pol.Role(c.user).Bypass
+	s.State = c
+
+	settings := map[string]string{}
+	for k, v := range s.Params {
+		switch k {
+		case "user", "database", "options", "application_name", "replication":
+			continue
+		}
+		settings[strings.ToLower(k)] = v
+	}
+	opts, err := parseOptions(s.Params["options"])
+	if err != nil && !c.bypass {
+		return g.refuseStartup(c, "42501", "tenantguard: the startup options could not be read: "+err.Error(),
+			"pass settings as -c name=value or --name=value")
+	}
+	for k, v := range opts {
+		settings[k] = v
+	}
+	if !c.bypass {
+		for name, value := range settings {
+			if msg := deniedStartupSetting(name, value); msg != "" {
+				return g.refuseStartup(c, "42501", msg, "remove the setting from the connection parameters")
+			}
+		}
+	}
+	if v, ok := settings[strings.ToLower(pol.Tenant.Setting)]; ok {
+		canon, err := pol.ValidateTenant(v)
+		if err != nil && !c.bypass {
+			return g.refuseStartup(c, "42501", "tenantguard: the startup tenant ("+pol.Tenant.Setting+") is not a valid "+string(pol.Tenant.Type),
+				"connect with a tenant value of the policy's tenant type")
+		}
+		if err == nil {
+			c.tenant.startup = tenantValue{v: canon, ok: true}
+			c.tenant.session = c.tenant.startup
+		}
+	}
+	g.opts.Metrics.ClientConnections.Inc()
+	g.opts.Metrics.UpstreamConnections.Inc()
+	tls := s.ClientTLS
+	g.opts.Audit.Log(&audit.Event{
+		Event: audit.EventConnect, ConnID: c.id, Client: c.client, User: c.user, Database: c.database,
+		ApplicationName: c.applicationName, Tenant: c.tenant.current().v, TLS: &tls,
+	})
+	return nil
+}
+
+func (g *Guard) refuseStartup(c *conn, code, msg, hint string) error {
+	g.opts.Metrics.Rejections.WithLabelValues("startup").Inc()
+	g.opts.Audit.Log(&audit.Event{
+		Event: audit.EventConnect, ConnID: c.id, Client: c.client, User: c.user, Database: c.database,
+		ApplicationName: c.applicationName, Decision: audit.DecisionRejected, Reason: "startup", SQLState: code,
+	})
+	g.log.Info("session refused at startup", zap.Uint64("conn_id", c.id), zap.String("sqlstate", code))
+	c.refused = true
+	return &proxy.ClientError{Response: &pgproto3.ErrorResponse{
+		Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: code, Message: msg, Hint: hint,
+	}}
+}
+
+// deniedStartupSetting returns why a startup setting is refused for an
+// ordinary role, or "".
+func deniedStartupSetting(name, value string) string {
+	switch name {
+	case "standard_conforming_strings":
+		if !isOn(value) {
+			return "tenantguard: standard_conforming_strings must stay on (the proxy's parser reads strings as the server does only then)"
+		}
+	case "client_encoding":
+		if !safeEncoding(value) {
+			return "tenantguard: client_encoding must be UTF8 (other encodings can make the server read the bytes differently from the proxy's parser)"
+		}
+	case "role", "session_authorization":
+		return "tenantguard: changing the role at startup is not allowed"
+	}
+	return ""
+}
+
+// isOn reports whether a boolean setting value is true, as PostgreSQL parses it.
+func isOn(v string) bool {
+	switch strings.ToLower(strings.TrimSpace(v)) {
+	case "on", "true", "yes", "1", "t", "y", "tr", "tru", "ye":
+		return true
+	}
+	return false
+}
+
+// safeEncoding reports whether a client_encoding keeps the bytes the server
+// parses identical to the bytes the proxy parsed: UTF8, or SQL_ASCII (no
+// conversion at all).
+func safeEncoding(v string) bool {
+	n := strings.ToLower(strings.NewReplacer("-", "", "_", "", " ", "").Replace(v))
+	switch n {
+	case "utf8", "unicode", "sqlascii":
+		return true
+	}
+	return false
+}
+
+// parseOptions reads the `options` startup parameter the way the
+// postmaster does: whitespace-separated, backslash escapes, and -c
+// name=value, -cname=value or --name=value switches. Other switches are
+// errors (they cannot be checked).
+func parseOptions(s string) (map[string]string, error) {
+	out := map[string]string{}
+	var toks []string
+	var cur strings.Builder
+	inTok, esc := false, false
+	for i := 0; i < len(s); i++ {
+		ch := s[i]
+		switch {
+		case esc:
+			cur.WriteByte(ch)
+			esc, inTok = false, true
+		case ch == '\\':
+			esc, inTok = true, true
+		case ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r' || ch == '\f' || ch == '\v':
+			if inTok {
+				toks = append(toks, cur.String())
+				cur.Reset()
+				inTok = false
+			}
+		default:
+			cur.WriteByte(ch)
+			inTok = true
+		}
+	}
+	if inTok {
+		toks = append(toks, cur.String())
+	}
+	for i := 0; i < len(toks); i++ {
+		t := toks[i]
+		var kv string
+		switch {
+		case t == "-c":
+			if i+1 >= len(toks) {
+				return nil, errf("-c without a setting")
+			}
+			i++
+			kv = toks[i]
+		case strings.HasPrefix(t, "--"):
+			kv = t[2:]
+		case strings.HasPrefix(t, "-c"):
+			kv = t[2:]
+		default:
+			return nil, errf("unsupported switch in options")
+		}
+		name, value, ok := strings.Cut(kv, "=")
+		if !ok || name == "" {
+			return nil, errf("a setting in options has no value")
+		}
+		out[strings.ToLower(strings.ReplaceAll(name, "-", "_"))] = value
+	}
+	return out, nil
+}
+
+type optionError string
+
+func (e optionError) Error() string { return string(e) }
+
+func errf(s string) error { return optionError(s) }
+
+// tenantValid validates a tenant value against the policy.
+func tenantValid(pol *policy.Policy, v string) (string, bool) {
+	canon, err := pol.ValidateTenant(v)
+	return canon, err == nil
+}
