@@ -26,10 +26,9 @@ type stmtTemplate struct {
 	segments []string // rewritten SQL split at tenant placeholders (simple protocol)
 	// tenantParam is set in the extended protocol when the SQL references
 	// the appended tenant parameter.
-	needsTenant    bool
-	checks         []literalCheck
-	tenantLiterals []string
-	bypassable     bool // false for parse errors: refused even for bypass roles
+	needsTenant bool
+	checks      []literalCheck
+	bypassable  bool // false for parse errors: refused even for bypass roles
 }
 
 // compile decides a query string without a tenant.
@@ -94,7 +93,6 @@ func (r *Rewriter) compileStmt(version int32, raw *pg.RawStmt, text string, exte
 	}
 	st.needsTenant = c.needsTenant
 	st.checks = c.checks
-	st.tenantLiterals = c.tenantLiterals
 	st.d.VerifyParams = c.verifyParams
 	st.d.LimitParams = c.limitParams
 	if len(c.limitParams) > 0 || c.rowGuard {
@@ -120,6 +118,11 @@ func (r *Rewriter) compileStmt(version int32, raw *pg.RawStmt, text string, exte
 	out, err := pg.Deparse(&pg.ParseResult{Version: version, Stmts: []*pg.RawStmt{{Stmt: raw.Stmt}}})
 	if err != nil {
 		return r.rejected(kind, ReasonInternal, "", text)
+	}
+	// The deparser is a second printer of SQL: what it prints must read back
+	// as exactly one statement, or the statement is refused.
+	if back, err := pg.Parse(out); err != nil || len(back.Stmts) != 1 {
+		return r.rejected(kind, ReasonUnsupported, "statement that does not survive rewriting", text)
 	}
 	if c.placeholders > 0 {
 		if extended {

@@ -51,9 +51,6 @@ type stmtCtx struct {
 	doneSel      map[*pg.SelectStmt]bool
 	rejReason    string
 	rejSubject   string
-	// tenantLiterals are tenant values pinned by a verified statement in the
-	// extended protocol (re-checked by the proxy at Bind).
-	tenantLiterals []string
 }
 
 func newStmtCtx(r *Rewriter, role policy.Role, extended bool, sentinel int32) *stmtCtx {
@@ -593,9 +590,6 @@ func (c *stmtCtx) verifyConjunct(cands []**pg.Node, quals [][]string, col string
 				if colMatches(pair[0], quals, col, sole) {
 					k, v, p := c.tenantValue(pair[1])
 					if c.accept(k, v, p, ReasonCrossTenant, name) {
-						if k == valueLiteral && c.extended {
-							c.tenantLiterals = append(c.tenantLiterals, v)
-						}
 						return true
 					}
 				}
@@ -632,9 +626,6 @@ func (c *stmtCtx) writeValue(slot **pg.Node, verify, allowDefault bool, name str
 	if !c.accept(k, v, p, ReasonCrossTenantWrite, name) {
 		c.reject(ReasonCrossTenantWrite, name)
 		return
-	}
-	if k == valueLiteral && c.extended {
-		c.tenantLiterals = append(c.tenantLiterals, v)
 	}
 }
 
@@ -736,6 +727,10 @@ func (c *stmtCtx) insertStmt(ins *pg.InsertStmt) {
 				return
 			}
 			c.visitList(row.Items)
+			if len(row.Items) != len(ins.Cols) {
+				c.reject(ReasonUnsupported, "VALUES row whose length differs from the column list")
+				return
+			}
 			switch {
 			case idx >= 0 && idx < len(row.Items):
 				c.writeValue(&row.Items[idx], verify, true, name)
@@ -749,6 +744,10 @@ func (c *stmtCtx) insertStmt(ins *pg.InsertStmt) {
 		}
 	case sel.Op == pg.SetOperation_SETOP_NONE || sel.Op == pg.SetOperation_SET_OPERATION_UNDEFINED:
 		c.scopeSelect(sel)
+		if !hasStar(sel.TargetList) && len(sel.TargetList) != len(ins.Cols) {
+			c.reject(ReasonUnsupported, "INSERT ... SELECT whose width differs from the column list")
+			return
+		}
 		switch {
 		case idx >= 0:
 			if idx >= len(sel.TargetList) || hasStar(sel.TargetList[:idx+1]) {
@@ -934,6 +933,10 @@ func (c *stmtCtx) mergeInsert(wc *pg.MergeWhenClause, rv *pg.RangeVar, tr *tenan
 			wc.TargetList = append(wc.TargetList, pg.MakeResTargetNodeWithName(col, -1))
 		}
 		c.modified = true
+	}
+	if len(wc.TargetList) != len(wc.Values) {
+		c.reject(ReasonUnsupported, "MERGE INSERT values whose length differs from the column list")
+		return
 	}
 	idx := colIndex(wc.TargetList, tr.Column)
 	switch {

@@ -10,8 +10,6 @@
 package rewriter
 
 import (
-	"sync"
-
 	"github.com/tenantguard/tenantguard/policy"
 )
 
@@ -195,8 +193,7 @@ type Rewriter struct {
 	// tenantSetting renders the tenant as current_setting(<setting>) (see
 	// WithTenantSetting).
 	tenantSetting bool
-	cache     *templateCache
-	mu        sync.Mutex
+	cache         *templateCache
 }
 
 // New returns a Rewriter for the policy and catalog (c may be nil).
