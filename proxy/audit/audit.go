@@ -145,6 +145,8 @@ type Options struct {
 	// OnError is called with the first write error after a run of successes
 	// (not once per failed write).
 	OnError func(error)
+	// OnFailure is called for every failed write (for a metric).
+	OnFailure func()
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 }
@@ -161,7 +163,7 @@ type Logger struct {
 
 // New opens the audit sink.
 func New(opts Options) (*Logger, error) {
-	s := &sink{path: opts.File, out: opts.Stdout, onError: opts.OnError}
+	s := &sink{path: opts.File, out: opts.Stdout, onError: opts.OnError, onFailure: opts.OnFailure}
 	if s.out == nil {
 		s.out = os.Stdout
 	}
@@ -224,13 +226,14 @@ func (l *Logger) Close() error { return l.sink.close() }
 
 // sink is a reopenable, failure-counting zapcore.WriteSyncer.
 type sink struct {
-	mu       sync.Mutex
-	path     string
-	out      io.Writer
-	f        *os.File
-	failing  bool
-	failures *atomic.Int64
-	onError  func(error)
+	mu        sync.Mutex
+	path      string
+	out       io.Writer
+	f         *os.File
+	failing   bool
+	failures  *atomic.Int64
+	onError   func(error)
+	onFailure func()
 }
 
 func (s *sink) open() error {
@@ -273,6 +276,9 @@ func (s *sink) Write(p []byte) (int, error) {
 func (s *sink) fail(err error) {
 	if s.failures != nil {
 		s.failures.Add(1)
+	}
+	if s.onFailure != nil {
+		s.onFailure()
 	}
 	if !s.failing && s.onError != nil {
 		s.onError(fmt.Errorf("audit: write: %w", err))

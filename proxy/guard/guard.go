@@ -42,6 +42,12 @@ type Options struct {
 	Audit   *audit.Logger
 	Metrics *admin.Metrics
 	Logger  *zap.Logger
+	// RequireCatalog refuses ordinary sessions (57P03) while Catalog returns
+	// nil: without the catalog, views and functions cannot be vouched for.
+	RequireCatalog bool
+	// Database, when set, is the only database ordinary sessions may use:
+	// the catalog describes that database and no other.
+	Database string
 	// RewriterOptions are passed to every rewriter built.
 	RewriterOptions []rewriter.Option
 	// Now is the clock (default time.Now).

@@ -41,6 +41,16 @@ func (g *Guard) OnStartup(s *proxy.Session) error {
 	}
 	c.bypass = pol.Role(c.user).Bypass
 	s.State = c
+	if !c.bypass {
+		if g.opts.Database != "" && c.database != g.opts.Database {
+			return g.refuseStartup(c, "42501", "tenantguard: this proxy enforces its policy on database "+g.opts.Database+" only",
+				"connect to "+g.opts.Database+", or run a tenantguard for the other database")
+		}
+		if g.opts.RequireCatalog && e.cat == nil {
+			return g.refuseStartup(c, "57P03", "tenantguard: the upstream catalog is not loaded yet",
+				"retry in a moment; /readyz reports when tenantguard is ready")
+		}
+	}
 
 	settings := map[string]string{}
 	for k, v := range s.Params {
