@@ -62,7 +62,7 @@ func stmtText(sql string, raw *pg.RawStmt) string {
 
 func (r *Rewriter) rejected(kind, reason, subject, text string) *stmtTemplate {
 	st := &stmtTemplate{orig: text}
-	st.d = Decision{Kind: kind, Verdict: VerdictRejected, Reason: reason, Error: rejection(reason, subject, r.pol.Limits.MaxRows)}
+	st.d = Decision{Kind: kind, Verdict: VerdictRejected, Reason: reason, Error: rejection(reason, subject, r.pol)}
 	if reason != ReasonParseError && reason != ReasonMultipleStatement {
 		st.d.Fingerprint, st.d.Normalized = auditForms(text)
 		st.bypassable = true
@@ -87,7 +87,7 @@ func (r *Rewriter) compileStmt(version int32, raw *pg.RawStmt, text string, exte
 	st.d.Fingerprint, st.d.Normalized = auditForms(text)
 	if c.rejReason != "" {
 		st.d.Verdict, st.d.Reason = VerdictRejected, c.rejReason
-		st.d.Error = rejection(c.rejReason, c.rejSubject, r.pol.Limits.MaxRows)
+		st.d.Error = rejection(c.rejReason, c.rejSubject, r.pol)
 		st.d.TenantEffect = nil
 		return st
 	}
@@ -516,7 +516,9 @@ func (c *stmtCtx) copyStmt(cp *pg.CopyStmt, st *stmtTemplate) {
 	// COPY t TO  ->  COPY (SELECT cols FROM ONLY t WHERE t.col = T) TO, as
 	// PostgreSQL itself does for a table with row-level security.
 	inner := proto.Clone(rv).(*pg.RangeVar)
-	inner.Inh = false
+	// COPY of an inheritance parent copies the parent's own rows only; a
+	// partitioned table has no rows of its own, so it keeps its partitions.
+	inner.Inh = c.r.rels.partitioned(rv)
 	targets := []*pg.Node{}
 	for _, a := range cp.Attlist {
 		if s := a.GetString_(); s != nil {

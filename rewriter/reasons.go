@@ -1,6 +1,10 @@
 package rewriter
 
-import "fmt"
+import (
+	"fmt"
+
+	"github.com/tenantguard/tenantguard/policy"
+)
 
 // Reasons of decisions. They are stable: audit events and the
 // tenantguard_rejections_total{reason} metric carry them.
@@ -42,13 +46,15 @@ const (
 // identifier (relation, function, setting or statement name) or "" — never a
 // literal of the statement. This is the one place that maps reasons to
 // SQLSTATE, message and hint.
-func rejection(reason, subject string, maxRows int64) *Error {
+func rejection(reason, subject string, pol *policy.Policy) *Error {
 	s := subject
+	setting := pol.Tenant.Setting
+	maxRows := pol.Limits.MaxRows
 	switch reason {
 	case ReasonNoTenant:
 		return &Error{stateInsufficientPrivilege,
 			"tenantguard: no tenant is set for a statement on tenant relation " + s,
-			"set the tenant first, for example SET app.clinic_id, or connect with it as a startup parameter"}
+			"set the tenant first with SET " + setting + ", or connect with it as a startup parameter"}
 	case ReasonInvalidTenant:
 		return &Error{stateInsufficientPrivilege,
 			"tenantguard: the tenant value is not of the policy's tenant type",
@@ -56,7 +62,7 @@ func rejection(reason, subject string, maxRows int64) *Error {
 	case ReasonUnscoped:
 		return &Error{stateInsufficientPrivilege,
 			"tenantguard: tenant relation " + s + " is not constrained to the session's tenant",
-			"add " + s + ".<tenant column> = current_setting(<tenant setting>) (or the tenant value or a parameter bound to it) as a conjunct at the level where " + s + " appears"}
+			"add " + s + ".<tenant column> = current_setting('" + setting + "') (or the tenant value, or a parameter bound to it) as a top-level AND condition where " + s + " appears (its WHERE, or the ON clause of the outer join whose nullable side it is)"}
 	case ReasonCrossTenant:
 		return &Error{stateInsufficientPrivilege,
 			"tenantguard: tenant relation " + s + " is constrained to a tenant other than the session's",
@@ -96,7 +102,7 @@ func rejection(reason, subject string, maxRows int64) *Error {
 	case ReasonTenantTamper:
 		return &Error{stateInsufficientPrivilege,
 			"tenantguard: the tenant setting may only be changed by SET, RESET or a SELECT set_config(...) of its own",
-			"change the tenant with SET app.clinic_id or SELECT set_config(...) as a statement of its own"}
+			"change the tenant with SET " + setting + " or SELECT set_config(...) as a statement of its own"}
 	case ReasonParseError:
 		return &Error{stateSyntaxError,
 			"tenantguard: the statement could not be parsed",

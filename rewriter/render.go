@@ -111,7 +111,7 @@ func (st *stmtTemplate) renderOne(r *Rewriter, s Session, role policy.Role) Deci
 
 func (st *stmtTemplate) reject(r *Rewriter, d Decision, reason, subject string) Decision {
 	d.Verdict, d.Reason = VerdictRejected, reason
-	d.Error = rejection(reason, subject, r.pol.Limits.MaxRows)
+	d.Error = rejection(reason, subject, r.pol)
 	d.SQL, d.TenantParam, d.TenantType, d.LimitParams, d.VerifyParams = "", 0, "", nil, nil
 	d.TenantEffect, d.RowGuard, d.MaxRows = nil, false, 0
 	return d

@@ -29,6 +29,8 @@ type relationIndex struct {
 	uniqueKeys map[string][][]string
 	// columns by "schema.name" and bare name (first seen wins for bare).
 	columns map[string][]string
+	// kinds by "schema.name" and bare name.
+	kinds map[string]RelKind
 	// catalogLoaded is true when the catalog knows any function.
 	catalogLoaded bool
 	funcs         map[string][]*Function // by bare name
@@ -40,7 +42,7 @@ type relationIndex struct {
 
 func buildRelationIndex(p *policy.Policy, c *Catalog) *relationIndex {
 	ix := &relationIndex{pol: p, bySchemaName: map[string]*tenantRel{}, byName: map[string]*tenantRel{},
-		refusedViews: map[string]bool{}, uniqueKeys: map[string][][]string{}, columns: map[string][]string{},
+		refusedViews: map[string]bool{}, uniqueKeys: map[string][][]string{}, columns: map[string][]string{}, kinds: map[string]RelKind{},
 		funcs: map[string][]*Function{}, funcByKey: map[string]*Function{}}
 	seen := map[string]bool{}
 	for _, t := range p.Tables {
@@ -116,6 +118,10 @@ func buildRelationIndex(p *policy.Policy, c *Catalog) *relationIndex {
 				seen[rel.Name] = true
 				ix.tenantNames = append(ix.tenantNames, rel.Name)
 			}
+		}
+		ix.kinds[key] = rel.Kind
+		if _, ok := ix.kinds[rel.Name]; !ok {
+			ix.kinds[rel.Name] = rel.Kind
 		}
 		if len(rel.UniqueKeys) > 0 {
 			ix.uniqueKeys[key] = rel.UniqueKeys
@@ -241,4 +247,10 @@ func relDisplay(rv *pg.RangeVar) string {
 func tableForPolicyKey(p *policy.Policy, key string) *tenantRel {
 	s, n := splitKey(key)
 	return tableForPolicy(p, s, n)
+}
+
+// partitioned reports a relation the catalog knows as a partitioned table.
+func (ix *relationIndex) partitioned(rv *pg.RangeVar) bool {
+	return ix.kinds[rv.Schemaname+"."+rv.Relname] == KindPartitioned ||
+		(rv.Schemaname == "" && ix.kinds[rv.Relname] == KindPartitioned)
 }
