@@ -37,10 +37,26 @@
 //     Reply: encoded ErrorResponse}; for the extended protocol the hook then
 //     discards messages (Replace: []byte{}) until MsgSync, which it answers
 //     with a ReadyForQuery in Reply (Session.TxStatus gives the status).
+//     Reply goes to the client at once, so it is only in order when nothing
+//     is in flight (Session.InFlight); with pipelined requests the hook
+//     should instead forward a harmless substitute (e.g. an empty Query, or
+//     the Sync) and turn its response into the error in OnBackend.
 //   - Strip the appended parameter from ParameterDescription:
 //     BackendInterest(MsgParamDescription) = Inspect and OnBackend replaces it.
 //   - Count rows for a row guard: BackendInterest(MsgDataRow) = Notify; the
 //     hook sees each DataRow's length, never its bytes.
+//
+// # Known limits
+//
+// SCRAM with channel binding cannot cross the proxy. SCRAM-SHA-256-PLUS is
+// removed from the server's offer, which lets plain clients and TLS clients
+// in front of a plain upstream log in with SCRAM-SHA-256. When both legs use
+// TLS, a client that could bind (libpq and pgx with channel_binding=prefer,
+// their default) sends the GS2 flag "y", which a TLS server must refuse as a
+// possible downgrade; such clients need channel_binding=disable, or md5/
+// password authentication, or a plain upstream leg. GSSAPI/SSPI exchanges
+// are relayed but untested; GSS encryption is declined; replication
+// connections are refused.
 //
 // The relay never logs SQL text, parameters or row values.
 package proxy
