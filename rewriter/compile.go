@@ -92,6 +92,7 @@ func (r *Rewriter) compileStmt(version int32, raw *pg.RawStmt, text string, exte
 		return st
 	}
 	st.needsTenant = c.needsTenant
+	st.d.DependsOnTenant = c.needsTenant
 	st.checks = c.checks
 	st.d.VerifyParams = c.verifyParams
 	st.d.LimitParams = c.limitParams

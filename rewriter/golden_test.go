@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -263,3 +264,51 @@ func literalsOf(sql string) []string {
 
 // settingNames may appear in messages: they name settings, not data.
 var settingNames = map[string]bool{"app.clinic_id": true, "role": true, "search_path": true}
+
+// TestConcurrentDecide: one Rewriter shared by goroutines deciding the corpus
+// for different tenants gives each the decision a fresh Rewriter gives (run
+// with -race).
+func TestConcurrentDecide(t *testing.T) {
+	var cases []goldenCase
+	for _, file := range goldenFiles(t) {
+		for _, gc := range readGolden(t, file) {
+			if gc.Policy == "" {
+				cases = append(cases, gc)
+			}
+		}
+	}
+	shared := New(testPolicy("default"), testCatalog(), WithCacheSize(64)) // small: evictions too
+	fresh := New(testPolicy("default"), testCatalog(), WithCacheSize(0))
+	errs := make(chan string, 4)
+	done := make(chan struct{})
+	for g := 0; g < 4; g++ {
+		go func(g int) {
+			defer func() { done <- struct{}{} }()
+			for i, gc := range cases {
+				s := gc.Session.session()
+				if s.HasTenant {
+					s.Tenant = strconv.Itoa(1 + (i+g)%5)
+				}
+				got, _ := json.Marshal(shared.Decide(gc.SQL, s))
+				want, _ := json.Marshal(fresh.Decide(gc.SQL, s))
+				if !bytes.Equal(got, want) {
+					select {
+					case errs <- gc.Comment:
+					default:
+					}
+					return
+				}
+			}
+		}(g)
+	}
+	for g := 0; g < 4; g++ {
+		<-done
+	}
+	close(errs)
+	for c := range errs {
+		t.Errorf("concurrent decision differs: %s", c)
+	}
+	if n := shared.cache.len(); n > 64 {
+		t.Errorf("cache holds %d templates, bound is 64", n)
+	}
+}

@@ -94,6 +94,7 @@ func (st *stmtTemplate) renderOne(r *Rewriter, s Session, role policy.Role) Deci
 	if role.Bypass && st.bypassable {
 		d.Verdict, d.Reason, d.Error = VerdictBypassed, ReasonBypass, nil
 		d.SQL, d.TenantParam, d.TenantType, d.LimitParams, d.VerifyParams, d.RowGuard, d.MaxRows = st.orig, 0, "", nil, nil, false, 0
+		d.DependsOnTenant = false
 		if d.TenantEffect != nil && st.d.Verdict == VerdictRejected {
 			d.TenantEffect = nil
 		}

@@ -119,6 +119,14 @@ type Decision struct {
 	// RowGuard says the result carries tenant rows: the proxy cuts it with
 	// 54000 when it exceeds MaxRows at run time.
 	RowGuard bool `json:"row_guard,omitempty"`
+	// DependsOnTenant says the decision depends on the session's tenant (it
+	// touches tenant relations). In the extended protocol a prepared
+	// statement may be bound after a tenant switch: the proxy must call
+	// Decide again at Bind with the current Session when the tenant changed
+	// since Parse (a cache hit) and apply that decision, because a statement
+	// may pin a tenant literal (verify strategy, or a literal the rewriter
+	// checked) that was right only for the old tenant.
+	DependsOnTenant bool `json:"depends_on_tenant,omitempty"`
 }
 
 // Error is what the client sees when a statement is rejected.
