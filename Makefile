@@ -38,8 +38,15 @@ fuzz:
 demo: build
 	testdata/demo/demo.sh
 
-# Go benchmarks of the rewriter and the relay.
+# direct PostgreSQL vs PgBouncer vs tenantguard with pgbench, plus memory per
+# idle connection and while streaming; sets up and tears down everything itself
+# (testdata/bench/README.md). BENCH_DURATION=5 BENCH_PATIENTS=50000 for a quick run.
 bench:
+	testdata/bench/run.sh
+
+# Go benchmarks of the rewriter and the relay.
+.PHONY: bench-go
+bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem $(PKGS)
 
 docker:
