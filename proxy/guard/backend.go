@@ -1,6 +1,7 @@
 package guard
 
 import (
+	"encoding/binary"
 	"strconv"
 	"strings"
 
@@ -14,9 +15,9 @@ import (
 
 // Backend message types the guard watches besides the proxy's own.
 const (
-	msgEmptyQuery     = 'I'
-	msgPortalSuspend  = 's'
-	msgNotificationRe = 'A'
+	msgEmptyQuery    = 'I'
+	msgPortalSuspend = 's'
+	msgNotification  = 'A'
 )
 
 // BackendInterest selects the backend messages the guard sees: statement
@@ -28,6 +29,8 @@ func (g *Guard) BackendInterest(typ byte) proxy.Interest {
 		return proxy.Inspect
 	case proxy.MsgDataRow, msgEmptyQuery, msgPortalSuspend:
 		return proxy.Notify
+	case msgNotification:
+		return proxy.Inspect
 	}
 	return proxy.Ignore
 }
@@ -67,6 +70,17 @@ func (g *Guard) OnBackend(s *proxy.Session, m proxy.Message) (proxy.Verdict, err
 		}
 	case proxy.MsgReadyForQuery:
 		g.onReady(c, m.Body)
+	case msgNotification:
+		if c.bypass {
+			return proxy.Verdict{}, nil
+		}
+		body, ok := stripChannel(m.Body)
+		if !ok {
+			return drop, nil // not a tenant channel: an ordinary session never listened to it
+		}
+		hdr := []byte{msgNotification, 0, 0, 0, 0}
+		binary.BigEndian.PutUint32(hdr[1:], uint32(len(body)+4))
+		return proxy.Verdict{Replace: append(hdr, body...)}, nil
 	}
 	return proxy.Verdict{}, nil
 }

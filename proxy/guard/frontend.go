@@ -100,6 +100,7 @@ func (g *Guard) onQuery(c *conn, body []byte) (proxy.Verdict, error) {
 	var parts []string
 	for i := range res.Statements {
 		d := &res.Statements[i]
+		c.scopeNotify(d)
 		g.countDecision(c, d)
 		if d.Verdict == rewriter.VerdictRejected && d.Enforced {
 			name, rj := c.reject(d.Error, d.Reason)
@@ -175,6 +176,7 @@ func (g *Guard) onParse(c *conn, body []byte) (proxy.Verdict, error) {
 			d = d2[0]
 		}
 	}
+	c.scopeNotify(&d)
 	if d.Verdict == rewriter.VerdictRejected && d.Enforced {
 		g.countDecision(c, &d)
 		name, _ := c.reject(d.Error, d.Reason)
@@ -265,6 +267,7 @@ func (g *Guard) onBind(c *conn, body []byte) (proxy.Verdict, error) {
 			return refuse(&rewriter.Error{SQLState: "0A000", Message: "tenantguard: the statement cannot be decided again after a tenant switch", Hint: "prepare the statement again"}, rewriter.ReasonUnsupported, &d)
 		}
 		nd := res.Statements[0]
+		c.scopeNotify(&nd)
 		if nd.Verdict == rewriter.VerdictRejected {
 			return refuse(nd.Error, nd.Reason, &nd)
 		}

@@ -540,3 +540,30 @@ func TestMetricsCountDecisions(t *testing.T) {
 	require.Equal(t, 1.0, found["tenantguard_rejections_total,reason=unbounded"])
 	require.Equal(t, 1.0, found["tenantguard_client_connections"])
 }
+
+func TestNotificationChannelsArePerTenant(t *testing.T) {
+	e := start(t, basePolicy)
+	l1 := e.connect(t, "1")
+	l2 := e.connect(t, "2")
+	for _, l := range []*pgx.Conn{l1, l2} {
+		_, err := l.Exec(ctx(t), "LISTEN updates")
+		require.NoError(t, err)
+	}
+	n1 := e.connect(t, "1")
+	_, err := n1.Exec(ctx(t), "NOTIFY updates, 'from-TENANT1'")
+	require.NoError(t, err)
+	got, err := l1.WaitForNotification(ctx(t))
+	require.NoError(t, err)
+	require.Equal(t, "updates", got.Channel, "the namespace is invisible to the application")
+	require.Equal(t, "from-TENANT1", got.Payload)
+	short, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	_, err = l2.WaitForNotification(short)
+	require.Error(t, err, "tenant 2 must not hear tenant 1's notification")
+	require.True(t, errors.Is(err, context.DeadlineExceeded) || strings.Contains(err.Error(), "timeout"), "%v", err)
+	// pg_notify would bypass the namespace.
+	_, err = n1.Exec(ctx(t), "SELECT pg_notify('updates', 'x')")
+	tenantErr(t, err, "42501")
+	_, err = l1.Exec(ctx(t), "UNLISTEN *")
+	require.NoError(t, err)
+}
