@@ -1,12 +1,3 @@
-// Package rewriter is tenantguard's decision engine: statement + policy +
-// catalog + session in, decision out. It parses with the real PostgreSQL
-// parser (pg_query, Postgres 17 grammar), scopes every tenant relation to the
-// session's tenant (strategy inject) or checks that the statement already is
-// (strategy verify), refuses what it cannot prove safe, and caches a
-// tenant-independent template of every decision so that a repeated statement
-// text costs a map lookup and the rendering of the tenant.
-//
-// The package is pure: no I/O, no logging, no globals that change.
 package rewriter
 
 import (
