@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"time"
 
@@ -50,8 +51,8 @@ or --upstream URL (read from a live server, 10s timeout). Without either,
 only the policy's own tables are tenant relations and no view or function
 is vouched for.
 
-Output (--format text, the default): one block per statement, as SQL with
-comments, so the allowed statements can be piped to psql:
+Output (--format text, the default): one block per statement, as SQL
+comments followed by the SQL sent upstream (none when rejected):
 
   -- [1] rewritten (scoped)
   --     kind: select; relations: patients
@@ -205,6 +206,11 @@ func runCheck(cmd *cobra.Command, f checkFlags, args []string) error {
 		if cat, err = loadCatalogUpstream(ctx, f.upstream); err != nil {
 			return usageError{err}
 		}
+	}
+	if pol.Discover && cat == nil {
+		// Not an error: the listed tables are still checked. But a reviewer
+		// must know that discovered tables are missing from these decisions.
+		fmt.Fprintln(cmd.ErrOrStderr(), "tenantguard: check: warning: the policy has discover: true but no --catalog or --upstream was given; only the tables it lists are tenant relations here")
 	}
 	rw := rewriter.New(pol, cat)
 	out := cmd.OutOrStdout()
@@ -605,13 +611,27 @@ func decodeStrict(data []byte, path string, v any) error {
 		if errors.Is(err, io.EOF) {
 			return errors.New("empty file")
 		}
-		return err
+		return errors.New(oneLine(err))
 	}
 	var extra any
 	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
 		return errors.New("more than one YAML document")
 	}
 	return nil
+}
+
+// goType matches the Go type names yaml.v3 puts in its messages.
+var goType = regexp.MustCompile(` in type [\w.\[\]*]+`)
+
+// oneLine turns a yaml.v3 error into one line without Go type names.
+func oneLine(err error) string {
+	msg := strings.TrimPrefix(err.Error(), "yaml: unmarshal errors:\n")
+	msg = goType.ReplaceAllString(msg, "")
+	lines := strings.Split(msg, "\n")
+	for i := range lines {
+		lines[i] = strings.TrimSpace(lines[i])
+	}
+	return "yaml: " + strings.TrimPrefix(strings.Join(lines, "; "), "yaml: ")
 }
 
 // loadCatalogUpstream reads the catalog of a live server. Errors never
@@ -841,7 +861,7 @@ func (r *expectReport) write(w io.Writer, format string) error {
 			continue
 		}
 		fmt.Fprintf(&b, "FAIL %s\n", label)
-		comment(&b, "sql: "+strings.TrimSpace(c.SQL))
+		fmt.Fprintf(&b, "     sql: %s\n", strings.ReplaceAll(strings.TrimSpace(c.SQL), "\n", "\n          "))
 		for _, m := range c.Mismatches {
 			fmt.Fprintf(&b, "     %s:\n", m.Field)
 			diffLine(&b, "-", "want", m.Want)
@@ -859,11 +879,14 @@ func (r *expectReport) write(w io.Writer, format string) error {
 
 // diffLine writes one side of a mismatch, continuing multi-line values.
 func diffLine(b *bytes.Buffer, sign, label, v string) {
+	if v == "" {
+		v = "(none)"
+	}
 	for i, l := range strings.Split(v, "\n") {
 		if i == 0 {
 			fmt.Fprintf(b, "     %s %s %s\n", sign, label, l)
 		} else {
-			fmt.Fprintf(b, "     %s      %s\n", sign, l)
+			fmt.Fprintf(b, "     %s %s %s\n", sign, strings.Repeat(" ", len(label)), l)
 		}
 	}
 }
