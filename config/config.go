@@ -30,6 +30,13 @@ type Config struct {
 	TLSKey  string
 
 	AuditFile string // audit JSON lines go here; "" = stdout
+	// AuditSample is the fraction of allowed statements audited (rejected,
+	// rewritten and bypassed ones always are); 1 logs everything.
+	AuditSample float64
+	// AuditDecisions, when set, limits statement events to these decisions.
+	AuditDecisions []string
+	// Pprof mounts /debug/pprof/ on the admin listener.
+	Pprof bool
 
 	StartupTimeout time.Duration
 	DrainTimeout   time.Duration
@@ -66,6 +73,9 @@ var keys = []struct {
 	{"tls.cert", "certificate file for client TLS; without it SSLRequest is declined", ""},
 	{"tls.key", "key file for client TLS", ""},
 	{"audit.file", "audit log file (JSON lines); default stdout", ""},
+	{"audit.sample", "fraction (0..1] of allowed statements written to the audit log; rejections and rewrites are always written", 1.0},
+	{"audit.decisions", "comma-separated decisions to audit (allowed,rewritten,rejected,bypassed); default all", ""},
+	{"admin.pprof", "serve /debug/pprof/ on the admin listener", false},
 	{"startup-timeout", "time a client has to complete its startup and authentication", DefaultStartupTimeout},
 	{"drain-timeout", "on SIGTERM, how long open sessions may run before they are closed", DefaultDrainTimeout},
 	{"max-message-size", "largest protocol message accepted from a client, in bytes", DefaultMaxMessageSize},
@@ -83,6 +93,10 @@ func BindFlags(v *viper.Viper, fs *pflag.FlagSet) {
 			fs.Duration(k.name, d, k.usage)
 		case int:
 			fs.Int(k.name, d, k.usage)
+		case float64:
+			fs.Float64(k.name, d, k.usage)
+		case bool:
+			fs.Bool(k.name, d, k.usage)
 		}
 		_ = v.BindPFlag(k.name, fs.Lookup(k.name))
 	}
@@ -118,6 +132,8 @@ func Load(v *viper.Viper) (*Config, error) {
 		TLSCert:        v.GetString("tls.cert"),
 		TLSKey:         v.GetString("tls.key"),
 		AuditFile:      v.GetString("audit.file"),
+		AuditSample:    v.GetFloat64("audit.sample"),
+		Pprof:          v.GetBool("admin.pprof"),
 		StartupTimeout: dur("startup-timeout"),
 		DrainTimeout:   dur("drain-timeout"),
 		CatalogRefresh: dur("catalog-refresh"),
@@ -151,6 +167,17 @@ func Load(v *viper.Viper) (*Config, error) {
 	default:
 		errs = append(errs, fmt.Errorf("config: log-format: want json or console, got %q", c.LogFormat))
 	}
+	if c.AuditSample <= 0 || c.AuditSample > 1 {
+		errs = append(errs, fmt.Errorf("config: audit.sample: want a fraction in (0, 1], got %v", c.AuditSample))
+	}
+	for _, d := range splitList(v.GetString("audit.decisions")) {
+		switch d {
+		case "allowed", "rewritten", "rejected", "bypassed":
+			c.AuditDecisions = append(c.AuditDecisions, d)
+		default:
+			errs = append(errs, fmt.Errorf("config: audit.decisions: want allowed, rewritten, rejected or bypassed, got %q", d))
+		}
+	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		errs = append(errs, errors.New("config: tls.cert and tls.key: set both or neither"))
 	}
@@ -183,4 +210,12 @@ func parseDuration(x any) (time.Duration, error) {
 	default:
 		return 0, fmt.Errorf("not a duration")
 	}
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' || r == '[' || r == ']' }) {
+		out = append(out, strings.ToLower(f))
+	}
+	return out
 }

@@ -69,7 +69,9 @@ func serve(ctx context.Context, cfg *config.Config) error {
 	}
 	metrics := admin.NewMetrics()
 	auditLog, err := audit.New(audit.Options{
-		File: cfg.AuditFile,
+		File:      cfg.AuditFile,
+		Sample:    cfg.AuditSample,
+		Decisions: cfg.AuditDecisions,
 		OnError: func(err error) {
 			log.Error("audit write failed; the client's statements go on", zap.Error(err))
 		},
@@ -152,6 +154,7 @@ func serve(ctx context.Context, cfg *config.Config) error {
 		adminSrv, err = admin.Listen(admin.Options{
 			Addr:    cfg.Admin,
 			Metrics: metrics,
+			Pprof:   cfg.Pprof,
 			Ready: func(ctx context.Context) error {
 				if holder.Load() == nil {
 					return errors.New("no policy loaded")
