@@ -22,6 +22,7 @@ import (
 	"encoding/hex"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -61,8 +62,8 @@ type Guard struct {
 	log   *zap.Logger
 	nonce string
 
-	mu    sync.Mutex
-	built *engine
+	mu    sync.Mutex // serialises rebuilds
+	built atomic.Pointer[engine]
 }
 
 // engine is a rewriter with the policy and catalog it was built from.
@@ -98,13 +99,18 @@ func New(opts Options) *Guard {
 func (g *Guard) engine() *engine {
 	pol := g.opts.Policies.Load()
 	cat := g.opts.Catalog()
+	if b := g.built.Load(); b != nil && b.pol == pol && b.cat == cat {
+		return b // the common case: two atomic loads
+	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.built == nil || g.built.pol != pol || g.built.cat != cat {
-		opts := append([]rewriter.Option{rewriter.WithTenantSetting()}, g.opts.RewriterOptions...)
-		g.built = &engine{pol: pol, cat: cat, rw: rewriter.New(pol, cat, opts...)}
+	if b := g.built.Load(); b != nil && b.pol == pol && b.cat == cat {
+		return b
 	}
-	return g.built
+	opts := append([]rewriter.Option{rewriter.WithTenantSetting()}, g.opts.RewriterOptions...)
+	b := &engine{pol: pol, cat: cat, rw: rewriter.New(pol, cat, opts...)}
+	g.built.Store(b)
+	return b
 }
 
 // conn is the guard's state of one session (proxy.Session.State).

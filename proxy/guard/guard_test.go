@@ -567,3 +567,62 @@ func TestNotificationChannelsArePerTenant(t *testing.T) {
 	_, err = l1.Exec(ctx(t), "UNLISTEN *")
 	require.NoError(t, err)
 }
+
+func TestPolicySwapUnderLoad(t *testing.T) {
+	e := start(t, basePolicy)
+	alt, err := policy.Parse([]byte(strings.Replace(basePolicy, "max_rows: 50", "max_rows: 40", 1)), "alt.yaml")
+	require.NoError(t, err)
+	orig := e.holder.Load()
+	const workers = 4
+	stop := make(chan struct{})
+	errs := make(chan error, workers)
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		conn := e.connect(t, strconv.Itoa(1+w%3))
+		mode := modes[w%len(modes)].mode
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			n := 0
+			for {
+				select {
+				case <-stop:
+					errs <- nil
+					return
+				default:
+				}
+				rows, err := conn.Query(context.Background(), "SELECT full_name FROM patients ORDER BY id LIMIT 10", mode)
+				if err == nil {
+					_, err = pgx.CollectRows(rows, pgx.RowTo[string])
+				}
+				if err != nil {
+					errs <- fmt.Errorf("query %d: %w", n, err)
+					return
+				}
+				n++
+			}
+		}()
+	}
+	for i := 0; i < 200; i++ {
+		if i%2 == 0 {
+			e.holder.Store(alt)
+		} else {
+			e.holder.Store(orig)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(stop)
+	wg.Wait()
+	for w := 0; w < workers; w++ {
+		require.NoError(t, <-errs, "no client query may fail because of a reload")
+	}
+	// The decision cache follows the policy in force.
+	strict, err := policy.Parse([]byte(strings.Replace(basePolicy, "max_rows: 50", "max_rows: 2", 1)), "strict.yaml")
+	require.NoError(t, err)
+	conn := e.connect(t, "1")
+	_, err = conn.Exec(ctx(t), "SELECT full_name FROM patients ORDER BY id LIMIT 10")
+	require.NoError(t, err)
+	e.holder.Store(strict)
+	_, err = conn.Exec(ctx(t), "SELECT full_name FROM patients ORDER BY id LIMIT 10")
+	tenantErr(t, err, "54000")
+}
