@@ -312,10 +312,10 @@ func (s *Session) writeClient(raw, body []byte, typ byte, flushNow bool) error {
 	if raw != nil {
 		_, err = s.cw.Write(raw)
 	} else {
-		var hdr [5]byte
+		hdr := s.backendHdr[:]
 		hdr[0] = typ
 		binary.BigEndian.PutUint32(hdr[1:], uint32(len(body)+4))
-		if _, err = s.cw.Write(hdr[:]); err == nil {
+		if _, err = s.cw.Write(hdr); err == nil {
 			_, err = s.cw.Write(body)
 		}
 	}

@@ -37,14 +37,17 @@ type Session struct {
 	paramOrder []string
 	interest   [256]Interest
 
-	client   net.Conn // replaced by the TLS conn after SSLRequest
-	cr       *bufio.Reader
-	cw       *bufio.Writer
-	cwMu     sync.Mutex // guards cw: the backend loop writes, errors and hook replies too
-	upstream net.Conn
-	ur       *bufio.Reader
-	uw       *bufio.Writer
-	uwMu     sync.Mutex // guards uw
+	client net.Conn // replaced by the TLS conn after SSLRequest
+	cr     *bufio.Reader
+	cw     *bufio.Writer
+	cwMu   sync.Mutex // guards cw: the backend loop writes, errors and hook replies too
+	// backendHdr is scratch space for headers written under cwMu, kept here
+	// so that it does not escape to the heap on every message.
+	backendHdr [5]byte
+	upstream   net.Conn
+	ur         *bufio.Reader
+	uw         *bufio.Writer
+	uwMu       sync.Mutex // guards uw
 
 	mu           sync.Mutex // guards the fields below and client/upstream swaps
 	pending      int        // messages sent upstream that still owe a ReadyForQuery
