@@ -24,7 +24,7 @@ func testPolicy(variant string) *policy.Policy {
 		Roles: map[string]policy.Role{
 			"migrator": {Bypass: true},
 			"admin":    {AllowDDL: true, AllowTruncate: true, AllowCopyFrom: true, AllowDo: true},
-			"reporter": {Functions: []string{"pg_sleep", "reports.monthly"}},
+			"reporter": {Functions: []string{"pg_sleep", "reports.monthly", "set_config"}},
 		},
 		RedactErrors: true,
 	}

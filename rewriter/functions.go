@@ -66,27 +66,30 @@ func (c *stmtCtx) roleAllowsFunction(schema, name string) bool {
 // funcCall checks one function call anywhere in a statement.
 func (c *stmtCtx) funcCall(f *pg.FuncCall) {
 	schema, name := funcName(f)
-	if name == "" || c.roleAllowsFunction(schema, name) {
+	if name == "" {
 		return
 	}
 	builtinSchema := schema == "" || schema == "pg_catalog"
-	if builtinSchema && name == "set_config" {
-		if len(f.Args) > 0 {
-			if k, v, _ := c.tenantValue(f.Args[0]); k == valueLiteral && strings.EqualFold(v, c.pol.Tenant.Setting) {
-				c.reject(ReasonTenantTamper, c.pol.Tenant.Setting)
-				return
-			}
+	// The tenant setting changes only by statements of their own, whatever
+	// the role's function list says.
+	if builtinSchema && name == "set_config" && len(f.Args) > 0 {
+		if k, v, _ := c.tenantValue(f.Args[0]); k != valueLiteral || strings.EqualFold(v, c.pol.Tenant.Setting) {
+			c.reject(ReasonTenantTamper, c.pol.Tenant.Setting)
+			return
 		}
-		c.reject(ReasonDeniedFunction, name)
+	}
+	if c.roleAllowsFunction(schema, name) {
 		return
 	}
-	if builtinSchema && deniedBuiltin(name) {
+	// Denied names are refused in any schema: dblink and friends are
+	// usually installed in public, not pg_catalog.
+	if deniedBuiltin(name) {
 		c.reject(ReasonDeniedFunction, name)
 		return
 	}
 	fn := c.r.rels.function(schema, name)
 	if fn == nil {
-		if schema != "" && schema != "pg_catalog" && c.r.rels.catalogLoaded {
+		if !builtinSchema && c.r.rels.catalogLoaded {
 			c.reject(ReasonDeniedFunction, schema+"."+name)
 		}
 		return
