@@ -73,7 +73,7 @@ func (r *Rewriter) rejected(kind, reason, subject, text string) *stmtTemplate {
 // compileStmt decides one statement. A panic in the engine is a bug; it is
 // turned into a rejection (fail closed), never into a pass-through.
 func (r *Rewriter) compileStmt(version int32, raw *pg.RawStmt, text string, extended bool, role policy.Role) (st *stmtTemplate) {
-	c := newStmtCtx(r, role, extended, maxParam(raw.Stmt)+1)
+	c := newStmtCtx(r, role, extended, maxParamOf(text, raw.Stmt)+1)
 	kind := KindUtility
 	defer func() {
 		if p := recover(); p != nil {
@@ -164,7 +164,31 @@ func splitAtParam(sql string, n int32, want int) ([]string, bool) {
 	return segs, len(segs) == want+1
 }
 
-// maxParam is the highest $n in the statement.
+// maxParamOf is the highest $n of a statement, from the scanner's PARAM
+// tokens of its text (a "$n" inside a literal or comment is no token); the
+// tree walk is the fallback.
+func maxParamOf(text string, n *pg.Node) int32 {
+	sc, err := pg.Scan(text)
+	if err != nil {
+		return maxParam(n)
+	}
+	var max int32
+	for _, t := range sc.Tokens {
+		if t.Token != pg.Token_PARAM {
+			continue
+		}
+		v, err := strconv.ParseInt(text[t.Start+1:t.End], 10, 32)
+		if err != nil {
+			return maxParam(n)
+		}
+		if int32(v) > max {
+			max = int32(v)
+		}
+	}
+	return max
+}
+
+// maxParam is the highest $n in the statement's tree.
 func maxParam(n *pg.Node) int32 {
 	var max int32
 	var walk func(m protoreflect.Message)

@@ -312,3 +312,22 @@ func TestConcurrentDecide(t *testing.T) {
 		t.Errorf("cache holds %d templates, bound is 64", n)
 	}
 }
+
+// TestMaxParam: the scanner and the tree agree on the highest parameter of
+// every golden statement (the tenant parameter must never reuse a number).
+func TestMaxParam(t *testing.T) {
+	for _, file := range goldenFiles(t) {
+		for _, gc := range readGolden(t, file) {
+			tree, err := pg.Parse(gc.SQL)
+			if err != nil {
+				continue
+			}
+			for _, raw := range tree.Stmts {
+				text := stmtText(gc.SQL, raw)
+				if a, b := maxParamOf(text, raw.Stmt), maxParam(raw.Stmt); a != b {
+					t.Errorf("%s: scanner says $%d, tree says $%d", gc.Comment, a, b)
+				}
+			}
+		}
+	}
+}
