@@ -129,7 +129,9 @@ func TestRefresherReconnects(t *testing.T) {
 	require.NoError(t, c.Exec(ctx, "postgres", "CREATE DATABASE "+db+" OWNER "+pgtest.ScramUser))
 	t.Cleanup(func() { _ = c.Exec(context.Background(), "postgres", "DROP DATABASE IF EXISTS "+db+" WITH (FORCE)") })
 	require.NoError(t, c.Exec(ctx, db, "SET ROLE "+pgtest.ScramUser+"; CREATE TABLE t (x int)"))
-	waitFor(t, "recovery", func() bool { return r.Ready() && has(r, "public.t") })
+	// The refresher may have connected between CREATE DATABASE and CREATE
+	// TABLE: with no interval, only a trigger makes it read the table.
+	waitFor(t, "recovery", func() bool { r.Trigger(); return r.Ready() && has(r, "public.t") })
 	before := r.Current()
 
 	_, errsBefore := l.counts()
