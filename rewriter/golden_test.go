@@ -331,3 +331,59 @@ func TestMaxParam(t *testing.T) {
 		}
 	}
 }
+
+// TestTemplateHoldsNoTenant: the cached template of every golden statement,
+// compiled while a session with an unusual tenant decides it, holds that
+// tenant nowhere.
+func TestTemplateHoldsNoTenant(t *testing.T) {
+	const tenant = "424242"
+	rs := rewriterSet{}
+	for _, file := range goldenFiles(t) {
+		for _, gc := range readGolden(t, file) {
+			if gc.Policy == "uuid" || gc.Policy == "text" || strings.Contains(gc.SQL, tenant) {
+				continue
+			}
+			r := rs.get(gc.Policy)
+			s := gc.Session.session()
+			s.Tenant, s.HasTenant = tenant, true
+			r.Decide(gc.SQL, s)
+			_, roleKey := r.role(s.User)
+			tpl, ok := r.cache.get(cacheKey{sql: gc.SQL, extended: s.Extended, role: roleKey})
+			if !ok {
+				t.Fatalf("%s: not cached", gc.Comment)
+			}
+			for _, st := range tpl.stmts {
+				b, _ := json.Marshal(st.d)
+				parts := append([]string{string(b), st.orig}, st.segments...)
+				for _, ch := range st.checks {
+					parts = append(parts, ch.value)
+				}
+				for _, p := range parts {
+					if strings.Contains(p, tenant) {
+						t.Errorf("%s: template holds the tenant: %s", gc.Comment, p)
+					}
+				}
+			}
+		}
+	}
+}
+
+// TestRedecideAtBind: a statement prepared (extended protocol) under one
+// tenant and bound after a switch is decided again, as DependsOnTenant asks.
+func TestRedecideAtBind(t *testing.T) {
+	r := New(testPolicy("verify"), testCatalog())
+	sql := "SELECT * FROM patients p WHERE p.clinic_id = 7 AND p.id = $1"
+	parse := r.Decide(sql, Session{Tenant: "7", HasTenant: true, Extended: true}).Statements[0]
+	if parse.Verdict != VerdictAllowed || !parse.DependsOnTenant {
+		t.Fatalf("at Parse: %+v", parse)
+	}
+	bind := r.Decide(sql, Session{Tenant: "8", HasTenant: true, Extended: true})
+	if !bind.CacheHit || bind.Statements[0].Verdict != VerdictRejected || bind.Statements[0].Reason != ReasonCrossTenant {
+		t.Fatalf("at Bind after a switch: %+v", bind.Statements[0])
+	}
+	inj := New(testPolicy("default"), testCatalog())
+	d := inj.Decide("INSERT INTO patients (name, clinic_id) VALUES ($1, 7)", Session{Tenant: "7", HasTenant: true, Extended: true}).Statements[0]
+	if d.TenantParam != 2 || strings.Contains(d.SQL, " 7)") {
+		t.Fatalf("inject must bind the tenant, not keep the literal: %+v", d)
+	}
+}
