@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/tenantguard/tenantguard/proxy"
 	"github.com/tenantguard/tenantguard/proxy/pgtest"
@@ -174,4 +176,47 @@ pidfile = %s/pgbouncer.pid
 		return err == nil
 	})
 	return port
+}
+
+// BenchmarkIdleSession reports the proxy's memory per idle session
+// (heap + goroutine stacks, measured in-process around 100 idle sessions).
+// The client connections live in the same process, so this is an upper bound.
+func BenchmarkIdleSession(b *testing.B) {
+	p := startProxy(b, func(cfg *proxy.Config) { cfg.Logger = nil })
+	const n = 100
+	for b.Loop() {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		conns := make([]net.Conn, 0, n)
+		for range n {
+			nc, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", p.port))
+			if err != nil {
+				b.Fatal(err)
+			}
+			fe := pgproto3.NewFrontend(nc, nc)
+			fe.Send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber, Parameters: map[string]string{"user": "postgres", "database": "postgres"}})
+			if err := fe.Flush(); err != nil {
+				b.Fatal(err)
+			}
+			for {
+				m, err := fe.Receive()
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, ok := m.(*pgproto3.ReadyForQuery); ok {
+					break
+				}
+			}
+			conns = append(conns, nc)
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		used := (after.HeapInuse + after.StackInuse) - (before.HeapInuse + before.StackInuse)
+		b.ReportMetric(float64(used)/n/1024, "KiB/session")
+		for _, c := range conns {
+			c.Close()
+		}
+		waitFor(b, 30*time.Second, "sessions to end", func() bool { return p.srv.ActiveSessions() == 0 })
+	}
 }

@@ -78,7 +78,7 @@ func (f *frameReader) next() (typ byte, body []byte, err error) {
 	}
 	size := int(n) - 4
 	if cap(f.buf) < size {
-		f.buf = make([]byte, size, max(size, 8192))
+		f.buf = make([]byte, size, max(size, 1024))
 	}
 	body = f.buf[:size]
 	if _, err := io.ReadFull(f.r, body); err != nil {

@@ -51,8 +51,8 @@ func (s *Session) startup(ctx context.Context) error {
 	}
 	s.log.Info("client session", zap.Stringer("client", s.ClientAddr), zap.String("user", s.Params["user"]),
 		zap.String("database", s.Params["database"]), zap.Bool("client_tls", s.ClientTLS))
-	s.cr = bufio.NewReaderSize(s.client, 8192)
-	s.cw = bufio.NewWriterSize(s.client, 16384)
+	s.cr = bufio.NewReaderSize(s.client, clientReadBuffer)
+	s.cw = bufio.NewWriterSize(s.client, clientWriteBuffer)
 
 	first, err := s.connectUpstream(ctx, deadline)
 	if err != nil {
@@ -245,8 +245,8 @@ func (s *Session) connectUpstream(ctx context.Context, deadline time.Time) (fram
 		s.upstream = conn
 		s.mu.Unlock()
 		s.UpstreamTLS = usedTLS
-		s.ur = bufio.NewReaderSize(conn, 16384)
-		s.uw = bufio.NewWriterSize(conn, 16384)
+		s.ur = bufio.NewReaderSize(conn, upstreamReadBuffer)
+		s.uw = bufio.NewWriterSize(conn, upstreamWriteBuffer)
 		if _, err := s.uw.Write(s.startupMessage()); err == nil {
 			err = s.uw.Flush()
 		}
@@ -318,6 +318,16 @@ func (srv *Server) dialUpstream(ctx context.Context, deadline time.Time, useTLS,
 		return nil, false, errors.New("proxy: upstream answered SSLRequest with an unexpected byte")
 	}
 }
+
+// Buffer sizes per session. Results flow upstream -> client, so that
+// direction gets the larger buffers; they bound the syscalls per result set
+// while keeping an idle session small (these four dominate its memory).
+const (
+	clientReadBuffer    = 4096
+	clientWriteBuffer   = 8192
+	upstreamReadBuffer  = 8192
+	upstreamWriteBuffer = 4096
+)
 
 // maxAuthMessage caps messages exchanged before authentication completes.
 const maxAuthMessage = 1 << 20
