@@ -93,8 +93,21 @@ func TestListenNotify(t *testing.T) {
 }
 
 func TestCancelThroughProxy(t *testing.T) {
-	p := startProxy(t, nil)
-	cfg, err := pgx.ParseConfig(p.url(pgtest.SuperUser, "", "postgres"))
+	c := pgtest.Shared(t)
+	for _, tc := range []struct {
+		name  string
+		mod   func(*proxy.Config)
+		query []string
+	}{
+		{"plain", nil, nil},
+		{"TLS both legs", both(withClientTLS(c), withUpstreamTLS(c)), []string{"sslmode", "require"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testCancel(t, startProxy(t, tc.mod), tc.query) })
+	}
+}
+
+func testCancel(t *testing.T, p *testProxy, query []string) {
+	cfg, err := pgx.ParseConfig(p.url(pgtest.SuperUser, "", "postgres", query...))
 	require.NoError(t, err)
 	// pgx's default on cancellation only sets a socket deadline; this
 	// handler sends a CancelRequest, which the proxy must route.
