@@ -17,6 +17,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
 
@@ -625,4 +626,49 @@ func TestPolicySwapUnderLoad(t *testing.T) {
 	e.holder.Store(strict)
 	_, err = conn.Exec(ctx(t), "SELECT full_name FROM patients ORDER BY id LIMIT 10")
 	tenantErr(t, err, "54000")
+}
+
+func TestFunctionCallIsRefusedForOrdinaryRoles(t *testing.T) {
+	e := start(t, basePolicy)
+	conn := e.connect(t, "1")
+	var oid uint32
+	require.NoError(t, conn.QueryRow(ctx(t), "SELECT 'int4pl'::regproc::oid").Scan(&oid))
+	hj, err := conn.PgConn().Hijack()
+	require.NoError(t, err)
+	defer hj.Conn.Close()
+	fe := hj.Frontend
+	fe.Send(&pgproto3.FunctionCall{Function: oid, ArgFormatCodes: []uint16{1}, Arguments: [][]byte{{0, 0, 0, 2}, {0, 0, 0, 40}}, ResultFormatCode: 1})
+	require.NoError(t, fe.Flush())
+	require.NoError(t, hj.Conn.SetReadDeadline(time.Now().Add(10*time.Second)))
+	var gotErr *pgproto3.ErrorResponse
+	for {
+		m, err := fe.Receive()
+		require.NoError(t, err)
+		switch r := m.(type) {
+		case *pgproto3.FunctionCallResponse:
+			t.Fatal("a FunctionCall reached the server")
+		case *pgproto3.ErrorResponse:
+			cp := *r
+			gotErr = &cp
+		}
+		if _, ok := m.(*pgproto3.ReadyForQuery); ok {
+			break
+		}
+	}
+	require.NotNil(t, gotErr)
+	require.Equal(t, "42501", gotErr.Code)
+	require.True(t, strings.HasPrefix(gotErr.Message, "tenantguard:"), gotErr.Message)
+	// The session goes on.
+	fe.Send(&pgproto3.Query{String: "SELECT 1"})
+	require.NoError(t, fe.Flush())
+	for {
+		m, err := fe.Receive()
+		require.NoError(t, err)
+		if _, ok := m.(*pgproto3.ErrorResponse); ok {
+			t.Fatal("the session is broken after the refusal")
+		}
+		if _, ok := m.(*pgproto3.ReadyForQuery); ok {
+			break
+		}
+	}
 }
