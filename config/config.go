@@ -30,6 +30,9 @@ type Config struct {
 	TLSKey  string
 
 	AuditFile string // audit JSON lines go here; "" = stdout
+	// AuditFlush is how often buffered audit events are written; 0 writes
+	// each event at once.
+	AuditFlush time.Duration
 	// AuditSample is the fraction of allowed statements audited (rejected,
 	// rewritten and bypassed ones always are); 1 logs everything.
 	AuditSample float64
@@ -54,6 +57,7 @@ const (
 	DefaultDrainTimeout   = 30 * time.Second
 	DefaultMaxMessageSize = 64 << 20
 	DefaultCatalogRefresh = time.Minute
+	DefaultAuditFlush     = 100 * time.Millisecond
 )
 
 // keys are the configuration keys, as flag names; the file uses the same
@@ -73,6 +77,7 @@ var keys = []struct {
 	{"tls.cert", "certificate file for client TLS; without it SSLRequest is declined", ""},
 	{"tls.key", "key file for client TLS", ""},
 	{"audit.file", "audit log file (JSON lines); default stdout", ""},
+	{"audit.flush", "how often buffered audit events are written (0: write each event at once)", DefaultAuditFlush},
 	{"audit.sample", "fraction (0..1] of allowed statements written to the audit log; rejections and rewrites are always written", 1.0},
 	{"audit.decisions", "comma-separated decisions to audit (allowed,rewritten,rejected,bypassed); default all", ""},
 	{"admin.pprof", "serve /debug/pprof/ on the admin listener", false},
@@ -133,6 +138,7 @@ func Load(v *viper.Viper) (*Config, error) {
 		TLSKey:         v.GetString("tls.key"),
 		AuditFile:      v.GetString("audit.file"),
 		AuditSample:    v.GetFloat64("audit.sample"),
+		AuditFlush:     v.GetDuration("audit.flush"),
 		Pprof:          v.GetBool("admin.pprof"),
 		StartupTimeout: dur("startup-timeout"),
 		DrainTimeout:   dur("drain-timeout"),
@@ -166,6 +172,9 @@ func Load(v *viper.Viper) (*Config, error) {
 	case "", "json", "console":
 	default:
 		errs = append(errs, fmt.Errorf("config: log-format: want json or console, got %q", c.LogFormat))
+	}
+	if c.AuditFlush < 0 {
+		errs = append(errs, fmt.Errorf("config: audit.flush: want a duration of 0 or more, got %v", c.AuditFlush))
 	}
 	if c.AuditSample <= 0 || c.AuditSample > 1 {
 		errs = append(errs, fmt.Errorf("config: audit.sample: want a fraction in (0, 1], got %v", c.AuditSample))

@@ -69,9 +69,10 @@ func serve(ctx context.Context, cfg *config.Config) error {
 	}
 	metrics := admin.NewMetrics()
 	auditLog, err := audit.New(audit.Options{
-		File:      cfg.AuditFile,
-		Sample:    cfg.AuditSample,
-		Decisions: cfg.AuditDecisions,
+		File:          cfg.AuditFile,
+		Sample:        cfg.AuditSample,
+		FlushInterval: cfg.AuditFlush,
+		Decisions:     cfg.AuditDecisions,
 		OnError: func(err error) {
 			log.Error("audit write failed; the client's statements go on", zap.Error(err))
 		},

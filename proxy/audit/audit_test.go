@@ -122,3 +122,34 @@ func TestDecisionFilterAndSampling(t *testing.T) {
 	}
 	require.Less(t, bytes.Count(buf.Bytes(), []byte("\n")), 5)
 }
+
+func TestBufferedSinkFlushesOnTimerAndClose(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.log")
+	l, err := New(Options{File: path, FlushInterval: 20 * time.Millisecond})
+	require.NoError(t, err)
+	l.Log(&Event{Event: EventConnect, ConnID: 1})
+	deadline := time.Now().Add(5 * time.Second)
+	for len(readLines(t, path)) < 1 {
+		require.True(t, time.Now().Before(deadline), "the flusher never wrote the event")
+		time.Sleep(5 * time.Millisecond)
+	}
+	for i := 0; i < 100; i++ {
+		l.Log(&Event{Event: EventStatement, Decision: DecisionAllowed, ConnID: uint64(i + 2)})
+	}
+	require.NoError(t, l.Close())
+	require.Len(t, readLines(t, path), 101, "Close writes what is buffered")
+}
+
+func TestBufferedSinkCountsLostEvents(t *testing.T) {
+	w := &brokenWriter{fail: true}
+	reported := 0
+	l, err := New(Options{Stdout: w, FlushInterval: time.Hour, OnError: func(error) { reported++ }})
+	require.NoError(t, err)
+	for i := 0; i < 7; i++ {
+		l.Log(&Event{Event: EventStatement, Decision: DecisionAllowed})
+	}
+	require.Zero(t, l.Failures(), "nothing written yet")
+	require.NoError(t, l.Close())
+	require.EqualValues(t, 7, l.Failures(), "every event of a failed batch is counted")
+	require.Equal(t, 1, reported)
+}
