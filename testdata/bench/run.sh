@@ -19,6 +19,8 @@
 #                     unscoped when enforcement is on, hand-scoped when it is a relay]
 #   BENCH_OUT         file that also receives the results (markdown)
 #   TENANTGUARD       tenantguard binary to use instead of building one
+#   BENCH_PG_CONF     extra postgresql.conf lines, e.g. 'log_statement = all'
+#   BENCH_KEEP_LOGS   1 = keep the logs and audit files (the data directory goes)
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -115,8 +117,10 @@ cleanup() {
     "${as_pg[@]}" "$bindir/pg_ctl" -D "$work/data" -m fast -w stop >/dev/null 2>&1 ||
       "${as_pg[@]}" "$bindir/pg_ctl" -D "$work/data" -m immediate -w stop >/dev/null 2>&1
   fi
-  if [ "$rc" != 0 ] && [ -z "${BENCH_KEEP_LOGS:-}" ]; then
-    say "failed (exit $rc); logs were in $work (set BENCH_KEEP_LOGS=1 to keep them)"
+  if [ "$rc" = 130 ] || [ "$rc" = 143 ]; then
+    say "interrupted"
+  elif [ "$rc" != 0 ] && [ -z "${BENCH_KEEP_LOGS:-}" ]; then
+    say "failed (exit $rc); rerun with BENCH_KEEP_LOGS=1 to keep the logs"
   fi
   if [ -n "${BENCH_KEEP_LOGS:-}" ]; then
     rm -rf "$work/data" "$work/bin"
@@ -181,8 +185,11 @@ unix_socket_directories = ''
 fsync = off
 max_connections = $((idle_conns + clients * 4 + 100))
 shared_buffers = 256MB
+${BENCH_PG_CONF:-}
 CONF
-"${as_pg[@]}" "$bindir/pg_ctl" -D "$work/data" -l "$work/server.log" -w start >/dev/null
+# setsid: servers run in their own session, so a Ctrl-C reaches only this
+# script and pgbench, and the cleanup stops the servers in order.
+"${as_pg[@]}" setsid "$bindir/pg_ctl" -D "$work/data" -l "$work/server.log" -w start >/dev/null
 pg_started=1
 
 super="postgres://postgres@127.0.0.1:$pg_port"
@@ -232,12 +239,16 @@ pgb_version=$("$pgbouncer_bin" --version | head -n1)
 start_tg() {
   local name=$1 audit=$2
   tg_port=$(free_port)
-  "$tg_bin" serve --listen "127.0.0.1:$tg_port" --upstream "$super/clinic?sslmode=disable" \
+  setsid "$tg_bin" serve --listen "127.0.0.1:$tg_port" --upstream "$super/clinic?sslmode=disable" \
     --policy "$policy" --admin off --log-format json --drain-timeout 2s --audit.file "$audit" \
     >"$work/tenantguard-$name.log" 2>&1 &
   tg_pid=$!
   bg_pids+=("$tg_pid")
   wait_port "$tg_port" "$tg_pid" || { tail -n 20 "$work/tenantguard-$name.log" >&2; die "tenantguard ($name) did not start"; }
+  # setsid execs in place (a background job is no group leader): $! is tenantguard.
+  [ "$(readlink "/proc/$tg_pid/exe" 2>/dev/null)" = "$(readlink -f "$tg_bin")" ] ||
+    [ "$(cat "/proc/$tg_pid/comm" 2>/dev/null)" = "$(basename "$tg_bin" | cut -c1-15)" ] ||
+    die "cannot find tenantguard's process id"
   local url="postgres://app@127.0.0.1:$tg_port/clinic?options=-c%20app.clinic_id%3D$tenant"
   for _ in $(seq 1 50); do
     psql -X -At "$url" -c "SELECT 1" >/dev/null 2>&1 && return 0
@@ -294,8 +305,11 @@ run_pgbench() {
     script=$here/$w$tg_suffix.sql
   fi
   log=$work/pgbench-$target-$mode-$w.log
-  if ! "${env[@]}" pgbench -n -h 127.0.0.1 -p "$(port_of "$target")" -U app -c "$clients" -j "$threads" \
-    -T "$secs" -M "$mode" -D maxn="$maxn" -f "$script" clinic >"$log" 2>&1; then
+  local rc=0
+  "${env[@]}" pgbench -n -h 127.0.0.1 -p "$(port_of "$target")" -U app -c "$clients" -j "$threads" \
+    -T "$secs" -M "$mode" -D maxn="$maxn" -f "$script" clinic >"$log" 2>&1 || rc=$?
+  if [ "$rc" -gt 128 ]; then exit "$rc"; fi # interrupted
+  if [ "$rc" != 0 ]; then
     tail -n 20 "$log" >&2
     die "pgbench failed: $target, -M $mode, $(basename "$script")"
   fi
@@ -307,11 +321,13 @@ run_pgbench() {
 }
 
 if [ "$warmup" -gt 0 ]; then
-  say "warm-up: ${warmup}s per workload, direct and through tenantguard"
+  # Every path once per workload: caches, PgBouncer's server pool, Go's heap.
+  say "warm-up: ${warmup}s per workload and path"
   for w in $workloads; do
-    for t in direct tg; do run_pgbench "$t" prepared "$w" "$warmup" >/dev/null; done
+    for t in $targets; do run_pgbench "$t" prepared "$w" "$warmup" >/dev/null; done
   done
 fi
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 
 results=()
 for w in $workloads; do
@@ -325,6 +341,8 @@ for w in $workloads; do
     results+=("$row")
   done
 done
+
+load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---- memory -------------------------------------------------------------------------------
 # Fresh instances so earlier runs do not inflate the baselines.
@@ -374,6 +392,7 @@ report() {
   echo
   echo "Machine: $(nproc) CPUs ($cpu), $mem RAM, $(uname -sr). $pgv, $pgb_version (session pooling), $(go version 2>/dev/null | cut -d' ' -f3)."
   echo "Commit $commit; tenantguard enforcement **$enforcement**, SQL through tenantguard: $tg_sql$( [ "$tg_sql" = unscoped ] && echo " (tenant set with PGOPTIONS='-c app.clinic_id=$tenant')"); audit to a file on disk."
+  echo "Load average (1/5/15 min) before the measured runs: $load_before; after: $load_after (other work on the machine skews the ratios)."
   echo "Data: 200 clinics, $patients patients. pgbench -n -c $clients -j $threads -T $duration per run; direct, PgBouncer and tenantguard back to back per row."
   echo
   local hdr="| workload | mode | direct tps | PgBouncer tps | tenantguard tps | tg/PgB | tg/direct | direct ms | PgB ms | tg ms | PgB +ms | tg +ms |"
