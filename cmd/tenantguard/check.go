@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strings"
 	"time"
 
@@ -355,7 +356,7 @@ func writeDecision(b *bytes.Buffer, n int, stmt string, d rewriter.Decision) {
 		line := "tenant: " + e.Op
 		switch {
 		case e.ValueParam > 0:
-			line += fmt.Sprintf(" to parameter $%d (checked at Bind)", e.ValueParam)
+			line += fmt.Sprintf(" to parameter $%d (checked at Bind; unknown here, so later inputs have no tenant)", e.ValueParam)
 		case e.Value != "":
 			line += " " + e.Value
 		}
@@ -458,7 +459,7 @@ func (t *tenantTrack) applyInput(ds []rewriter.Decision) {
 			}
 			return
 		}
-		if e := d.TenantEffect; e != nil && e.ValueParam == 0 {
+		if e := d.TenantEffect; e != nil {
 			t.effect(e)
 		}
 		if op := d.TxOp; op != nil {
@@ -474,7 +475,9 @@ func (t *tenantTrack) effect(e *rewriter.TenantEffect) {
 	startup := tenantValue{t.base.StartupTenant, t.base.HasStartupTenant}
 	switch e.Op {
 	case rewriter.EffectSet:
-		v := tenantValue{e.Value, e.Value != ""}
+		// A value bound to a parameter is not known offline: fail closed,
+		// later inputs run with no tenant.
+		v := tenantValue{e.Value, e.Value != "" && e.ValueParam == 0}
 		if e.Local {
 			if t.inTx { // SET LOCAL outside a transaction has no effect
 				t.local, t.hasLocal = v, true
@@ -532,7 +535,8 @@ func loadCatalogFile(path string) (*rewriter.Catalog, error) {
 // completeCatalog checks the keys of a catalog read from a file and fills
 // the schema, name and kind a hand-written entry may leave out.
 func completeCatalog(cat *rewriter.Catalog) error {
-	for key, r := range cat.Relations {
+	for _, key := range sortedKeys(cat.Relations) {
+		r := cat.Relations[key]
 		schema, name, ok := strings.Cut(key, ".")
 		if !ok || schema == "" || name == "" {
 			return fmt.Errorf("relations: key %q is not schema.name", key)
@@ -557,7 +561,8 @@ func completeCatalog(cat *rewriter.Catalog) error {
 			return fmt.Errorf("relations: %s: kind must be table, partitioned_table, view, materialized_view or foreign_table", key)
 		}
 	}
-	for key, fn := range cat.Functions {
+	for _, key := range sortedKeys(cat.Functions) {
+		fn := cat.Functions[key]
 		schema, name, ok := strings.Cut(key, ".")
 		if !ok || schema == "" || name == "" {
 			return fmt.Errorf("functions: key %q is not schema.name", key)
@@ -576,6 +581,17 @@ func completeCatalog(cat *rewriter.Catalog) error {
 		}
 	}
 	return nil
+}
+
+// sortedKeys returns the keys of m in order, so that the first problem
+// reported is the same on every run.
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
 }
 
 // isJSON says whether a data file is JSON: by extension, else by its first

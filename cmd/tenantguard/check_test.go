@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/tenantguard/tenantguard/policy"
 	"github.com/tenantguard/tenantguard/proxy/pgtest"
 	"github.com/tenantguard/tenantguard/rewriter"
 )
@@ -301,3 +302,81 @@ func TestCheckHelp(t *testing.T) {
 		assert.Contains(t, out.String(), s)
 	}
 }
+
+func TestCheckTenantFromParameterIsUnknown(t *testing.T) {
+	r := runCheckCmd(t, "", "--policy", clinicPolicy, "--tenant", "7", "--extended",
+		"SELECT set_config('app.clinic_id', $1, false)", "SELECT * FROM patients LIMIT 1")
+	assert.Equal(t, exitRejected, r.code, r.stderr)
+	assert.Contains(t, r.stdout, "to parameter $1 (checked at Bind; unknown here, so later inputs have no tenant)")
+	assert.Contains(t, r.stdout, "-- [2] rejected (no_tenant)")
+}
+
+// FuzzCheckInputs: no input makes check panic, and every non-empty input
+// gets at least one decision in both output formats.
+func FuzzCheckInputs(f *testing.F) {
+	for _, s := range []string{
+		"SELECT * FROM patients LIMIT 5",
+		"SET app.clinic_id = 8; SELECT count(*) FROM invoices",
+		"BEGIN; SET LOCAL app.clinic_id = 9; SELECT * FROM patients LIMIT 1; ROLLBACK",
+		"SELECT set_config('app.clinic_id', '3', true)",
+		"RESET ALL; DISCARD ALL",
+		"SELEC",
+		"COMMIT AND CHAIN",
+	} {
+		f.Add(s, "SELECT * FROM patients WHERE id = 1", false)
+	}
+	pol, err := policyForFuzz()
+	if err != nil {
+		f.Fatal(err)
+	}
+	rw := rewriter.New(pol, nil)
+	f.Fuzz(func(t *testing.T, a, b string, extended bool) {
+		if strings.TrimSpace(a) == "" || strings.TrimSpace(b) == "" {
+			return
+		}
+		base := rewriter.Session{Tenant: "7", HasTenant: true, StartupTenant: "7", HasStartupTenant: true, Extended: extended}
+		rep, err := decideInputs(rw, []string{a, b}, base)
+		if err != nil {
+			return // an input with no statement (only comments): exit 2
+		}
+		if len(rep.Statements) < 2 || rep.Allowed+rep.Rejected != len(rep.Statements) {
+			t.Fatalf("statements %d, allowed %d, rejected %d", len(rep.Statements), rep.Allowed, rep.Rejected)
+		}
+		var out bytes.Buffer
+		if err := rep.write(&out, "text"); err != nil || out.Len() == 0 {
+			t.Fatalf("text: %v", err)
+		}
+		out.Reset()
+		if err := rep.write(&out, "json"); err != nil || !json.Valid(out.Bytes()) {
+			t.Fatalf("json: %v", err)
+		}
+	})
+}
+
+// FuzzCatalogFile: a catalog file never panics the decoder or the checks.
+func FuzzCatalogFile(f *testing.F) {
+	for _, p := range []string{"testdata/check/catalog.json", "testdata/check/catalog.yaml"} {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(data, filepath.Ext(p))
+	}
+	f.Add([]byte("relations:\n  a.b: ~\n"), ".yaml")
+	f.Fuzz(func(t *testing.T, data []byte, ext string) {
+		var cat rewriter.Catalog
+		if decodeStrict(data, "catalog"+ext, &cat) != nil {
+			return
+		}
+		if completeCatalog(&cat) != nil {
+			return
+		}
+		for k, r := range cat.Relations {
+			if r.Schema+"."+r.Name != k || r.Kind == "" {
+				t.Fatalf("relation %q completed to %s.%s kind %q", k, r.Schema, r.Name, r.Kind)
+			}
+		}
+	})
+}
+
+func policyForFuzz() (*policy.Policy, error) { return policy.Load(clinicPolicy) }
