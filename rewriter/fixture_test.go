@@ -29,7 +29,7 @@ func testPolicy(variant string) *policy.Policy {
 		RedactErrors: true,
 	}
 	switch variant {
-	case "", "default":
+	case "", "default", "setting": // setting: default policy, Rewriter built WithTenantSetting
 	case "verify":
 		p.Strategy = policy.StrategyVerify
 		for i := range p.Tables {

@@ -78,6 +78,9 @@ func (rs rewriterSet) get(variant string, opts ...Option) *Rewriter {
 	if r, ok := rs[variant]; ok {
 		return r
 	}
+	if variant == "setting" {
+		opts = append(opts, WithTenantSetting())
+	}
 	r := New(testPolicy(variant), testCatalog(), opts...)
 	rs[variant] = r
 	return r
