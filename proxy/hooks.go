@@ -35,9 +35,11 @@ const (
 	// streamed to the client without being read into memory (DataRow
 	// counting). A Verdict with a non-nil Replace drops the message unread
 	// and sends Replace instead (the row guard cutting a result).
+	// ReadyForQuery, ErrorResponse and BackendKeyData, which the relay reads
+	// anyway, are shown whole.
 	Notify
 	// Inspect reads the whole body and calls OnBackend with it, so the hook
-	// may replace it (Verdict.Replace is ignored for Notify) (ParameterDescription, RowDescription, CommandComplete).
+	// may replace it (ParameterDescription, RowDescription, CommandComplete).
 	Inspect
 )
 

@@ -274,7 +274,7 @@ func (s *Session) backendLoop() {
 			}
 		}
 		out := body
-		if interest == Inspect {
+		if interest != Ignore { // types the relay reads anyway are shown whole even for Notify
 			v, err := s.srv.cfg.Hooks.OnBackend(s, Message{Type: typ, Body: body, Len: len(body)})
 			if !s.applyBackendVerdict(v, err) {
 				return
