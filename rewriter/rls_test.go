@@ -175,6 +175,21 @@ func TestRLSDifferential(t *testing.T) {
 	vp := rlsPolicy()
 	vp.Strategy = policy.StrategyVerify
 	rv := New(vp, nil)
+	rs := New(rlsPolicy(), nil, WithTenantSetting())
+	// The fixture must tell scoped from unscoped: run unrewritten as the
+	// superuser, almost every read differs from RLS.
+	if _, err := app.Exec(ctx, "SET app.clinic_id = 1"); err != nil {
+		t.Fatal(err)
+	}
+	same := 0
+	for _, q := range rlsReads {
+		if strings.Join(queryRows(ctx, t, su, q), "\n") == strings.Join(queryRows(ctx, t, app, q), "\n") {
+			same++
+		}
+	}
+	if same > len(rlsReads)/10 {
+		t.Fatalf("fixture does not discriminate: %d of %d reads give RLS results unscoped", same, len(rlsReads))
+	}
 	for _, tenant := range []int{1, 2, 3} {
 		ts := strconv.Itoa(tenant)
 		if _, err := app.Exec(ctx, "SET app.clinic_id = "+ts); err != nil {
@@ -197,6 +212,17 @@ func TestRLSDifferential(t *testing.T) {
 					if strings.Join(got, "\n") != strings.Join(want, "\n") {
 						t.Errorf("extended=%v differs from RLS\nrewritten: %s\nRLS:\n%s\nrewritten:\n%s", ext, d.SQL, strings.Join(want, "\n"), strings.Join(got, "\n"))
 					}
+				}
+				// WithTenantSetting: the predicate reads the upstream setting.
+				if _, err := su.Exec(ctx, "SET app.clinic_id = "+ts); err != nil {
+					t.Fatal(err)
+				}
+				d := rs.Decide(q, Session{Tenant: ts, HasTenant: true}).Statements[0]
+				if d.Verdict == VerdictRejected {
+					t.Fatalf("rejected: %s %+v", d.Reason, d.Error)
+				}
+				if got := queryRows(ctx, t, su, d.SQL); strings.Join(got, "\n") != strings.Join(want, "\n") {
+					t.Errorf("tenant-setting mode differs from RLS\nrewritten: %s", d.SQL)
 				}
 			})
 		}
