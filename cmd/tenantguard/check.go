@@ -136,30 +136,6 @@ func newCheckCmd() *cobra.Command {
 	return cmd
 }
 
-// runWith runs the command line args with the given standard streams and
-// returns the exit status, as run does with the process's own. Tests use it.
-func runWith(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	cmd := newRootCmd()
-	cmd.SetArgs(args)
-	cmd.SetIn(stdin)
-	cmd.SetOut(stdout)
-	cmd.SetErr(stderr)
-	err := cmd.Execute()
-	if err == nil {
-		return exitOK
-	}
-	var ee exitError
-	if errors.As(err, &ee) {
-		return ee.code
-	}
-	fmt.Fprintln(stderr, "tenantguard:", err)
-	var ue usageError
-	if errors.As(err, &ue) {
-		return exitUsage
-	}
-	return exitRejected
-}
-
 func runCheck(cmd *cobra.Command, f checkFlags, args []string) error {
 	if f.policy == "" {
 		return usageError{errors.New("check: --policy FILE is required")}

@@ -5,6 +5,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 )
 
@@ -30,9 +31,16 @@ func main() {
 	os.Exit(run(os.Args[1:]))
 }
 
-func run(args []string) int {
+func run(args []string) int { return runWith(args, os.Stdin, os.Stdout, os.Stderr) }
+
+// runWith runs the command line args with the given standard streams and
+// returns the exit status, as run does with the process's own. Tests use it.
+func runWith(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	cmd := newRootCmd()
 	cmd.SetArgs(args)
+	cmd.SetIn(stdin)
+	cmd.SetOut(stdout)
+	cmd.SetErr(stderr)
 	err := cmd.Execute()
 	if err == nil {
 		return exitOK
@@ -41,7 +49,7 @@ func run(args []string) int {
 	if errors.As(err, &ee) {
 		return ee.code
 	}
-	fmt.Fprintln(os.Stderr, "tenantguard:", err)
+	fmt.Fprintln(stderr, "tenantguard:", err)
 	var ue usageError
 	if errors.As(err, &ue) {
 		return exitUsage
