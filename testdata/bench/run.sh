@@ -359,24 +359,29 @@ if [ "$idle_conns" -gt 0 ]; then
 fi
 if [ "$stream_rows" -gt 0 ]; then
   start_tg stream "$work/audit-stream.jsonl"
-  say "memory: streaming $stream_rows rows through tenantguard (bypass role migrator)"
-  base=$(rss_kib "$tg_pid")
-  start=$(date +%s.%N)
-  psql -X -q -v ON_ERROR_STOP=1 "postgres://migrator@127.0.0.1:$tg_port/clinic?options=-c%20app.clinic_id%3D$tenant" \
-    -c "SELECT g, repeat('x', 100) FROM generate_series(1, $stream_rows) g" >/dev/null 2>"$work/stream.err" &
-  psql_pid=$!
-  bg_pids+=("$psql_pid")
-  peak=$base samples=0
-  while kill -0 "$psql_pid" 2>/dev/null; do
-    r=$(rss_kib "$tg_pid")
-    [ "$r" -gt "$peak" ] && peak=$r
-    samples=$((samples + 1))
-    sleep 0.1
+  stream_sql="SELECT g, repeat('x', 100) FROM generate_series(1, $stream_rows) g"
+  # app: enforced role (no tenant relation, so allowed); migrator: bypass role.
+  for role in app migrator; do
+    say "memory: streaming $stream_rows rows through tenantguard as $role"
+    base=$(rss_kib "$tg_pid")
+    start=$(date +%s.%N)
+    psql -X -q -At -v ON_ERROR_STOP=1 "postgres://$role@127.0.0.1:$tg_port/clinic?options=-c%20app.clinic_id%3D$tenant" \
+      -c "$stream_sql" >/dev/null 2>"$work/stream.err" &
+    psql_pid=$!
+    bg_pids+=("$psql_pid")
+    peak=$base samples=0
+    while kill -0 "$psql_pid" 2>/dev/null; do
+      r=$(rss_kib "$tg_pid")
+      [ "$r" -gt "$peak" ] && peak=$r
+      samples=$((samples + 1))
+      sleep 0.1
+    done
+    wait "$psql_pid" || { cat "$work/stream.err" >&2; die "streaming $stream_rows rows through tenantguard as $role failed"; }
+    secs=$(awk -v a="$(date +%s.%N)" -v b="$start" 'BEGIN { print a - b }')
+    after=$(rss_kib "$tg_pid")
+    mem_lines+=("- Streaming $stream_rows rows (about $((stream_rows * 110 / 1048576)) MiB) as \`$role\` in $(printf '%.1f' "$secs") s: RSS $base KiB before, **peak $peak KiB** (+$((peak - base)) KiB; $samples samples, every 100 ms), $after KiB after.")
   done
-  wait "$psql_pid" || { cat "$work/stream.err" >&2; die "streaming $stream_rows rows through tenantguard failed"; }
-  secs=$(awk -v a="$(date +%s.%N)" -v b="$start" 'BEGIN { print a - b }')
-  after=$(rss_kib "$tg_pid")
-  mem_lines+=("- Streaming: \`SELECT g, repeat('x', 100) FROM generate_series(1, $stream_rows) g\` (about $((stream_rows * 110 / 1048576)) MiB of rows) through tenantguard in $(printf '%.1f' "$secs") s: RSS $base KiB before, **peak $peak KiB** (+$((peak - base)) KiB, $samples samples every 100 ms), $after KiB after.")
+  mem_lines+=("  (\`$stream_sql\`, psql -At to /dev/null; app is enforced, migrator is the policy's bypass role.)")
   stop_pid "$tg_pid"
 fi
 
