@@ -20,6 +20,36 @@
 // column forced (INSERT) or checked (UPDATE SET, ON CONFLICT DO UPDATE,
 // MERGE), and their targets are scoped like reads.
 //
+// # What is refused rather than rewritten
+//
+// Every refusal fails closed; 0A000 means "cannot prove it safe":
+//
+//   - WHERE CURRENT OF on a tenant relation (the cursor may predate a tenant
+//     switch); TABLESAMPLE of a tenant relation where it would need wrapping;
+//     a tenant relation in any position the engine does not scope.
+//   - INSERT into a tenant relation without a column list (unless the
+//     catalog knows the columns and the source is VALUES); VALUES rows or
+//     SELECT lists whose width differs from the column list; INSERT ... SELECT
+//     with a set operation or a star that supplies the tenant column.
+//   - A written tenant value that is not provably the tenant: an expression,
+//     a subquery, NULL, DEFAULT in UPDATE, a multi-assignment, excluded.col
+//     (42501 cross_tenant_write); inside PREPARE also literals and parameters.
+//   - Views in the catalog that read tenant relations without exposing the
+//     tenant column.
+//   - In verify mode: anything not constrained by a top-level conjunct at its
+//     own level (a FULL JOIN side, a MERGE source table, a nullable side
+//     constrained only in WHERE), INSERT ... SELECT with a set operation.
+//   - LIMIT WITH TIES, LIMIT (expression), LIMIT $k inside PREPARE, and, in
+//     cap mode, those that cannot be clamped; OFFSET constants above the bound.
+//   - Statements whose rewritten text does not parse back as one statement.
+//
+// Known differences from RLS: a wrapped relation's whole-row reference is an
+// anonymous record; ON CONFLICT DO UPDATE against another tenant's row does
+// nothing (RLS raises an error); the tenant predicate is an ordinary
+// conjunct, so a user condition that raises an error could in principle be
+// evaluated on another tenant's row before it (RLS uses security barriers);
+// the proxy's error redaction covers that channel.
+//
 // # How the proxy uses a Decision
 //
 //   - Verdict rejected and Enforced: send Error as an ErrorResponse. In a
