@@ -263,6 +263,17 @@ func TestRLSDifferential(t *testing.T) {
 				if strings.Join(gotRows, "\n") != strings.Join(wantRows, "\n") || gotDump != wantDump {
 					t.Errorf("differs from RLS\nrewritten: %s\nRLS rows: %v\nrw  rows: %v\nRLS effect:\n%s\nrw  effect:\n%s", d.SQL, wantRows, gotRows, wantDump, gotDump)
 				}
+				// extended protocol: the tenant is the appended parameter
+				e := r.Decide(q, Session{Tenant: ts, HasTenant: true, Extended: true}).Statements[0]
+				if e.Verdict == VerdictRejected || e.TenantParam == 0 {
+					t.Fatalf("extended: %s %+v tenant_param=%d", e.Reason, e.Error, e.TenantParam)
+				}
+				args := make([]any, e.TenantParam)
+				args[e.TenantParam-1] = tenant
+				gotRows, gotDump = writeEffect(ctx, t, su, e.SQL, args...)
+				if strings.Join(gotRows, "\n") != strings.Join(wantRows, "\n") || gotDump != wantDump {
+					t.Errorf("extended differs from RLS\nrewritten: %s\nRLS rows: %v\nrw  rows: %v", e.SQL, wantRows, gotRows)
+				}
 			})
 		}
 	}
@@ -297,14 +308,18 @@ func queryRows(ctx context.Context, t *testing.T, conn *pgx.Conn, q string, args
 
 // writeEffect runs q in a transaction and returns its rows and every row of
 // every table afterwards, then rolls back.
-func writeEffect(ctx context.Context, t *testing.T, conn *pgx.Conn, q string) ([]string, string) {
+func writeEffect(ctx context.Context, t *testing.T, conn *pgx.Conn, q string, args ...any) ([]string, string) {
 	t.Helper()
 	tx, err := conn.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer func() { _ = tx.Rollback(ctx) }()
-	rows, err := tx.Query(ctx, q, pgx.QueryExecModeSimpleProtocol)
+	mode := []any{pgx.QueryExecModeSimpleProtocol}
+	if len(args) > 0 {
+		mode = append([]any{pgx.QueryExecModeExec}, args...)
+	}
+	rows, err := tx.Query(ctx, q, mode...)
 	if err != nil {
 		t.Fatalf("%s: %v", q, err)
 	}
