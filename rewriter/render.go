@@ -8,12 +8,19 @@ import (
 
 // tenantState follows the tenant through a multi-statement string, the way
 // PostgreSQL would: SET changes it, SET LOCAL until the end of the
-// transaction, ROLLBACK undoes what the transaction set, RESET and
+// transaction, ROLLBACK (TO SAVEPOINT) undoes what was set since, RESET and
 // DISCARD ALL go back to the startup value.
 type tenantState struct {
 	cur, session Session // cur: effective; session: without SET LOCAL
 	snapshot     Session // at BEGIN
 	inTx         bool
+	savepoints   []savepoint
+}
+
+// savepoint remembers the tenant at SAVEPOINT name.
+type savepoint struct {
+	name         string
+	cur, session Session
 }
 
 func (ts *tenantState) apply(d *Decision, startup Session) {
@@ -38,15 +45,33 @@ func (ts *tenantState) apply(d *Decision, startup Session) {
 		case "begin":
 			ts.inTx = true
 			ts.snapshot = ts.session
+			ts.savepoints = nil
+		case "savepoint":
+			ts.savepoints = append(ts.savepoints, savepoint{name: t.Savepoint, cur: ts.cur, session: ts.session})
+		case "release", "rollback_to":
+			for i := len(ts.savepoints) - 1; i >= 0; i-- {
+				if ts.savepoints[i].name != t.Savepoint {
+					continue
+				}
+				if t.Op == "rollback_to" {
+					ts.cur, ts.session = ts.savepoints[i].cur, ts.savepoints[i].session
+					ts.savepoints = ts.savepoints[:i+1] // the savepoint stays after ROLLBACK TO
+				} else {
+					ts.savepoints = ts.savepoints[:i]
+				}
+				break
+			}
 		case "commit", "prepare_transaction":
 			ts.cur = ts.session
 			ts.inTx = false
+			ts.savepoints = nil
 		case "rollback":
 			if ts.inTx {
 				ts.session = ts.snapshot
 			}
 			ts.cur = ts.session
 			ts.inTx = false
+			ts.savepoints = nil
 		}
 	}
 }
