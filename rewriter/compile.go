@@ -118,7 +118,8 @@ func (r *Rewriter) compileStmt(version int32, raw *pg.RawStmt, text string, exte
 	}
 	out, err := pg.Deparse(&pg.ParseResult{Version: version, Stmts: []*pg.RawStmt{{Stmt: raw.Stmt}}})
 	if err != nil {
-		return r.rejected(kind, ReasonInternal, "", text)
+		// the deparser cannot print every tree the parser builds
+		return r.rejected(kind, ReasonUnsupported, "statement that does not survive rewriting", text)
 	}
 	// The deparser is a second printer of SQL: what it prints must read back
 	// as exactly one statement, or the statement is refused.
