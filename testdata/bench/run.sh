@@ -11,6 +11,8 @@
 #   BENCH_DURATION    seconds per pgbench run [15]
 #   BENCH_CLIENTS     pgbench clients [8]; BENCH_THREADS pgbench threads [2]
 #   BENCH_WARMUP      seconds per warm-up run [3]
+#   BENCH_ROUNDS      rounds of direct, PgBouncer, tenantguard per row; the table
+#                     shows the median of each column [1]
 #   BENCH_WORKLOADS   [lookup page write]; BENCH_MODES [prepared simple]
 #   BENCH_AUDIT_NULL  1 = also run a tenantguard with audit to /dev/null [1]
 #   BENCH_IDLE_CONNS  idle connections for the memory test [1000]; 0 skips it
@@ -19,6 +21,7 @@
 #                     unscoped when enforcement is on, hand-scoped when it is a relay]
 #   BENCH_OUT         file that also receives the results (markdown)
 #   TENANTGUARD       tenantguard binary to use instead of building one
+#   BENCH_TG_ENV      environment for tenantguard, e.g. 'GOMAXPROCS=1 GOGC=200'
 #   BENCH_PG_CONF     extra postgresql.conf lines, e.g. 'log_statement = all'
 #   BENCH_KEEP_LOGS   1 = keep the logs and audit files (the data directory goes)
 set -euo pipefail
@@ -30,6 +33,7 @@ duration=${BENCH_DURATION:-15}
 clients=${BENCH_CLIENTS:-8}
 threads=${BENCH_THREADS:-2}
 warmup=${BENCH_WARMUP:-3}
+rounds=${BENCH_ROUNDS:-1}
 workloads=${BENCH_WORKLOADS:-lookup page write}
 modes=${BENCH_MODES:-prepared simple}
 audit_null=${BENCH_AUDIT_NULL:-1}
@@ -43,11 +47,12 @@ tenant=7 # the scoped scripts write clinic_id = 7
 die() { echo "bench: $*" >&2; exit 1; }
 say() { echo "bench: $*" >&2; }
 
-for v in patients duration clients threads warmup idle_conns stream_rows audit_null; do
+for v in patients duration clients threads warmup rounds idle_conns stream_rows audit_null; do
   [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number, got '${!v}'"
 done
 [ "$patients" -ge 1000 ] || die "BENCH_PATIENTS must be at least 1000"
-[ "$duration" -ge 1 ] && [ "$clients" -ge 1 ] && [ "$threads" -ge 1 ] || die "BENCH_DURATION, BENCH_CLIENTS and BENCH_THREADS must be positive"
+[ "$duration" -ge 1 ] && [ "$clients" -ge 1 ] && [ "$threads" -ge 1 ] && [ "$rounds" -ge 1 ] ||
+  die "BENCH_DURATION, BENCH_CLIENTS, BENCH_THREADS and BENCH_ROUNDS must be positive"
 case $tg_sql in auto | unscoped | scoped) ;; *) die "BENCH_TG_SQL must be auto, unscoped or scoped" ;; esac
 for w in $workloads; do [ -f "$here/$w.sql" ] && [ -f "$here/${w}_scoped.sql" ] || die "unknown workload '$w'"; done
 for m in $modes; do case $m in prepared | simple | extended) ;; *) die "unknown pgbench mode '$m'" ;; esac; done
@@ -239,7 +244,8 @@ pgb_version=$("$pgbouncer_bin" --version | head -n1)
 start_tg() {
   local name=$1 audit=$2
   tg_port=$(free_port)
-  setsid "$tg_bin" serve --listen "127.0.0.1:$tg_port" --upstream "$super/clinic?sslmode=disable" \
+  # shellcheck disable=SC2086 # BENCH_TG_ENV is a list of NAME=value words
+  env ${BENCH_TG_ENV:-} setsid "$tg_bin" serve --listen "127.0.0.1:$tg_port" --upstream "$super/clinic?sslmode=disable" \
     --policy "$policy" --admin off --log-format json --drain-timeout 2s --audit.file "$audit" \
     >"$work/tenantguard-$name.log" 2>&1 &
   tg_pid=$!
@@ -295,16 +301,16 @@ port_of() {
   case $1 in direct) echo "$pg_port" ;; pgbouncer) echo "$pgb_port" ;; tg) echo "$tg_audit_port" ;; tgnull) echo "$tg_null_port" ;; esac
 }
 
-# run_pgbench target mode workload seconds: prints "tps latency_ms".
+# run_pgbench target mode workload seconds [round]: prints "tps latency_ms".
 run_pgbench() {
-  local target=$1 mode=$2 w=$3 secs=$4 script log
+  local target=$1 mode=$2 w=$3 secs=$4 round=${5:-warmup} script log
   local env=(env -u PGOPTIONS)
   script=$here/${w}_scoped.sql
   if [ "$target" = tg ] || [ "$target" = tgnull ]; then
     env=(env "PGOPTIONS=-c app.clinic_id=$tenant")
     script=$here/$w$tg_suffix.sql
   fi
-  log=$work/pgbench-$target-$mode-$w.log
+  log=$work/pgbench-$target-$mode-$w-$round.log
   local rc=0
   "${env[@]}" pgbench -n -h 127.0.0.1 -p "$(port_of "$target")" -U app -c "$clients" -j "$threads" \
     -T "$secs" -M "$mode" -D maxn="$maxn" -f "$script" clinic >"$log" 2>&1 || rc=$?
@@ -329,16 +335,27 @@ if [ "$warmup" -gt 0 ]; then
 fi
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 
+# median field: median of column field (1 = tps, 2 = latency) of ';'-separated runs.
+median() {
+  echo "$1" | tr ';' '\n' | awk 'NF' | sort -g -k"$2" |
+    awk -v f="$2" '{ v[NR] = $f } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
 results=()
 for w in $workloads; do
   for m in $modes; do
-    row="$w $m"
-    for t in $targets; do
-      r=$(run_pgbench "$t" "$m" "$w" "$duration")
-      say "$w -M $m $t: tps latency_ms = $r"
-      row="$row $r"
+    declare -A runs=()
+    for ((round = 1; round <= rounds; round++)); do
+      for t in $targets; do
+        r=$(run_pgbench "$t" "$m" "$w" "$duration" "$round")
+        say "$w -M $m $t$([ "$rounds" -gt 1 ] && echo " (round $round/$rounds)"): tps latency_ms = $r"
+        runs[$t]+="$r;"
+      done
     done
+    row="$w $m"
+    for t in $targets; do row="$row $(median "${runs[$t]}" 1) $(median "${runs[$t]}" 2)"; done
     results+=("$row")
+    unset runs
   done
 done
 
@@ -398,7 +415,7 @@ report() {
   echo "Machine: $(nproc) CPUs ($cpu), $mem RAM, $(uname -sr). $pgv, $pgb_version (session pooling), $(go version 2>/dev/null | cut -d' ' -f3)."
   echo "Commit $commit; tenantguard enforcement **$enforcement**, SQL through tenantguard: $tg_sql$( [ "$tg_sql" = unscoped ] && echo " (tenant set with PGOPTIONS='-c app.clinic_id=$tenant')"); audit to a file on disk."
   echo "Load average (1/5/15 min) before the measured runs: $load_before; after: $load_after (other work on the machine skews the ratios)."
-  echo "Data: 200 clinics, $patients patients. pgbench -n -c $clients -j $threads -T $duration per run; direct, PgBouncer and tenantguard back to back per row."
+  echo "Data: 200 clinics, $patients patients. pgbench -n -c $clients -j $threads -T $duration per run; direct, PgBouncer and tenantguard back to back per row$([ "$rounds" -gt 1 ] && echo ", $rounds rounds, medians shown")."
   echo
   local hdr="| workload | mode | direct tps | PgBouncer tps | tenantguard tps | tg/PgB | tg/direct | direct ms | PgB ms | tg ms | PgB +ms | tg +ms |"
   local sep="|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
