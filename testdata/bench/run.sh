@@ -360,10 +360,10 @@ for w in $workloads; do
 done
 
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+mem_lines=("- After all pgbench runs, the tenantguard that served them (audit to a file) had an RSS of $(rss_kib "$tg_audit_pid") KiB.")
 
 # ---- memory -------------------------------------------------------------------------------
 # Fresh instances so earlier runs do not inflate the baselines.
-mem_lines=()
 if [ "$idle_conns" -gt 0 ]; then
   start_tg idle "$work/audit-idle.jsonl"
   say "memory: $idle_conns idle connections through tenantguard"
@@ -437,7 +437,7 @@ report() {
   echo "tg/PgB and tg/direct are throughput ratios (target tg/PgB >= 1.00); +ms is average latency added over direct (target: tg +ms <= PgB +ms)."
   if [ "${#mem_lines[@]}" -gt 0 ]; then
     echo
-    echo "Memory (tenantguard VmRSS, fresh instance each):"
+    echo "Memory (tenantguard VmRSS; the idle and streaming tests each start a fresh instance):"
     echo
     printf '%s\n' "${mem_lines[@]}"
   fi
