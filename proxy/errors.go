@@ -25,6 +25,7 @@ type ProtocolError struct {
 	Message string
 }
 
+// Error implements error.
 func (e *ProtocolError) Error() string { return "proxy: " + e.Message + " (SQLSTATE " + e.Code + ")" }
 
 func protocolErrorf(code, format string, args ...any) *ProtocolError {
@@ -37,6 +38,7 @@ type ClientError struct {
 	Response *pgproto3.ErrorResponse
 }
 
+// Error implements error; it names the SQLSTATE, never the message text.
 func (e *ClientError) Error() string {
 	return "proxy: session refused (SQLSTATE " + e.Response.Code + ")"
 }

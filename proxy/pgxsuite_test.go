@@ -204,12 +204,17 @@ type testResult struct {
 	Action  string
 	Package string
 	Test    string
+	Output  string
 }
 
 // runPgxTests runs go test -json and returns the final action of every test
 // ("pkg Test/sub" -> pass|fail|skip), and of each package under "pkg".
 func runPgxTests(t *testing.T, dir string, pkgs []string, env []string) map[string]string {
-	args := append([]string{"test", "-json", "-count=1", "-vet=off", "-p=1", "-timeout=20m"}, pkgs...)
+	args := []string{"test", "-json", "-count=" + envOr("TENANTGUARD_PGX_COUNT", "1"), "-vet=off", "-p=1", "-timeout=20m"}
+	if run := os.Getenv("TENANTGUARD_PGX_RUN"); run != "" {
+		args = append(args, "-run", run)
+	}
+	args = append(args, pkgs...)
 	cmd := exec.Command("go", args...)
 	cmd.Dir = dir
 	cmd.Env = append(append(filterEnv(os.Environ()), "GOPROXY=off", "GOFLAGS=-mod=mod"), env...)
@@ -219,6 +224,7 @@ func runPgxTests(t *testing.T, dir string, pkgs []string, env []string) map[stri
 	cmd.Stderr = &stderr
 	require.NoError(t, cmd.Start())
 	results := map[string]string{}
+	output := map[string][]string{}
 	sc := bufio.NewScanner(stdout)
 	sc.Buffer(make([]byte, 1<<20), 16<<20)
 	for sc.Scan() {
@@ -226,12 +232,25 @@ func runPgxTests(t *testing.T, dir string, pkgs []string, env []string) map[stri
 		if json.Unmarshal(sc.Bytes(), &r) != nil {
 			continue
 		}
-		if r.Action == "pass" || r.Action == "fail" || r.Action == "skip" {
-			key := r.Package
-			if r.Test != "" {
-				key += " " + tempDigits.ReplaceAllString(r.Test, "N")
+		key := r.Package
+		if r.Test != "" {
+			key += " " + tempDigits.ReplaceAllString(r.Test, "N")
+		}
+		switch r.Action {
+		case "output":
+			output[key] = append(output[key], r.Output)
+		case "pass", "skip":
+			// With -count>1 a test passes only if every run passed.
+			if results[key] != "fail" {
+				results[key] = r.Action
 			}
+			delete(output, key)
+		case "fail":
 			results[key] = r.Action
+			if r.Test != "" {
+				t.Logf("FAIL %s:\n%s", key, strings.Join(output[key], ""))
+			}
+			delete(output, key)
 		}
 	}
 	_, _ = io.Copy(io.Discard, stdout)
