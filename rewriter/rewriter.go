@@ -175,6 +175,12 @@ func WithCacheSize(n int) Option {
 	return func(r *Rewriter) { r.cacheSize = n }
 }
 
+// WithCacheBytes bounds the memory of the template cache (default 64 MiB);
+// the least recently used templates are dropped first.
+func WithCacheBytes(n int) Option {
+	return func(r *Rewriter) { r.cacheBytes = n }
+}
+
 // WithMaxOffset sets the largest constant OFFSET allowed on a SELECT of tenant
 // relations (default 100000); 0 means no bound.
 func WithMaxOffset(n int64) Option {
@@ -184,11 +190,12 @@ func WithMaxOffset(n int64) Option {
 // Rewriter decides statements for one policy and catalog. It is safe for
 // concurrent use. A policy or catalog change builds a new Rewriter.
 type Rewriter struct {
-	pol       *policy.Policy
-	cat       *Catalog
-	rels      *relationIndex
-	cacheSize int
-	maxOffset int64
+	pol        *policy.Policy
+	cat        *Catalog
+	rels       *relationIndex
+	cacheSize  int
+	cacheBytes int
+	maxOffset  int64
 	// tenantSetting renders the tenant as current_setting(<setting>) (see
 	// WithTenantSetting).
 	tenantSetting bool
@@ -197,13 +204,13 @@ type Rewriter struct {
 
 // New returns a Rewriter for the policy and catalog (c may be nil).
 func New(p *policy.Policy, c *Catalog, opts ...Option) *Rewriter {
-	r := &Rewriter{pol: withDefaults(p), cat: c, cacheSize: 10000, maxOffset: 100000}
+	r := &Rewriter{pol: withDefaults(p), cat: c, cacheSize: 10000, cacheBytes: 64 << 20, maxOffset: 100000}
 	for _, o := range opts {
 		o(r)
 	}
 	r.rels = buildRelationIndex(r.pol, c)
 	if r.cacheSize > 0 {
-		r.cache = newTemplateCache(r.cacheSize)
+		r.cache = newTemplateCache(r.cacheSize, r.cacheBytes)
 	}
 	return r
 }
