@@ -236,10 +236,12 @@ func (g *Guard) onError(c *conn, body []byte) (proxy.Verdict, error) {
 			Code: rj.err.SQLState, Message: rj.err.Message, Hint: rj.err.Hint,
 		})}, nil
 	}
+	sql := ""
 	if f := c.pop(g); f != nil {
 		g.complete(c, f, -1, e.Code)
+		sql = f.dec.SQL
 	}
-	if g.redact(c, &e) {
+	if g.redact(c, &e, sql) {
 		return proxy.Verdict{Replace: encode(&e)}, nil
 	}
 	return proxy.Verdict{}, nil

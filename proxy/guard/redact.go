@@ -11,9 +11,12 @@ const redacted = "<redacted>"
 
 // redact removes row and input values from an upstream error, keeping its
 // SQLSTATE, so that an error cannot echo another tenant's data (a unique
-// violation's `Key (email)=(...)`) or PHI into client logs. It reports
-// whether it changed anything. Callers hold c.mu.
-func (g *Guard) redact(c *conn, e *pgproto3.ErrorResponse) bool {
+// violation's `Key (email)=(...)`, a row value a cast or a parser refused)
+// into the client. A quoted word survives only when the statement itself
+// contains it (a relation or column the client named); everything else
+// quoted is replaced, and the CONTEXT is dropped. It reports whether it
+// changed anything. Callers hold c.mu.
+func (g *Guard) redact(c *conn, e *pgproto3.ErrorResponse, sql string) bool {
 	if c.bypass {
 		return false
 	}
@@ -27,36 +30,31 @@ func (g *Guard) redact(c *conn, e *pgproto3.ErrorResponse) bool {
 			*dst, changed = v, true
 		}
 	}
-	set(&e.Detail, redactDetail(e.Detail))
-	if strings.HasPrefix(e.Code, "22") || strings.HasPrefix(e.Code, "23") {
-		set(&e.Message, redactMessage(e.Message))
-	}
-	// Context lines of SQL functions quote statements and their values.
-	if strings.ContainsAny(e.Where, "'\"") {
+	set(&e.Message, redactQuoted(e.Message, sql))
+	set(&e.Detail, redactQuoted(redactDetail(e.Detail), sql))
+	set(&e.Hint, redactQuoted(e.Hint, sql))
+	if e.Where != "" {
 		set(&e.Where, redacted)
+	}
+	if e.InternalQuery != "" {
+		set(&e.InternalQuery, redacted)
 	}
 	return changed
 }
 
 // redactDetail rewrites `Key (cols)=(values)` and `Failing row contains
-// (values)` details, and any other detail that quotes values.
+// (values)` details.
 func redactDetail(d string) string {
-	if d == "" {
-		return d
-	}
 	if i := strings.Index(d, ")=("); i >= 0 {
 		// Key (a, b)=(1, x) already exists.  -> Key (a, b)=(<redacted>) already exists.
 		j := matchParen(d, i+2)
 		if j < 0 {
 			return d[:i+3] + redacted + ")"
 		}
-		return d[:i+3] + redacted + redactDetail(d[j:])
+		return d[:i+3] + redacted + d[j:] // the rest names a table, never a value
 	}
 	if i := strings.Index(d, "Failing row contains ("); i >= 0 {
 		return d[:i] + "Failing row contains (" + redacted + ")."
-	}
-	if strings.ContainsAny(d, "\"'") {
-		return redacted
 	}
 	return d
 }
@@ -86,12 +84,55 @@ func matchParen(s string, open int) int {
 	return -1
 }
 
-// redactMessage removes the quoted input value at the end of data-exception
-// messages (`invalid input syntax for type integer: "abc"`); constraint and
-// relation names, quoted earlier in the message, stay.
-func redactMessage(m string) string {
-	if i := strings.LastIndex(m, `: "`); i >= 0 && strings.HasSuffix(m, `"`) {
-		return m[:i+2] + redacted
+// redactQuoted replaces every "..." and '...' part of s that is not a word of
+// sql with <redacted>.
+func redactQuoted(s, sql string) string {
+	if !strings.ContainsAny(s, `"'`) {
+		return s
 	}
-	return m
+	lower := strings.ToLower(sql)
+	var b strings.Builder
+	i := 0
+	for i < len(s) {
+		q := s[i]
+		apostrophe := q == '\'' && i > 0 && isWordByte(s[i-1]) // "can't", not a quote
+		if q != '"' && q != '\'' || apostrophe {
+			b.WriteByte(q)
+			i++
+			continue
+		}
+		j := strings.IndexByte(s[i+1:], q)
+		if j < 0 {
+			b.WriteString(redacted) // an unterminated quote: drop the rest
+			break
+		}
+		word := s[i+1 : i+1+j]
+		if word != "" && containsWord(lower, strings.ToLower(word)) {
+			b.WriteString(s[i : i+2+j])
+		} else {
+			b.WriteString(redacted)
+		}
+		i += j + 2
+	}
+	return b.String()
+}
+
+// containsWord reports whether w occurs in s with no identifier character
+// right before or after it.
+func containsWord(s, w string) bool {
+	for from := 0; ; {
+		k := strings.Index(s[from:], w)
+		if k < 0 {
+			return false
+		}
+		start, end := from+k, from+k+len(w)
+		if (start == 0 || !isWordByte(s[start-1])) && (end == len(s) || !isWordByte(s[end])) {
+			return true
+		}
+		from = start + 1
+	}
+}
+
+func isWordByte(c byte) bool {
+	return c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c >= 0x80
 }
