@@ -96,6 +96,10 @@ func (r *Rewriter) compileStmt(version int32, raw *pg.RawStmt, text string, exte
 	st.checks = c.checks
 	st.d.VerifyParams = c.verifyParams
 	st.d.LimitParams = c.limitParams
+	st.d.OffsetParams = c.offsetParams
+	if len(c.offsetParams) > 0 {
+		st.d.MaxOffset = r.maxOffset
+	}
 	if len(c.limitParams) > 0 || c.rowGuard {
 		st.d.MaxRows = r.pol.Limits.MaxRows
 	}

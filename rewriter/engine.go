@@ -46,6 +46,7 @@ type stmtCtx struct {
 	checks       []literalCheck
 	verifyParams []int
 	limitParams  []int
+	offsetParams []int
 	rowGuard     bool
 	handled      map[*pg.RangeVar]bool
 	doneSel      map[*pg.SelectStmt]bool

@@ -247,11 +247,18 @@ func (c *stmtCtx) applyLimits(s *pg.SelectStmt) {
 	}
 	max := c.pol.Limits.MaxRows
 	if off := s.LimitOffset; off != nil && c.r.maxOffset > 0 {
-		if k, v, _ := c.limitValue(off); k == valueLiteral {
+		switch k, v, p := c.limitValue(off); k {
+		case valueLiteral:
 			if n, err := strconv.ParseInt(v, 10, 64); err != nil || n > c.r.maxOffset {
 				c.reject(ReasonOffset, "")
 				return
 			}
+		case valueParam:
+			// Checked at Bind against the same bound.
+			c.offsetParams = appendUnique(c.offsetParams, p)
+		default:
+			c.reject(ReasonOffset, "")
+			return
 		}
 	}
 	b := c.bound(s, nil)

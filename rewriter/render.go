@@ -102,6 +102,7 @@ func (st *stmtTemplate) renderOne(r *Rewriter, s Session, role policy.Role) Deci
 		d.Relations = nil
 	}
 	d.LimitParams = cloneInts(st.d.LimitParams)
+	d.OffsetParams = cloneInts(st.d.OffsetParams)
 	d.VerifyParams = cloneInts(st.d.VerifyParams)
 	if st.d.TenantEffect != nil {
 		e := *st.d.TenantEffect
@@ -119,6 +120,7 @@ func (st *stmtTemplate) renderOne(r *Rewriter, s Session, role policy.Role) Deci
 	if role.Bypass && st.bypassable {
 		d.Verdict, d.Reason, d.Error = VerdictBypassed, ReasonBypass, nil
 		d.SQL, d.TenantParam, d.TenantType, d.LimitParams, d.VerifyParams, d.RowGuard, d.MaxRows = st.orig, 0, "", nil, nil, false, 0
+		d.OffsetParams, d.MaxOffset = nil, 0
 		d.DependsOnTenant = false
 		if d.TenantEffect != nil && st.d.Verdict == VerdictRejected {
 			d.TenantEffect = nil
@@ -139,6 +141,7 @@ func (st *stmtTemplate) reject(r *Rewriter, d Decision, reason, subject string) 
 	d.Verdict, d.Reason = VerdictRejected, reason
 	d.Error = rejection(reason, subject, r.pol)
 	d.SQL, d.TenantParam, d.TenantType, d.LimitParams, d.VerifyParams = "", 0, "", nil, nil
+	d.OffsetParams, d.MaxOffset = nil, 0
 	d.TenantEffect, d.RowGuard, d.MaxRows = nil, false, 0
 	return d
 }

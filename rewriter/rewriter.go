@@ -97,6 +97,11 @@ type Decision struct {
 	LimitParams []int `json:"limit_params,omitempty"`
 	// MaxRows is the bound for LimitParams and for the RowGuard.
 	MaxRows int64 `json:"max_rows,omitempty"`
+	// OffsetParams are parameters whose bound value must be <= MaxOffset
+	// (checked by the proxy at Bind; reject with 54000 otherwise).
+	OffsetParams []int `json:"offset_params,omitempty"`
+	// MaxOffset is the bound for OffsetParams.
+	MaxOffset int64 `json:"max_offset,omitempty"`
 	// VerifyParams are parameters whose bound value must equal the tenant
 	// (checked by the proxy at Bind; reject with 42501 otherwise).
 	VerifyParams []int `json:"verify_params,omitempty"`

@@ -284,7 +284,7 @@ func (g *Guard) onBind(c *conn, body []byte) (proxy.Verdict, error) {
 			rewriter.ReasonNoTenant, &d)
 	}
 	pt := &portal{dec: d, injected: enforce && d.Verdict == rewriter.VerdictRewritten}
-	if len(d.LimitParams) > 0 || len(d.VerifyParams) > 0 || (d.TenantEffect != nil && d.TenantEffect.ValueParam > 0) {
+	if len(d.LimitParams) > 0 || len(d.OffsetParams) > 0 || len(d.VerifyParams) > 0 || (d.TenantEffect != nil && d.TenantEffect.ValueParam > 0) {
 		msg, err := proxy.DecodeFrontend(proxy.MsgBind, body)
 		if err != nil {
 			return proxy.Verdict{}, &proxy.ProtocolError{Code: proxy.CodeProtocolViolation, Message: "malformed Bind message"}
@@ -298,6 +298,14 @@ func (g *Guard) onBind(c *conn, body []byte) (proxy.Verdict, error) {
 						Message: "tenantguard: the LIMIT bound to parameter $" + strconv.Itoa(k) + " is above the allowed maximum or not a number",
 						Hint:    "bind a LIMIT of at most " + strconv.FormatInt(d.MaxRows, 10)}, rewriter.ReasonUnbounded, &d)
 				}
+			}
+		}
+		for _, k := range d.OffsetParams {
+			n, ok := intParam(b, k)
+			if (!ok || n > d.MaxOffset) && enforce {
+				return refuse(&rewriter.Error{SQLState: "54000",
+					Message: "tenantguard: the OFFSET bound to parameter $" + strconv.Itoa(k) + " is above the allowed maximum or not a number",
+					Hint:    "paginate with a keyset condition instead of a large OFFSET"}, rewriter.ReasonOffset, &d)
 			}
 		}
 		for _, k := range d.VerifyParams {

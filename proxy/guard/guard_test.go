@@ -259,6 +259,11 @@ func TestUnboundedIsRefused(t *testing.T) {
 	tenantErr(t, err, "54000")
 	names := queryStrings(t, conn, pgx.QueryExecModeCacheStatement, "SELECT full_name FROM patients ORDER BY id LIMIT $1", 3)
 	require.Len(t, names, 3)
+	// So is an OFFSET parameter.
+	_, err = conn.Exec(ctx(t), "SELECT full_name FROM patients ORDER BY id LIMIT 5 OFFSET $1", 100000000)
+	tenantErr(t, err, "54000")
+	names = queryStrings(t, conn, pgx.QueryExecModeCacheStatement, "SELECT full_name FROM patients ORDER BY id LIMIT 5 OFFSET $1", 8)
+	require.Len(t, names, 2)
 }
 
 func TestRejectionFailsTheTransaction(t *testing.T) {
