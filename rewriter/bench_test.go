@@ -1,6 +1,7 @@
 package rewriter
 
 import (
+	"strconv"
 	"testing"
 
 	pg "github.com/pganalyze/pg_query_go/v6"
@@ -61,4 +62,36 @@ func BenchmarkDecideHitSimple(b *testing.B) {
 			b.Fatal("miss")
 		}
 	}
+}
+
+// BenchmarkDecideLiteral is the simple-protocol statement whose literal
+// changes every time (pgbench -M simple, hand-built SQL): served by the
+// literal-insensitive path, against the full parse + rewrite it replaces.
+func BenchmarkDecideLiteral(b *testing.B) {
+	s := Session{Tenant: "7", HasTenant: true}
+	texts := make([]string, 1024)
+	for i := range texts {
+		texts[i] = "SELECT id, name, email FROM patients WHERE id = " + strconv.Itoa(1000+i) + " AND name <> 'x" + strconv.Itoa(i) + "'"
+	}
+	b.Run("hit", func(b *testing.B) {
+		r := New(testPolicy("default"), testCatalog(), WithTenantSetting())
+		r.Decide(texts[0], s)
+		b.ReportAllocs()
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			if res := r.Decide(texts[i%len(texts)], s); !res.CacheHit || res.Statements[0].Verdict != VerdictRewritten {
+				b.Fatalf("not served by the literal path: %+v", res.Statements[0])
+			}
+		}
+	})
+	b.Run("full", func(b *testing.B) {
+		r := New(testPolicy("default"), testCatalog(), WithTenantSetting(), WithCacheSize(0))
+		b.ReportAllocs()
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			if res := r.Decide(texts[i%len(texts)], s); res.Statements[0].Verdict != VerdictRewritten {
+				b.Fatalf("unexpected decision %+v", res.Statements[0])
+			}
+		}
+	})
 }

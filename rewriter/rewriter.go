@@ -204,7 +204,9 @@ type Rewriter struct {
 	// tenantSetting renders the tenant as current_setting(<setting>) (see
 	// WithTenantSetting).
 	tenantSetting bool
-	cache         *templateCache
+	// literals is the literal-insensitive cache (with tenantSetting only).
+	literals *literalCache
+	cache    *templateCache
 }
 
 // New returns a Rewriter for the policy and catalog (c may be nil).
@@ -216,6 +218,9 @@ func New(p *policy.Policy, c *Catalog, opts ...Option) *Rewriter {
 	r.rels = buildRelationIndex(r.pol, c)
 	if r.cacheSize > 0 {
 		r.cache = newTemplateCache(r.cacheSize, r.cacheBytes)
+		if r.tenantSetting {
+			r.literals = newLiteralCache(r.cacheSize)
+		}
 	}
 	return r
 }
@@ -263,14 +268,41 @@ func (r *Rewriter) Decide(sql string, s Session) *Result {
 	if r.cache != nil {
 		tpl, hit = r.cache.get(key)
 	}
-	if !hit {
-		tpl = r.compile(sql, s.Extended, role)
-		if r.cache != nil && len(sql) <= maxCachedSQL {
-			r.cache.put(key, tpl)
+	if hit {
+		res := tpl.render(r, s, role)
+		res.CacheHit = true
+		return res
+	}
+	// The literal-insensitive path (literal.go): simple protocol, tenant
+	// read from the setting, one statement that differs from a known one
+	// only in its literals.
+	var (
+		litKey cacheKey
+		lits   []literalSpan
+		litOK  bool
+	)
+	if r.literals != nil && !s.Extended {
+		var k string
+		if k, lits, litOK = scanLiterals(sql); litOK {
+			litKey = cacheKey{sql: k, role: roleKey}
+			if lt := r.literals.get(litKey); lt != nil {
+				if res, ok := r.renderLiteral(lt, sql, lits, s, roleInfo{role, roleKey}); ok {
+					res.CacheHit = true
+					return res
+				}
+			}
 		}
 	}
+	tpl = r.compile(sql, s.Extended, role)
+	if r.cache != nil && len(sql) <= maxCachedSQL && !litOK {
+		// Statements the literal path serves would only fill the text
+		// cache with one-off texts.
+		r.cache.put(key, tpl)
+	}
 	res := tpl.render(r, s, role)
-	res.CacheHit = hit
+	if litOK && r.literals.get(litKey) == nil {
+		r.learnLiteral(litKey, sql, lits, s, roleInfo{role, roleKey}, res)
+	}
 	return res
 }
 

@@ -1,0 +1,398 @@
+package rewriter
+
+import (
+	"encoding/json"
+	"strconv"
+	"strings"
+	"sync"
+
+	pg "github.com/pganalyze/pg_query_go/v6"
+
+	"github.com/tenantguard/tenantguard/policy"
+)
+
+// The literal-insensitive cache. In the simple protocol an application
+// sends the same statement with different literals (`WHERE id = 17`, then
+// `WHERE id = 18`): the text cache misses every time. For a single statement
+// whose literals the scanner below fully understands, the decision is also
+// cached under a key with every literal replaced by a marker, as the
+// decision of the abstract statement where each literal is a parameter.
+// A hit renders the abstract decision, checks the parameters the decision
+// depends on (a LIMIT bound, a verified tenant, an OFFSET) against the
+// literal values exactly as Bind would, and puts the original literal text
+// back in place of the parameters: no parse, no deparse.
+//
+// It is correct by construction of what is stored: a template is stored
+// only when the abstract decision, with the literals put back, is identical
+// to the full decision of the same statement; anything the hit path cannot
+// check (a rejection, a tenant change, a parameter whose value matters and
+// is not checked) falls back to the full decision.
+
+// litKind distinguishes number and string literals in the key.
+const (
+	litNumber = 'n'
+	litString = 's'
+)
+
+// literalSpan is one literal of a statement, as byte offsets.
+type literalSpan struct {
+	start, end int
+}
+
+// maxLiteralSQL keeps long statements out of the literal path: they are rare
+// and their scan is not worth it.
+const maxLiteralSQL = 8 << 10
+
+// scanLiterals returns the statement's literal-insensitive key and its
+// literals. ok is false when the text holds anything the scanner does not
+// fully understand (comments, dollar quoting, escapes, prefixed strings,
+// parameters, odd numbers): the caller then takes the full path.
+func scanLiterals(sql string) (key string, lits []literalSpan, ok bool) {
+	if len(sql) > maxLiteralSQL {
+		return "", nil, false
+	}
+	var b strings.Builder
+	b.Grow(len(sql))
+	last := 0
+	i := 0
+	for i < len(sql) {
+		c := sql[i]
+		switch {
+		case c == ' ' || c == '\t' || c == '\n' || c == '\r':
+			i++
+		case isIdentStart(c):
+			for i < len(sql) && isIdentCont(sql[i]) {
+				i++
+			}
+		case c == '"':
+			j := i + 1
+			for {
+				k := strings.IndexByte(sql[j:], '"')
+				if k < 0 {
+					return "", nil, false
+				}
+				j += k + 1
+				if j < len(sql) && sql[j] == '"' {
+					j++
+					continue
+				}
+				break
+			}
+			if i > 0 && (sql[i-1] == '&' || isIdentCont(sql[i-1])) {
+				return "", nil, false // U&"..." and friends
+			}
+			i = j
+		case c == '\'':
+			if i > 0 && (isIdentCont(sql[i-1]) || sql[i-1] == '&' || sql[i-1] == '\'') {
+				return "", nil, false // E'', B'', X'', N'', U&'' and odd adjacency
+			}
+			j := i + 1
+			for {
+				k := strings.IndexAny(sql[j:], "'\\")
+				if k < 0 || sql[j+k] == '\\' {
+					return "", nil, false // unterminated, or a backslash (escape rules)
+				}
+				j += k + 1
+				if j < len(sql) && sql[j] == '\'' {
+					j++
+					continue
+				}
+				break
+			}
+			// 'a' 'b' across a newline is one literal in PostgreSQL.
+			k := j
+			for k < len(sql) && (sql[k] == ' ' || sql[k] == '\t' || sql[k] == '\n' || sql[k] == '\r') {
+				k++
+			}
+			if k < len(sql) && sql[k] == '\'' {
+				return "", nil, false
+			}
+			b.WriteString(sql[last:i])
+			b.WriteByte(0)
+			b.WriteByte(litString)
+			lits = append(lits, literalSpan{i, j})
+			i, last = j, j
+		case c >= '0' && c <= '9' || c == '.' && i+1 < len(sql) && sql[i+1] >= '0' && sql[i+1] <= '9':
+			if i > 0 && (isIdentCont(sql[i-1]) || sql[i-1] == '.') {
+				return "", nil, false
+			}
+			j := i
+			for j < len(sql) && sql[j] >= '0' && sql[j] <= '9' {
+				j++
+			}
+			if j < len(sql) && sql[j] == '.' {
+				j++
+				for j < len(sql) && sql[j] >= '0' && sql[j] <= '9' {
+					j++
+				}
+			}
+			if j < len(sql) && (sql[j] == 'e' || sql[j] == 'E') {
+				k := j + 1
+				if k < len(sql) && (sql[k] == '+' || sql[k] == '-') {
+					k++
+				}
+				if k >= len(sql) || sql[k] < '0' || sql[k] > '9' {
+					return "", nil, false
+				}
+				for k < len(sql) && sql[k] >= '0' && sql[k] <= '9' {
+					k++
+				}
+				j = k
+			}
+			if j < len(sql) && (isIdentCont(sql[j]) || sql[j] == '.') {
+				return "", nil, false // 0x1F, 1_000, 123abc, 1.2.3
+			}
+			b.WriteString(sql[last:i])
+			b.WriteByte(0)
+			b.WriteByte(litNumber)
+			lits = append(lits, literalSpan{i, j})
+			i, last = j, j
+		case c == '$' || c == '\\' || c < 0x20 || c >= 0x80:
+			return "", nil, false
+		case c == '-' && i+1 < len(sql) && sql[i+1] == '-', c == '/' && i+1 < len(sql) && sql[i+1] == '*':
+			return "", nil, false // comments
+		default:
+			i++
+		}
+	}
+	if len(lits) == 0 {
+		return "", nil, false // nothing to abstract: the text cache serves it
+	}
+	b.WriteString(sql[last:])
+	return b.String(), lits, true
+}
+
+func isIdentStart(c byte) bool {
+	return c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= 0x80
+}
+
+func isIdentCont(c byte) bool { return isIdentStart(c) || c >= '0' && c <= '9' || c == '$' }
+
+// abstractSQL replaces every literal by a parameter $1..$n.
+func abstractSQL(sql string, lits []literalSpan) string {
+	var b strings.Builder
+	b.Grow(len(sql) + 2*len(lits))
+	last := 0
+	for k, l := range lits {
+		b.WriteString(sql[last:l.start])
+		b.WriteByte('$')
+		b.WriteString(strconv.Itoa(k + 1))
+		last = l.end
+	}
+	b.WriteString(sql[last:])
+	return b.String()
+}
+
+// roleInfo is a session's policy role and its cache class.
+type roleInfo struct {
+	role policy.Role
+	key  string
+}
+
+// literalTemplate is a cached abstract decision.
+type literalTemplate struct {
+	qt *queryTemplate // the abstract statement, compiled as with parameters
+	// sql is the rendered abstract SQL; segments split it at the parameter
+	// tokens, slots[i] is the literal that goes after segments[i].
+	sql         string
+	segments    []string
+	slots       []int
+	fingerprint string
+	normalized  string
+}
+
+// literalCache is a bounded cache of literal templates; when full it starts
+// over (simple, and the working set of an application is small).
+type literalCache struct {
+	mu    sync.RWMutex
+	max   int
+	items map[cacheKey]*literalTemplate
+}
+
+func newLiteralCache(max int) *literalCache {
+	return &literalCache{max: max, items: make(map[cacheKey]*literalTemplate)}
+}
+
+func (c *literalCache) get(k cacheKey) *literalTemplate {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.items[k]
+}
+
+func (c *literalCache) put(k cacheKey, t *literalTemplate) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.items) >= c.max {
+		c.items = make(map[cacheKey]*literalTemplate)
+	}
+	c.items[k] = t
+}
+
+// renderLiteral decides sql from a literal template, or reports false when
+// the full path must decide it.
+func (r *Rewriter) renderLiteral(lt *literalTemplate, sql string, lits []literalSpan, s Session, role roleInfo) (*Result, bool) {
+	if lt.qt == nil {
+		return nil, false // known not to be served by the literal path
+	}
+	as := s
+	as.Extended = true
+	res := lt.qt.render(r, as, role.role)
+	if len(res.Statements) != 1 {
+		return nil, false
+	}
+	d := res.Statements[0]
+	if d.Verdict == VerdictRejected || d.SQL != lt.sql || d.TenantParam != 0 || d.TenantEffect != nil || d.TxOp != nil || d.Notify != nil {
+		return nil, false
+	}
+	lit := func(k int) (string, bool) {
+		if k < 1 || k > len(lits) {
+			return "", false
+		}
+		l := lits[k-1]
+		return sql[l.start:l.end], true
+	}
+	for _, k := range d.LimitParams {
+		v, ok := lit(k)
+		n, err := strconv.ParseInt(v, 10, 64)
+		if !ok || err != nil || n > d.MaxRows {
+			return nil, false
+		}
+	}
+	for _, k := range d.OffsetParams {
+		v, ok := lit(k)
+		n, err := strconv.ParseInt(v, 10, 64)
+		if !ok || err != nil || (r.maxOffset > 0 && n > r.maxOffset) {
+			return nil, false
+		}
+	}
+	if len(d.VerifyParams) > 0 {
+		if !s.HasTenant {
+			return nil, false
+		}
+		want, err := CanonicalTenant(r.pol.Tenant.Type, s.Tenant)
+		if err != nil {
+			return nil, false
+		}
+		for _, k := range d.VerifyParams {
+			v, ok := lit(k)
+			if !ok {
+				return nil, false
+			}
+			got, err := CanonicalTenant(r.pol.Tenant.Type, strings.Trim(v, "'"))
+			if err != nil || got != want {
+				return nil, false
+			}
+		}
+	}
+	var b strings.Builder
+	b.Grow(len(sql) + 64)
+	for i, seg := range lt.segments {
+		b.WriteString(seg)
+		if i < len(lt.slots) {
+			v, ok := lit(lt.slots[i])
+			if !ok {
+				return nil, false
+			}
+			b.WriteString(v)
+		}
+	}
+	if d.Enforced {
+		d.SQL = b.String()
+	} else {
+		d.SQL = sql
+	}
+	d.LimitParams, d.VerifyParams, d.OffsetParams, d.MaxOffset = nil, nil, nil, 0
+	if !d.RowGuard {
+		d.MaxRows = 0
+	}
+	d.Fingerprint, d.Normalized = lt.fingerprint, lt.normalized
+	res.Statements[0] = d
+	return res, true
+}
+
+// learnLiteral builds a literal template from a statement and its full
+// decision, and stores it when the two agree exactly.
+func (r *Rewriter) learnLiteral(key cacheKey, sql string, lits []literalSpan, s Session, role roleInfo, full *Result) {
+	lt := r.buildLiteral(sql, lits, s, role, full)
+	if lt == nil {
+		// Remember the failure so that the next miss does not try again:
+		// rejected and value-dependent decisions stay on the full path.
+		lt = &literalTemplate{}
+	}
+	r.literals.put(key, lt)
+}
+
+func (r *Rewriter) buildLiteral(sql string, lits []literalSpan, s Session, role roleInfo, full *Result) *literalTemplate {
+	if len(full.Statements) != 1 {
+		return nil
+	}
+	fd := full.Statements[0]
+	if fd.Verdict == VerdictRejected || fd.TenantEffect != nil || fd.TxOp != nil || fd.Notify != nil || !fd.Enforced {
+		return nil
+	}
+	qt := r.compile(abstractSQL(sql, lits), true, role.role)
+	if len(qt.stmts) != 1 {
+		return nil
+	}
+	as := s
+	as.Extended = true
+	ad := qt.render(r, as, role.role).Statements[0]
+	if ad.Verdict != fd.Verdict || ad.Reason != fd.Reason || ad.Kind != fd.Kind || ad.RowGuard != fd.RowGuard ||
+		ad.TenantParam != 0 || ad.TenantEffect != nil || !equalStrings(ad.Relations, fd.Relations) {
+		return nil
+	}
+	segs, slots, ok := splitAtParams(ad.SQL, len(lits))
+	if !ok {
+		return nil
+	}
+	lt := &literalTemplate{qt: qt, sql: ad.SQL, segments: segs, slots: slots, fingerprint: fd.Fingerprint, normalized: fd.Normalized}
+	// The proof: the hit path must produce exactly the full decision.
+	got, ok := r.renderLiteral(lt, sql, lits, s, role)
+	if !ok || len(got.Statements) != 1 || !sameDecision(&got.Statements[0], &fd) {
+		return nil
+	}
+	return lt
+}
+
+// splitAtParams splits sql at the parameter tokens $1..$n.
+func splitAtParams(sql string, n int) (segs []string, slots []int, ok bool) {
+	sc, err := pg.Scan(sql)
+	if err != nil {
+		return nil, nil, false
+	}
+	last := 0
+	for _, t := range sc.Tokens {
+		if t.Token != pg.Token_PARAM {
+			continue
+		}
+		k, err := strconv.Atoi(sql[t.Start+1 : t.End])
+		if err != nil || k < 1 || k > n {
+			return nil, nil, false
+		}
+		segs = append(segs, sql[last:t.Start])
+		slots = append(slots, k)
+		last = int(t.End)
+	}
+	segs = append(segs, sql[last:])
+	return segs, slots, true
+}
+
+func equalStrings(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// sameDecision compares everything a client and the audit trail see: the
+// whole decision as it marshals.
+func sameDecision(a, b *Decision) bool {
+	ja, err1 := json.Marshal(a)
+	jb, err2 := json.Marshal(b)
+	return err1 == nil && err2 == nil && string(ja) == string(jb)
+}
