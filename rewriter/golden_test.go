@@ -352,8 +352,23 @@ func TestTemplateHoldsNoTenant(t *testing.T) {
 			r.Decide(gc.SQL, s)
 			_, roleKey := r.role(s.User)
 			tpl, ok := r.cache.get(cacheKey{sql: gc.SQL, extended: s.Extended, role: roleKey})
+			var extra []string
+			if !ok && r.literals != nil && !s.Extended {
+				// Served by the literal-insensitive cache instead.
+				if k, _, lok := scanLiterals(gc.SQL); lok {
+					if lt := r.literals.get(cacheKey{sql: k, role: roleKey}); lt != nil && lt.qt != nil {
+						tpl, ok = lt.qt, true
+						extra = append([]string{lt.sql}, lt.segments...)
+					}
+				}
+			}
 			if !ok {
 				t.Fatalf("%s: not cached", gc.Comment)
+			}
+			for _, p := range extra {
+				if strings.Contains(p, tenant) {
+					t.Errorf("%s: literal template holds the tenant: %s", gc.Comment, p)
+				}
 			}
 			for _, st := range tpl.stmts {
 				b, _ := json.Marshal(st.d)

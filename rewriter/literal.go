@@ -311,8 +311,9 @@ func (r *Rewriter) renderLiteral(lt *literalTemplate, sql string, lits []literal
 }
 
 // learnLiteral builds a literal template from a statement and its full
-// decision, and stores it when the two agree exactly.
-func (r *Rewriter) learnLiteral(key cacheKey, sql string, lits []literalSpan, s Session, role roleInfo, full *Result) {
+// decision and stores it when the two agree exactly, or stores that the
+// statement's shape is not for the literal path.
+func (r *Rewriter) learnLiteral(key cacheKey, sql string, lits []literalSpan, s Session, role roleInfo, full *Result) *literalTemplate {
 	lt := r.buildLiteral(sql, lits, s, role, full)
 	if lt == nil {
 		// Remember the failure so that the next miss does not try again:
@@ -320,6 +321,7 @@ func (r *Rewriter) learnLiteral(key cacheKey, sql string, lits []literalSpan, s 
 		lt = &literalTemplate{}
 	}
 	r.literals.put(key, lt)
+	return lt
 }
 
 func (r *Rewriter) buildLiteral(sql string, lits []literalSpan, s Session, role roleInfo, full *Result) *literalTemplate {

@@ -294,14 +294,19 @@ func (r *Rewriter) Decide(sql string, s Session) *Result {
 		}
 	}
 	tpl = r.compile(sql, s.Extended, role)
-	if r.cache != nil && len(sql) <= maxCachedSQL && !litOK {
-		// Statements the literal path serves would only fill the text
-		// cache with one-off texts.
-		r.cache.put(key, tpl)
-	}
 	res := tpl.render(r, s, role)
-	if litOK && r.literals.get(litKey) == nil {
-		r.learnLiteral(litKey, sql, lits, s, roleInfo{role, roleKey}, res)
+	served := false // by the literal path from now on
+	if litOK {
+		lt := r.literals.get(litKey)
+		if lt == nil {
+			lt = r.learnLiteral(litKey, sql, lits, s, roleInfo{role, roleKey}, res)
+		}
+		served = lt.qt != nil
+	}
+	if r.cache != nil && len(sql) <= maxCachedSQL && !served {
+		// Texts the literal path serves would only fill the text cache
+		// with one-off statements.
+		r.cache.put(key, tpl)
 	}
 	return res
 }
