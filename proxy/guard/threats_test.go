@@ -61,6 +61,10 @@ CREATE FUNCTION leak_op(int, int) RETURNS text LANGUAGE sql AS $$ SELECT string_
 CREATE OPERATOR ### (LEFTARG = int, RIGHTARG = int, FUNCTION = leak_op);
 CREATE PROCEDURE copy_names() LANGUAGE sql AS $$ INSERT INTO clinics SELECT id + 1000, full_name FROM patients $$;
 
+CREATE FUNCTION switch_tenant() RETURNS text LANGUAGE sql AS $$ SELECT set_config('app.clinic_id', '2', false) $$;
+CREATE FUNCTION switch_tenant_pl() RETURNS void LANGUAGE plpgsql AS $$ BEGIN SET app.clinic_id = 2; END $$;
+CREATE PROCEDURE switch_proc() LANGUAGE plpgsql AS $$ BEGIN PERFORM set_config('app.clinic_id', '2', false); END $$;
+
 CREATE TABLE feedback (id int PRIMARY KEY, body text);
 CREATE FUNCTION shout() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN RAISE NOTICE 'names: %', (SELECT string_agg(full_name, ',') FROM patients); RETURN NEW; END $$;
@@ -514,15 +518,16 @@ func (r *rlsDB) rows(t *testing.T, tenant, proto, sql string) []string {
 
 // Known tenantguard bugs found by this suite (probes skipped until fixed).
 const (
-	bugEscapedBody = "a SQL function whose body names a tenant table with a Unicode-escaped identifier (U&\"pat\\0069ents\") is not seen as reading it: SELECT escaped_names() returns every tenant's rows"
-	bugViaView     = "a function reading a view over a tenant table (patient_names) is allowed: SELECT via_view() returns every tenant's rows"
-	bugViaFunction = "a function calling another function that reads a tenant table is allowed: SELECT via_function() returns every tenant's rows"
-	bugViaXML      = "a SQL function running SQL from a string (query_to_xml) is allowed because only non-SQL languages are checked for dynamic SQL: SELECT via_xml() returns every tenant's rows"
-	bugOperator    = "a user-defined operator whose function reads a tenant table is not checked (only FuncCall nodes are): SELECT 1 ### 1 returns every tenant's rows"
-	bugErrorDetail = "an upstream error DETAIL still echoes another tenant's value after redaction (7768ff4): SELECT id FROM patients WHERE xmlparse(document full_name) IS NULL LIMIT 50 returns 2200M with DETAIL 'line 1: Start tag expected, <redacted> not found\npatient 1 TENANT2\n^' (the input line is not quoted); SELECT id FROM patients WHERE ('\"' || full_name)::json IS NULL LIMIT 50 returns 22P02 with DETAIL 'Token <redacted>patient 1 TENANT2<redacted> is invalid.' (a value that itself holds a double quote defeats the quote pairing)"
-	bugQualOrder   = "the user's WHERE runs on other tenants' rows before the tenant predicate (RLS evaluates its policy first): SELECT full_name FROM patients WHERE 1 / (id - 1) = 0 LIMIT 50 fails with 22012 for tenant 1 (row id 1 is tenant 2's) where RLS returns tenant 1's rows"
-	bugNoCatalog   = "without a catalog (guard.Options.Catalog returning nil, RequireCatalog false: the default of guard.New) views and user functions over tenant tables are forwarded unscoped: SELECT full_name FROM patient_names LIMIT 50 and SELECT dump_names() return every tenant's rows; unknown relations and functions should fail closed, or New should require a catalog"
-	bugTrigger     = "a trigger on a non-tenant table whose function reads a tenant table runs unscoped: INSERT INTO feedback ... sends every tenant's rows in a NOTICE"
+	bugEscapedBody    = "a SQL function whose body names a tenant table with a Unicode-escaped identifier (U&\"pat\\0069ents\") is not seen as reading it: SELECT escaped_names() returns every tenant's rows"
+	bugViaView        = "a function reading a view over a tenant table (patient_names) is allowed: SELECT via_view() returns every tenant's rows"
+	bugViaFunction    = "a function calling another function that reads a tenant table is allowed: SELECT via_function() returns every tenant's rows"
+	bugViaXML         = "a SQL function running SQL from a string (query_to_xml) is allowed because only non-SQL languages are checked for dynamic SQL: SELECT via_xml() returns every tenant's rows"
+	bugOperator       = "a user-defined operator whose function reads a tenant table is not checked (only FuncCall nodes are): SELECT 1 ### 1 returns every tenant's rows"
+	bugErrorDetail    = "an upstream error DETAIL still echoes another tenant's value after redaction (7768ff4): SELECT id FROM patients WHERE xmlparse(document full_name) IS NULL LIMIT 50 returns 2200M with DETAIL 'line 1: Start tag expected, <redacted> not found\npatient 1 TENANT2\n^' (the input line is not quoted); SELECT id FROM patients WHERE ('\"' || full_name)::json IS NULL LIMIT 50 returns 22P02 with DETAIL 'Token <redacted>patient 1 TENANT2<redacted> is invalid.' (a value that itself holds a double quote defeats the quote pairing)"
+	bugQualOrder      = "the user's WHERE runs on other tenants' rows before the tenant predicate (RLS evaluates its policy first): SELECT full_name FROM patients WHERE 1 / (id - 1) = 0 LIMIT 50 fails with 22012 for tenant 1 (row id 1 is tenant 2's) where RLS returns tenant 1's rows"
+	bugNoCatalog      = "without a catalog (guard.Options.Catalog returning nil, RequireCatalog false: the default of guard.New) views and user functions over tenant tables are forwarded unscoped: SELECT full_name FROM patient_names LIMIT 50 and SELECT dump_names() return every tenant's rows; unknown relations and functions should fail closed, or New should require a catalog"
+	bugSwitchFunction = "a user function or procedure that changes the tenant setting is allowed (its body is only checked for tenant table names and EXECUTE): after SELECT switch_tenant() (LANGUAGE sql: SELECT set_config('app.clinic_id', '2', false)), switch_tenant_pl() (plpgsql SET) or CALL switch_proc(), the upstream tenant is 2 while tenantguard believes 1, and SELECT full_name FROM patients ... returns tenant 2's rows to the tenant 1 session"
+	bugTrigger        = "a trigger on a non-tenant table whose function reads a tenant table runs unscoped: INSERT INTO feedback ... sends every tenant's rows in a NOTICE"
 )
 
 // ---------------------------------------------------------------------------
@@ -1064,6 +1069,21 @@ func TestThreatTenantTampering(t *testing.T) {
 	t.Run("corpus", func(t *testing.T) {
 		runCorpus(t, e, nil, "1", corpus)
 	})
+	// A function or procedure that changes the tenant setting is the same
+	// tampering as set_config inside a larger statement. Each probe is
+	// followed by a read that must still be the session's tenant's.
+	for _, call := range []string{"SELECT switch_tenant()", "SELECT switch_tenant_pl()", "CALL switch_proc()", "SELECT * FROM switch_tenant()"} {
+		t.Run(call, func(t *testing.T) {
+			if os.Getenv("THREATS_RUN_BUGS") == "" {
+				t.Skip("BUG: " + bugSwitchFunction)
+			}
+			runCorpus(t, e, nil, "1", []probe{
+				{sql: call, want: wantEither},
+				{sql: "SELECT full_name FROM patients ORDER BY id LIMIT 50", want: wantOK},
+				{sql: "SELECT current_setting('app.clinic_id')", want: wantOK},
+			})
+		})
+	}
 
 	// tenantIs asserts the rows the session reads now are of tenant, in
 	// every protocol.
@@ -1153,6 +1173,11 @@ func TestThreatTenantTampering(t *testing.T) {
 		// its tenant; the statement cache is shared by all of them.
 		s := e.scanner(t, "")
 		const q = "SELECT full_name FROM patients WHERE id > $1 ORDER BY id LIMIT 50"
+		// Prepared before any tenant is set (pools and ORMs do): refused at
+		// Bind, then right for each tenant.
+		for _, proto := range []string{pExtended, pDescribe} {
+			expect(t, "no tenant yet", s.run(t, proto, q, 0), "42501")
+		}
 		for round := 0; round < 2; round++ {
 			for _, tenant := range []string{"1", "2", "3"} {
 				for _, how := range []string{"SET", "set_config", "SET LOCAL"} {
@@ -1461,7 +1486,7 @@ func TestThreatPsql(t *testing.T) {
 			before := othersSnapshot(t, e, tenant)
 			out := psql(t, nil, "-c app.clinic_id="+tenant, cmds...)
 			for _, m := range foreignMarkers(tenant) {
-				require.NotContains(t, out, m, "psql output of tenant %s:\n%s", tenant, out)
+				require.NotContains(t, strings.ToUpper(out), m, "psql output of tenant %s:\n%s", tenant, out)
 			}
 			require.Contains(t, out, "TENANT"+tenant)
 			require.Contains(t, out, "tenantguard:")
