@@ -41,6 +41,11 @@ INSERT INTO other.patients SELECT id, clinic_id, 'other ' || full_name, 'other.'
 GRANT USAGE ON SCHEMA other TO app_user;
 GRANT SELECT ON other.patients TO app_user;
 
+CREATE TABLE patients_archive () INHERITS (patients);
+INSERT INTO patients_archive VALUES (200, 4, 'archived 200 NOTENANT', 'a200.NOTENANT@example.org', 'archived'),
+  (201, NULL, 'archived 201 NOTENANT', 'a201.NOTENANT@example.org', 'archived');
+GRANT SELECT, INSERT, UPDATE, DELETE ON patients_archive TO app_user;
+
 CREATE VIEW patient_cards AS SELECT id, clinic_id, full_name FROM patients;
 CREATE VIEW patient_names AS SELECT id, full_name FROM patients;
 CREATE VIEW card_names AS SELECT id, full_name FROM patient_cards;
@@ -589,6 +594,12 @@ func TestThreatScopingGaps(t *testing.T) {
 		{sql: `SELECT full_name FROM U&"p!0061tients" UESCAPE '!' LIMIT 50`, want: wantOK, rls: true},
 		{sql: `SELECT full_name FROM public.U&"\0070atients" LIMIT 50`, want: wantOK, rls: true},
 		{sql: "SELECT full_name FROM other.patients LIMIT 50", want: wantOK},
+		// Inheritance: rows of a child table (clinic 4 and NULL) reached
+		// through the parent and directly.
+		{sql: "SELECT p.tableoid::regclass::text, full_name FROM patients p ORDER BY id DESC LIMIT 50", want: wantOK, rls: true},
+		{sql: "SELECT full_name FROM patients_archive LIMIT 50", want: wantOK},
+		{sql: "SELECT full_name FROM ONLY patients_archive LIMIT 50", want: wantOK},
+		{sql: "SELECT a.full_name FROM patients p JOIN patients_archive a ON a.id <> p.id LIMIT 50", want: wantOK},
 		{sql: "SELECT p FROM patients p LIMIT 50", want: wantOK, rls: true},
 		{sql: "SELECT row_to_json(p) FROM patients p LIMIT 50", want: wantOK, rls: true},
 		{sql: "SELECT full_name FROM patients TABLESAMPLE SYSTEM (100) LIMIT 50", want: wantOK, rls: true},
@@ -929,6 +940,10 @@ func TestThreatCrossTenantWrites(t *testing.T) {
 		{sql: "UPDATE patients p SET clinic_id = c.id FROM clinics c WHERE c.id = 2 AND p.id = 3", want: "42501"},
 		{sql: "UPDATE patients SET full_name = 'hacked' WHERE id = 1 RETURNING full_name", want: wantOK},
 		{sql: "UPDATE patients SET full_name = 'hacked' WHERE id = 100 RETURNING full_name", want: wantOK},
+		{sql: "UPDATE patients SET full_name = 'hacked' WHERE id IN (200, 201) RETURNING full_name", want: wantOK},
+		{sql: "UPDATE patients_archive SET full_name = 'hacked' RETURNING full_name", want: wantOK},
+		{sql: "DELETE FROM patients_archive RETURNING full_name", want: wantOK},
+		{sql: "INSERT INTO patients_archive (id, clinic_id, full_name) VALUES (203, 2, 'x')", want: "42501"},
 		{sql: "UPDATE patients SET status = 'x' WHERE clinic_id = 2 OR clinic_id IS NULL RETURNING full_name", want: wantOK},
 		{sql: "UPDATE patients SET clinic_id = current_setting('app.clinic_id')::int WHERE id = 1 RETURNING full_name", want: wantEither},
 		{sql: "UPDATE patients SET clinic_id = current_setting('app.clinic_id')::int WHERE clinic_id IS NULL RETURNING full_name", want: wantEither},
@@ -1566,7 +1581,7 @@ func TestThreatRLSEquivalence(t *testing.T) {
 		for _, m := range []struct {
 			name string
 			mode pgx.QueryExecMode
-		}{{"simple", pgx.QueryExecModeSimpleProtocol}, {"extended", pgx.QueryExecModeCacheStatement}} {
+		}{{"simple", pgx.QueryExecModeSimpleProtocol}, {"extended", pgx.QueryExecModeCacheStatement}, {"describe", pgx.QueryExecModeDescribeExec}} {
 			for i, q := range queries {
 				t.Run(fmt.Sprintf("tenant%s/%s/%s", tenant, m.name, probeName(i, q)), func(t *testing.T) {
 					want, err := collect(ctx(t), direct, m.mode, q)
@@ -1711,6 +1726,7 @@ func TestThreatWithoutCatalog(t *testing.T) {
 		{sql: "SELECT full_name FROM names_mv LIMIT 50", want: wantReject, bug: bugNoCatalog},
 		{sql: "SELECT dump_names()", want: wantReject, bug: bugNoCatalog},
 		{sql: "SELECT * FROM all_names() LIMIT 50", want: wantReject, bug: bugNoCatalog},
+		{sql: "SELECT full_name FROM patients_archive LIMIT 50", want: wantEither, bug: bugNoCatalog},
 	}
 	runCorpus(t, e, nil, "1", corpus)
 }
