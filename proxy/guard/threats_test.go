@@ -1495,6 +1495,7 @@ func TestThreatPsql(t *testing.T) {
 		"BEGIN; SET LOCAL app.clinic_id = 2; ROLLBACK; SELECT email FROM patients ORDER BY id LIMIT 50",
 		"SELECT 'TENANT' || c.id FROM clinics c WHERE EXISTS (SELECT 1 FROM patients p WHERE p.clinic_id = c.id) LIMIT 10",
 		`\copy (SELECT full_name FROM patients ORDER BY id LIMIT 50) TO STDOUT`,
+		`\copy patients FROM STDIN`,
 	}
 	for _, tenant := range []string{"1", "2", "3"} {
 		t.Run("tenant"+tenant, func(t *testing.T) {
@@ -1706,6 +1707,22 @@ func TestThreatVerifyStrategy(t *testing.T) {
 			tenantErr(t, o.err, "42501")
 			o = s.run(t, proto, "INSERT INTO patients (id, clinic_id, full_name) VALUES ($1, $2, 'x')", 810, 2)
 			s.clean(t, "INSERT", o)
+			tenantErr(t, o.err, "42501")
+		}
+		// A statement verified for tenant 1 and executed again after a
+		// switch to tenant 2 is decided again: refused, never tenant 1's rows.
+		const lit = "SELECT full_name FROM patients WHERE clinic_id = 1 ORDER BY id LIMIT 50"
+		for _, proto := range []string{pExtended, pDescribe} {
+			o := s.run(t, proto, lit)
+			s.clean(t, lit, o)
+			require.NoError(t, o.err)
+			require.Len(t, o.rows, 10)
+		}
+		expect(t, "SET", s.run(t, pSimple, "SET app.clinic_id = 2"), wantOK)
+		s.tenant = "2"
+		for _, proto := range []string{pExtended, pDescribe, pSimple} {
+			o := s.run(t, proto, lit)
+			s.clean(t, lit, o)
 			tenantErr(t, o.err, "42501")
 		}
 		require.Equal(t, before, othersSnapshot(t, e, "1"))
