@@ -49,6 +49,11 @@ bench:
 bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem $(PKGS)
 
+# pgx's own test suite, run directly and through tenantguard, results compared
+# (a few minutes; see proxy/testdata/pgx-suite.sh).
+pgx-suite:
+	proxy/testdata/pgx-suite.sh
+
 docker:
 	docker build --build-arg VERSION=$(VERSION) --build-arg COMMIT=$(COMMIT) -t tenantguard:$(VERSION) .
 
