@@ -1300,6 +1300,13 @@ func TestThreatSideChannels(t *testing.T) {
 		{sql: "SELECT id FROM patients WHERE ('\"' || full_name)::json IS NULL LIMIT 50", want: wantAny, bug: bugErrorDetail},
 		{sql: "SELECT id FROM patients WHERE to_tsquery(full_name) IS NULL LIMIT 50", want: wantAny},
 		{sql: "SELECT full_name FROM patients WHERE 1 / (id - 1) = 0 LIMIT 50", want: wantOK, bug: bugQualOrder},
+		// Were the user's predicate evaluated on other tenants' rows, this
+		// would be an oracle on their values (it would fail exactly when
+		// patient 1, tenant 2's, has a name ending in its marker). Under RLS
+		// it returns tenant 1's rows; today it does through the proxy too
+		// (this predicate is costlier than the tenant one), unlike the one
+		// above.
+		{sql: "SELECT full_name FROM patients WHERE 1 / (CASE WHEN id = 1 AND full_name LIKE '%TEN' || 'ANT2' THEN 0 ELSE 1 END) = 1 LIMIT 50", want: wantOK},
 		{sql: "SELECT p.id FROM patients p JOIN invoices i ON i.memo::int = p.id LIMIT 50", want: wantAny},
 		{sql: "SELECT (SELECT full_name::int FROM patients WHERE id = 1)", want: wantAny},
 		{sql: "SELECT id FROM invoices WHERE memo::numeric > 0 LIMIT 50", want: wantAny},
