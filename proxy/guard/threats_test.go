@@ -75,6 +75,10 @@ CREATE FUNCTION shout() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN RAISE NOTICE 'names: %', (SELECT string_agg(full_name, ',') FROM patients); RETURN NEW; END $$;
 CREATE TRIGGER feedback_shout BEFORE INSERT ON feedback FOR EACH ROW EXECUTE FUNCTION shout();
 GRANT SELECT, INSERT ON feedback TO app_user;
+CREATE TABLE stamped (id int PRIMARY KEY, names text DEFAULT dump_names());
+CREATE TABLE ruled (id int PRIMARY KEY);
+CREATE RULE ruled_echo AS ON INSERT TO ruled DO ALSO SELECT string_agg(full_name, ',') FROM patients;
+GRANT SELECT, INSERT ON stamped, ruled TO app_user;
 ANALYZE;
 `
 
@@ -532,7 +536,7 @@ const (
 	bugQualOrder      = "the user's WHERE runs on other tenants' rows before the tenant predicate (RLS evaluates its policy first): SELECT full_name FROM patients WHERE 1 / (id - 1) = 0 LIMIT 50 fails with 22012 for tenant 1 (row id 1 is tenant 2's) where RLS returns tenant 1's rows"
 	bugNoCatalog      = "without a catalog (guard.Options.Catalog returning nil, RequireCatalog false: the default of guard.New) views and user functions over tenant tables are forwarded unscoped: SELECT full_name FROM patient_names LIMIT 50 and SELECT dump_names() return every tenant's rows; unknown relations and functions should fail closed, or New should require a catalog"
 	bugSwitchFunction = "a user function or procedure that changes the tenant setting is allowed (its body is only checked for tenant table names and EXECUTE): after SELECT switch_tenant() (LANGUAGE sql: SELECT set_config('app.clinic_id', '2', false)), switch_tenant_pl() (plpgsql SET) or CALL switch_proc(), the upstream tenant is 2 while tenantguard believes 1, and SELECT full_name FROM patients ... returns tenant 2's rows to the tenant 1 session"
-	bugTrigger        = "a trigger on a non-tenant table whose function reads a tenant table runs unscoped: INSERT INTO feedback ... sends every tenant's rows in a NOTICE"
+	bugTrigger        = "schema code that runs implicitly on a non-tenant table is not scoped: a trigger function (INSERT INTO feedback ... sends every tenant's rows in a NOTICE), a column DEFAULT calling a function (INSERT INTO stamped (id) ... RETURNING names), a rule (INSERT INTO ruled ... DO ALSO SELECT over patients) read every tenant's rows"
 )
 
 // ---------------------------------------------------------------------------
@@ -865,6 +869,8 @@ func TestThreatIndirection(t *testing.T) {
 		{sql: "REFRESH MATERIALIZED VIEW names_mv", want: "42501"},
 		{sql: "ALTER TABLE patients DISABLE ROW LEVEL SECURITY", want: "42501"},
 		{sql: "INSERT INTO feedback VALUES (1, 'hello') ON CONFLICT DO NOTHING", want: wantEither, bug: bugTrigger},
+		{sql: "INSERT INTO stamped (id) VALUES (1) ON CONFLICT DO NOTHING RETURNING names", want: wantEither, bug: bugTrigger},
+		{sql: "INSERT INTO ruled SELECT coalesce(max(id), 0) + 1 FROM ruled", want: wantEither, bug: bugTrigger},
 	}
 	t.Run("corpus", func(t *testing.T) { runCorpus(t, e, nil, "1", corpus) })
 
