@@ -133,13 +133,12 @@ func serve(ctx context.Context, cfg *config.Config) error {
 		DrainTimeout:   cfg.DrainTimeout,
 		Logger:         log,
 		Hooks: guard.New(guard.Options{
-			Policies:       holder,
-			Catalog:        refresher.Current,
-			RequireCatalog: true,
-			Database:       catalogDatabase(upstream),
-			Audit:          auditLog,
-			Metrics:        metrics,
-			Logger:         log,
+			Policies: holder,
+			Catalog:  refresher.Current,
+			Database: catalogDatabase(upstream),
+			Audit:    auditLog,
+			Metrics:  metrics,
+			Logger:   log,
 		}),
 	})
 	if err != nil {

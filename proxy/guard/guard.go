@@ -38,14 +38,13 @@ import (
 type Options struct {
 	// Policies holds the policy in force (hot-reloaded).
 	Policies *policy.Holder
-	// Catalog returns the latest upstream catalog, or nil when none is loaded.
+	// Catalog returns the latest upstream catalog, or nil when none is
+	// loaded. Ordinary sessions are refused (57P03) while it is nil: without
+	// the catalog, views and functions cannot be vouched for.
 	Catalog func() *rewriter.Catalog
 	Audit   *audit.Logger
 	Metrics *admin.Metrics
 	Logger  *zap.Logger
-	// RequireCatalog refuses ordinary sessions (57P03) while Catalog returns
-	// nil: without the catalog, views and functions cannot be vouched for.
-	RequireCatalog bool
 	// Database, when set, is the only database ordinary sessions may use:
 	// the catalog describes that database and no other.
 	Database string

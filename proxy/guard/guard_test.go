@@ -25,6 +25,7 @@ import (
 	"github.com/tenantguard/tenantguard/proxy"
 	"github.com/tenantguard/tenantguard/proxy/admin"
 	"github.com/tenantguard/tenantguard/proxy/audit"
+	"github.com/tenantguard/tenantguard/proxy/catalog"
 	"github.com/tenantguard/tenantguard/proxy/guard"
 	"github.com/tenantguard/tenantguard/proxy/pgtest"
 	"github.com/tenantguard/tenantguard/rewriter"
@@ -78,6 +79,8 @@ type env struct {
 	holder  *policy.Holder
 }
 
+// start starts tenantguard in front of a fresh fixture database, with the
+// catalog loaded from it as serve does.
 func start(t *testing.T, policyYAML string) *env {
 	t.Helper()
 	return startWith(t, policyYAML, nil)
@@ -85,19 +88,36 @@ func start(t *testing.T, policyYAML string) *env {
 
 func startWith(t *testing.T, policyYAML string, cat *rewriter.Catalog) *env {
 	t.Helper()
+	return startGuard(t, policyYAML, func(c *pgtest.Cluster, db string) func() *rewriter.Catalog {
+		if cat == nil {
+			conn, err := c.Connect(context.Background(), db)
+			require.NoError(t, err)
+			cat, err = catalog.LoadConn(context.Background(), conn, catalog.Options{})
+			conn.Close(context.Background())
+			require.NoError(t, err)
+		}
+		return func() *rewriter.Catalog { return cat }
+	})
+}
+
+// startGuard starts tenantguard with the catalog source catalogFor returns
+// for the fixture database.
+func startGuard(t *testing.T, policyYAML string, catalogFor func(c *pgtest.Cluster, db string) func() *rewriter.Catalog) *env {
+	t.Helper()
 	c := pgtest.Shared(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	db, err := c.CreateDatabase(ctx, "guard_"+t.Name())
 	require.NoError(t, err)
 	require.NoError(t, c.Exec(ctx, db, fixtureSQL))
+	catalogFn := catalogFor(c, db)
 	pol, err := policy.Parse([]byte(policyYAML), "test.yaml")
 	require.NoError(t, err)
 	e := &env{c: c, db: db, audit: &syncBuffer{}, metrics: admin.NewMetrics(), holder: policy.NewHolder(pol)}
 	al, err := audit.New(audit.Options{Stdout: e.audit})
 	require.NoError(t, err)
 	g := guard.New(guard.Options{Policies: e.holder, Audit: al, Metrics: e.metrics, Logger: zaptest.NewLogger(t),
-		Catalog: func() *rewriter.Catalog { return cat }})
+		Catalog: catalogFn})
 	srv, err := proxy.NewServer(proxy.Config{
 		Upstream: proxy.UpstreamConfig{Host: c.Host, Port: c.Port, SSLMode: "disable"},
 		Logger:   zaptest.NewLogger(t),

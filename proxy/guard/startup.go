@@ -46,7 +46,7 @@ func (g *Guard) OnStartup(s *proxy.Session) error {
 			return g.refuseStartup(c, "42501", "tenantguard: this proxy enforces its policy on database "+g.opts.Database+" only",
 				"connect to "+g.opts.Database+", or run a tenantguard for the other database")
 		}
-		if g.opts.RequireCatalog && e.cat == nil {
+		if e.cat == nil {
 			return g.refuseStartup(c, "57P03", "tenantguard: the upstream catalog is not loaded yet",
 				"retry in a moment; /readyz reports when tenantguard is ready")
 		}
