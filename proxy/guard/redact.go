@@ -31,7 +31,7 @@ func (g *Guard) redact(c *conn, e *pgproto3.ErrorResponse, sql string) bool {
 		}
 	}
 	set(&e.Message, redactQuoted(e.Message, sql))
-	set(&e.Detail, redactQuoted(redactDetail(e.Detail), sql))
+	set(&e.Detail, redactDetail(e.Detail))
 	set(&e.Hint, redactQuoted(e.Hint, sql))
 	if e.Where != "" {
 		set(&e.Where, redacted)
@@ -42,9 +42,14 @@ func (g *Guard) redact(c *conn, e *pgproto3.ErrorResponse, sql string) bool {
 	return changed
 }
 
-// redactDetail rewrites `Key (cols)=(values)` and `Failing row contains
-// (values)` details.
+// redactDetail keeps the shape of `Key (cols)=(values)` and `Failing row
+// contains (values)` details without their values; any other detail is
+// replaced whole, since details quote input data in forms no pattern can
+// pair reliably (an XML parser's input line, a JSON token with quotes).
 func redactDetail(d string) string {
+	if d == "" {
+		return d
+	}
 	if i := strings.Index(d, ")=("); i >= 0 {
 		// Key (a, b)=(1, x) already exists.  -> Key (a, b)=(<redacted>) already exists.
 		j := matchParen(d, i+2)
@@ -56,7 +61,7 @@ func redactDetail(d string) string {
 	if i := strings.Index(d, "Failing row contains ("); i >= 0 {
 		return d[:i] + "Failing row contains (" + redacted + ")."
 	}
-	return d
+	return redacted
 }
 
 // matchParen returns the index of the parenthesis closing the one at open,
@@ -109,10 +114,13 @@ func redactQuoted(s, sql string) string {
 		word := s[i+1 : i+1+j]
 		if word != "" && containsWord(lower, strings.ToLower(word)) {
 			b.WriteString(s[i : i+2+j])
-		} else {
-			b.WriteString(redacted)
+			i += j + 2
+			continue
 		}
-		i += j + 2
+		// A value may itself hold quotes, which breaks the pairing: redact
+		// up to the last quote of the same kind.
+		b.WriteString(redacted)
+		i += strings.LastIndexByte(s[i:], q) + 1
 	}
 	return b.String()
 }

@@ -27,7 +27,8 @@ func TestRedactDetail(t *testing.T) {
 		`Key (email)=(a@TENANT2.org) already exists.`:      `Key (email)=(<redacted>) already exists.`,
 		`Key (a, b)=(1, (x)) is not present in table "t".`: `Key (a, b)=(<redacted>) is not present in table "t".`,
 		`Failing row contains (1, 2, Ann TENANT2).`:        `Failing row contains (<redacted>).`,
-		`The transaction might succeed if retried.`:        `The transaction might succeed if retried.`,
+		`line 1: patient 1 TENANT2`:                        `<redacted>`,
+		`Token ""patient 1 TENANT2" is invalid.`:           `<redacted>`,
 	} {
 		if got := redactDetail(in); got != want {
 			t.Errorf("redactDetail(%q) = %q, want %q", in, got, want)
