@@ -69,8 +69,14 @@ func (ck *scopeChecker) fail(rv *pg.RangeVar, why string) {
 
 // tenantOK: the expression stands for the session's tenant.
 func (ck *scopeChecker) tenantOK(n *pg.Node) bool {
-	for n != nil && n.GetTypeCast() != nil {
-		n = n.GetTypeCast().Arg
+	for n != nil {
+		if n.GetTypeCast() != nil {
+			n = n.GetTypeCast().Arg
+		} else if v := scalarSelectValue(n); v != nil {
+			n = v
+		} else {
+			break
+		}
 	}
 	if n == nil {
 		return false

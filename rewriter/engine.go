@@ -79,7 +79,22 @@ func (c *stmtCtx) tenantExpr() *pg.Node {
 	if c.dynamic || c.r.tenantSetting {
 		fc := pg.MakeFuncCallNode([]*pg.Node{pg.MakeStrNode("current_setting")},
 			[]*pg.Node{pg.MakeAConstStrNode(c.pol.Tenant.Setting, -1)}, -1)
-		return &pg.Node{Node: &pg.Node_TypeCast{TypeCast: &pg.TypeCast{Arg: fc, TypeName: tn, Location: -1}}}
+		cast := &pg.Node{Node: &pg.Node_TypeCast{TypeCast: &pg.TypeCast{Arg: fc, TypeName: tn, Location: -1}}}
+		// (SELECT current_setting(...)::type) is an InitPlan: evaluated once
+		// per statement, and a Param of cost zero in the scan's quals, so the
+		// planner orders the tenant predicate before the user's own
+		// conditions (as RLS orders its security quals) and a user condition
+		// that raises an error never sees another tenant's row. It remains
+		// an index condition and drives run-time partition pruning.
+		return &pg.Node{Node: &pg.Node_SubLink{SubLink: &pg.SubLink{
+			SubLinkType: pg.SubLinkType_EXPR_SUBLINK,
+			Subselect: &pg.Node{Node: &pg.Node_SelectStmt{SelectStmt: &pg.SelectStmt{
+				TargetList:  []*pg.Node{{Node: &pg.Node_ResTarget{ResTarget: &pg.ResTarget{Val: cast, Location: -1}}}},
+				LimitOption: pg.LimitOption_LIMIT_OPTION_DEFAULT,
+				Op:          pg.SetOperation_SETOP_NONE,
+			}}},
+			Location: -1,
+		}}}
 	}
 	c.placeholders++
 	p := pg.MakeParamRefNode(c.sentinel, -1)
@@ -442,6 +457,15 @@ func (c *stmtCtx) tenantValue(n *pg.Node) (valueKind, string, int) {
 		if tc := n.GetTypeCast(); tc != nil {
 			n = tc.Arg
 			continue
+		}
+		if v := scalarSelectValue(n); v != nil {
+			// Only the form tenantguard itself injects, (SELECT
+			// current_setting(...)), stands for the tenant; a literal in a
+			// subquery is an expression.
+			if k, _, _ := c.tenantValue(v); k == valueSetting {
+				return valueSetting, "", 0
+			}
+			return valueOther, "", 0
 		}
 		break
 	}
@@ -968,4 +992,24 @@ func funcName(f *pg.FuncCall) (string, string) {
 	default:
 		return parts[len(parts)-2], parts[len(parts)-1]
 	}
+}
+
+// scalarSelectValue returns x for (SELECT x) — a scalar subquery with one
+// target and no FROM, WHERE or other clause — and nil otherwise.
+func scalarSelectValue(n *pg.Node) *pg.Node {
+	sl := n.GetSubLink()
+	if sl == nil || sl.SubLinkType != pg.SubLinkType_EXPR_SUBLINK {
+		return nil
+	}
+	s := sl.Subselect.GetSelectStmt()
+	if s == nil || len(s.TargetList) != 1 || len(s.FromClause) > 0 || s.WhereClause != nil || s.GroupClause != nil ||
+		s.HavingClause != nil || s.WithClause != nil || s.Larg != nil || s.Rarg != nil || len(s.ValuesLists) > 0 ||
+		s.LimitCount != nil || s.LimitOffset != nil || len(s.SortClause) > 0 || len(s.DistinctClause) > 0 || len(s.WindowClause) > 0 {
+		return nil
+	}
+	rt := s.TargetList[0].GetResTarget()
+	if rt == nil || rt.Val == nil {
+		return nil
+	}
+	return rt.Val
 }
