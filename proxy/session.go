@@ -27,6 +27,9 @@ type Session struct {
 	ClientTLS bool
 	// UpstreamTLS is true when the upstream leg is encrypted.
 	UpstreamTLS bool
+	// AuthMethod is the method the upstream asked the client for (trust,
+	// password, md5, scram-sha-256, gss, sspi); set during authentication.
+	AuthMethod string
 	// ProtocolVersion is the version code the client asked for (196608 = 3.0).
 	ProtocolVersion uint32
 	// State is free for the hooks' per-session data.

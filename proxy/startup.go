@@ -366,6 +366,26 @@ const (
 	scramSHA256PlusSuffix = "-PLUS"
 )
 
+// authMethodName names the method of the server's first authentication
+// request, for the audit trail.
+func authMethodName(code uint32) string {
+	switch code {
+	case authOk:
+		return "trust"
+	case authCleartext:
+		return "password"
+	case authMD5:
+		return "md5"
+	case authGSS, authGSSContinue:
+		return "gss"
+	case authSSPI:
+		return "sspi"
+	case authSASL, authSASLContinue, authSASLFinal:
+		return "scram-sha-256"
+	}
+	return "unknown"
+}
+
 // relayAuth passes the authentication exchange through until
 // AuthenticationOk. Client responses are relayed as framed 'p' messages
 // without decoding: their meaning depends on the request and only the two
@@ -379,6 +399,9 @@ func (s *Session) relayAuth(f frame) error {
 				return protocolErrorf(CodeProtocolViolation, "upstream sent a malformed authentication request")
 			}
 			code := binary.BigEndian.Uint32(f.body)
+			if s.AuthMethod == "" {
+				s.AuthMethod = authMethodName(code)
+			}
 			if code == authSASL {
 				// Channel binding cannot cross the proxy: the client binds to
 				// the proxy's TLS session, the server to its own.

@@ -69,6 +69,9 @@ func (g *Guard) OnBackend(s *proxy.Session, m proxy.Message) (proxy.Verdict, err
 			g.complete(c, f, f.rows, "")
 		}
 	case proxy.MsgReadyForQuery:
+		if !c.connectLogged {
+			g.logConnect(s, c)
+		}
 		g.onReady(c, m.Body)
 	case msgNotification:
 		if c.bypass {
@@ -306,10 +309,14 @@ func (g *Guard) OnEnd(s *proxy.Session) {
 	}
 	g.opts.Metrics.ClientConnections.Dec()
 	g.opts.Metrics.UpstreamConnections.Dec()
-	g.opts.Audit.Log(&audit.Event{
+	ev := &audit.Event{
 		Event: audit.EventDisconnect, ConnID: c.id, Client: c.client, User: c.user, Database: c.database,
 		ApplicationName: c.applicationName, Tenant: c.tenant.current().v,
 		Statements: c.nStatements, Rejected: c.nRejected, Duration: g.opts.Now().Sub(c.started),
-	})
+	}
+	if !c.connectLogged {
+		ev.Result = "not_authenticated" // the server refused the login
+	}
+	g.opts.Audit.Log(ev)
 	g.log.Debug("session ended", zap.Uint64("conn_id", c.id), zap.Int64("statements", c.nStatements))
 }

@@ -150,7 +150,8 @@ type conn struct {
 	// dropped until ReadyForQuery.
 	cutting bool
 
-	refused bool // refused at startup: nothing to count at the end
+	refused       bool // refused at startup: nothing to count at the end
+	connectLogged bool
 
 	nStatements, nRejected int64
 }

@@ -498,6 +498,7 @@ func TestAuditTrailHasNoLiterals(t *testing.T) {
 		require.NotContains(t, out, s)
 	}
 	require.Contains(t, out, `"event":"connect"`)
+	require.Contains(t, out, `"auth_method":"trust"`)
 	require.Contains(t, out, `"tenant":"1"`)
 	require.Contains(t, out, `"kind":"select"`)
 	require.Contains(t, out, `"rows":1`)

@@ -88,12 +88,18 @@ func (g *Guard) OnStartup(s *proxy.Session) error {
 	}
 	g.opts.Metrics.ClientConnections.Inc()
 	g.opts.Metrics.UpstreamConnections.Inc()
+	return nil
+}
+
+// logConnect writes the connect event once authentication is over (the
+// first ReadyForQuery), when the method is known. Callers hold c.mu.
+func (g *Guard) logConnect(s *proxy.Session, c *conn) {
+	c.connectLogged = true
 	tls := s.ClientTLS
 	g.opts.Audit.Log(&audit.Event{
 		Event: audit.EventConnect, ConnID: c.id, Client: c.client, User: c.user, Database: c.database,
-		ApplicationName: c.applicationName, Tenant: c.tenant.current().v, TLS: &tls,
+		ApplicationName: c.applicationName, Tenant: c.tenant.current().v, TLS: &tls, AuthMethod: s.AuthMethod,
 	})
-	return nil
 }
 
 func (g *Guard) refuseStartup(c *conn, code, msg, hint string) error {
