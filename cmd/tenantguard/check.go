@@ -387,107 +387,46 @@ func comment(b *bytes.Buffer, text string) {
 	}
 }
 
-// tenantTrack follows the tenant from one input to the next the way
-// PostgreSQL follows the setting: SET, SET LOCAL until the end of the
-// transaction, RESET/DISCARD ALL back to the startup tenant, and rollback of
-// what a failed transaction set. Within one input the rewriter does the same.
+// tenantTrack follows the tenant from one input to the next with the
+// tracker the proxy uses; within one input the rewriter does the same.
 type tenantTrack struct {
-	base           rewriter.Session
-	session, local tenantValue
-	hasLocal, inTx bool
-	failed         bool // the open transaction had a rejected statement
-	txStart        tenantValue
-}
-
-type tenantValue struct {
-	v  string
-	ok bool
+	base rewriter.Session
+	t    rewriter.TenantTracker
 }
 
 func newTenantTrack(base rewriter.Session) *tenantTrack {
-	return &tenantTrack{base: base, session: tenantValue{base.Tenant, base.HasTenant}}
+	tt := &tenantTrack{base: base, t: rewriter.NewTenantTracker(base.StartupTenant, base.HasStartupTenant)}
+	if base.HasTenant != base.HasStartupTenant || base.Tenant != base.StartupTenant {
+		tt.t.Apply(&rewriter.Decision{TenantEffect: &rewriter.TenantEffect{Op: rewriter.EffectSet, Value: base.Tenant}}, "")
+	}
+	return tt
 }
 
 // next is the rewriter session for the next input.
-func (t *tenantTrack) next() rewriter.Session {
-	s := t.base
-	cur := t.session
-	if t.hasLocal {
-		cur = t.local
-	}
-	s.Tenant, s.HasTenant = cur.v, cur.ok
-	return s
-}
+func (t *tenantTrack) next() rewriter.Session { return t.t.Session(t.base) }
 
 // applyInput applies the effects of one input's decisions. PostgreSQL runs
 // a multi-statement simple query as one implicit transaction (unless it
 // opens its own) and stops at the first error: a rejected statement ends
-// the input and undoes what the implicit transaction set.
+// the input and undoes what the implicit transaction set. A tenant bound to
+// a parameter is not known offline: later inputs run with no tenant.
 func (t *tenantTrack) applyInput(ds []rewriter.Decision) {
-	before := *t
+	before := t.t.Snapshot()
 	explicit := false
-	for _, d := range ds {
+	for i := range ds {
+		d := &ds[i]
 		if d.Verdict == rewriter.VerdictRejected {
-			if t.inTx {
-				t.failed = true
+			if t.t.InTx() {
+				t.t.Fail()
 			} else if !explicit {
-				*t = before
+				t.t = before
 			}
 			return
 		}
-		if e := d.TenantEffect; e != nil {
-			t.effect(e)
+		if d.TxOp != nil && d.TxOp.Op == "begin" {
+			explicit = true
 		}
-		if op := d.TxOp; op != nil {
-			if op.Op == "begin" {
-				explicit = true
-			}
-			t.tx(op)
-		}
-	}
-}
-
-func (t *tenantTrack) effect(e *rewriter.TenantEffect) {
-	startup := tenantValue{t.base.StartupTenant, t.base.HasStartupTenant}
-	switch e.Op {
-	case rewriter.EffectSet:
-		// A value bound to a parameter is not known offline: fail closed,
-		// later inputs run with no tenant.
-		v := tenantValue{e.Value, e.Value != "" && e.ValueParam == 0}
-		if e.Local {
-			if t.inTx { // SET LOCAL outside a transaction has no effect
-				t.local, t.hasLocal = v, true
-			}
-			return
-		}
-		t.session, t.hasLocal = v, false
-	case rewriter.EffectReset, rewriter.EffectResetAll, rewriter.EffectDiscardAll:
-		if e.Local {
-			if t.inTx {
-				t.local, t.hasLocal = startup, true
-			}
-			return
-		}
-		t.session, t.hasLocal = startup, false
-	}
-}
-
-func (t *tenantTrack) tx(op *rewriter.TxOp) {
-	switch op.Op {
-	case "begin":
-		if !t.inTx {
-			t.inTx, t.failed, t.txStart = true, false, t.session
-		}
-	case "commit", "prepare_transaction", "rollback":
-		if !t.inTx {
-			return
-		}
-		if op.Op == "rollback" || t.failed {
-			t.session = t.txStart
-		}
-		t.hasLocal, t.failed = false, false
-		t.inTx = op.Chain
-		t.txStart = t.session
+		t.t.Apply(d, "")
 	}
 }
 

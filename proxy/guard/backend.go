@@ -10,7 +10,6 @@ import (
 
 	"github.com/tenantguard/tenantguard/proxy"
 	"github.com/tenantguard/tenantguard/proxy/audit"
-	"github.com/tenantguard/tenantguard/rewriter"
 )
 
 // Backend message types the guard watches besides the proxy's own.
@@ -177,7 +176,7 @@ func (g *Guard) onCommandComplete(c *conn, body []byte) (proxy.Verdict, error) {
 	}
 	if f.dec.TxOp != nil && f.dec.TxOp.Op == "commit" && tag == "ROLLBACK" {
 		// COMMIT of a failed transaction rolls back.
-		c.tenant.undoCommit()
+		c.tenant.UndoCommit()
 	}
 	g.complete(c, f, rows, "")
 	return proxy.Verdict{}, nil
@@ -215,7 +214,7 @@ func (g *Guard) onError(c *conn, body []byte) (proxy.Verdict, error) {
 		return drop, nil
 	}
 	// An error ends the implicit transaction of its cycle: undo its SETs.
-	if !c.tenant.inTx && c.cycleSnapshot != nil {
+	if !c.tenant.InTx() && c.cycleSnapshot != nil {
 		c.tenant = *c.cycleSnapshot
 		c.cycleSnapshot = nil
 	}
@@ -282,16 +281,14 @@ func (g *Guard) onReady(c *conn, body []byte) {
 	}
 	switch body[0] {
 	case 'I':
-		if c.tenant.inTx {
+		if c.tenant.InTx() {
 			// The transaction ended in a way the guard did not see (for
 			// example a procedure's COMMIT): keep the session value.
-			c.tenant.endTx(true, false)
+			c.tenant.EndTx(true, false)
 		}
 		c.cycleSnapshot = nil
 	case 'T', 'E':
-		if !c.tenant.inTx {
-			c.tenant.tx(&rewriter.TxOp{Op: "begin"})
-		}
+		c.tenant.Begin()
 		c.cycleSnapshot = nil
 	}
 }
@@ -311,7 +308,7 @@ func (g *Guard) OnEnd(s *proxy.Session) {
 	g.opts.Metrics.UpstreamConnections.Dec()
 	ev := &audit.Event{
 		Event: audit.EventDisconnect, ConnID: c.id, Client: c.client, User: c.user, Database: c.database,
-		ApplicationName: c.applicationName, Tenant: c.tenant.current().v,
+		ApplicationName: c.applicationName, Tenant: c.current().v,
 		Statements: c.nStatements, Rejected: c.nRejected, Duration: g.opts.Now().Sub(c.started),
 	}
 	if !c.connectLogged {

@@ -58,12 +58,7 @@ func cstring(b []byte) (string, []byte, bool) {
 
 // rwSession is the rewriter's view of the session. Callers hold c.mu.
 func (c *conn) rwSession(extended bool) rewriter.Session {
-	cur := c.tenant.current()
-	return rewriter.Session{
-		Tenant: cur.v, HasTenant: cur.ok,
-		StartupTenant: c.tenant.startup.v, HasStartupTenant: c.tenant.startup.ok,
-		User: c.user, Extended: extended,
-	}
+	return c.tenant.Session(rewriter.Session{User: c.user, Extended: extended})
 }
 
 // sentinelQuery is a statement the upstream refuses at parse analysis; its
@@ -104,7 +99,7 @@ func (g *Guard) onQuery(c *conn, body []byte) (proxy.Verdict, error) {
 		g.countDecision(c, d)
 		if d.Verdict == rewriter.VerdictRejected && d.Enforced {
 			name, rj := c.reject(d.Error, d.Reason)
-			c.queue = append(c.queue, &inflight{cycle: cycle, dec: *d, start: g.opts.Now(), tenant: c.tenant.current().v, protocol: "simple", reject: rj})
+			c.queue = append(c.queue, &inflight{cycle: cycle, dec: *d, start: g.opts.Now(), tenant: c.current().v, protocol: "simple", reject: rj})
 			parts = append(parts, sentinelQuery(name))
 			changed = true
 			break // PostgreSQL would not run the statements after an error
@@ -112,7 +107,7 @@ func (g *Guard) onQuery(c *conn, body []byte) (proxy.Verdict, error) {
 		if d.Enforced && d.Verdict == rewriter.VerdictRewritten {
 			changed = true
 		}
-		c.queue = append(c.queue, &inflight{cycle: cycle, dec: *d, start: g.opts.Now(), tenant: c.tenant.current().v, protocol: "simple", injected: d.Enforced && d.Verdict == rewriter.VerdictRewritten})
+		c.queue = append(c.queue, &inflight{cycle: cycle, dec: *d, start: g.opts.Now(), tenant: c.current().v, protocol: "simple", injected: d.Enforced && d.Verdict == rewriter.VerdictRewritten})
 		c.applyEffects(d, "")
 		if d.Enforced {
 			parts = append(parts, d.SQL)
@@ -127,26 +122,17 @@ func (g *Guard) onQuery(c *conn, body []byte) (proxy.Verdict, error) {
 // beginCycle remembers the tenant state at the start of an implicit
 // transaction, so that a failure can undo its SETs. Callers hold c.mu.
 func (c *conn) beginCycle() {
-	if c.tenant.inTx || c.cycleSnapshot != nil {
+	if c.tenant.InTx() || c.cycleSnapshot != nil {
 		return
 	}
-	snap := c.tenant.snapshot()
+	snap := c.tenant.Snapshot()
 	c.cycleSnapshot = &snap
 }
 
 // applyEffects applies a statement's tenant and transaction effects to the
 // tracked state. Callers hold c.mu.
 func (c *conn) applyEffects(d *rewriter.Decision, value string) {
-	if d.TxOp != nil {
-		c.tenant.tx(d.TxOp)
-	}
-	if d.TenantEffect != nil {
-		v := d.TenantEffect.Value
-		if d.TenantEffect.ValueParam > 0 {
-			v = value
-		}
-		c.tenant.effect(d.TenantEffect, v)
-	}
+	c.tenant.Apply(d, value)
 }
 
 func (g *Guard) onParse(c *conn, body []byte) (proxy.Verdict, error) {
@@ -164,7 +150,7 @@ func (g *Guard) onParse(c *conn, body []byte) (proxy.Verdict, error) {
 	g.countCache(res)
 	if len(res.Statements) == 0 {
 		// An empty query: the server answers EmptyQueryResponse at Execute.
-		c.statements[p.Name] = &prepared{dec: rewriter.Decision{Kind: rewriter.KindUtility, Verdict: rewriter.VerdictAllowed, Enforced: true, SQL: p.Query}, tenant: c.tenant.current(), sql: p.Query, text: p.Query}
+		c.statements[p.Name] = &prepared{dec: rewriter.Decision{Kind: rewriter.KindUtility, Verdict: rewriter.VerdictAllowed, Enforced: true, SQL: p.Query}, tenant: c.current(), sql: p.Query, text: p.Query}
 		return proxy.Verdict{}, nil
 	}
 	d := res.Statements[0]
@@ -195,7 +181,7 @@ func (g *Guard) onParse(c *conn, body []byte) (proxy.Verdict, error) {
 	if d.Enforced {
 		sql = d.SQL
 	}
-	c.statements[p.Name] = &prepared{dec: d, tenant: c.tenant.current(), sql: sql, text: p.Query}
+	c.statements[p.Name] = &prepared{dec: d, tenant: c.current(), sql: sql, text: p.Query}
 	if sql == p.Query {
 		return proxy.Verdict{}, nil
 	}
@@ -257,7 +243,7 @@ func (g *Guard) onBind(c *conn, body []byte) (proxy.Verdict, error) {
 		return refuse(&rewriter.Error{SQLState: "26000", Message: "tenantguard: the prepared statement was not seen by tenantguard", Hint: "prepare the statement on this connection before binding it"}, "unknown_statement", nil)
 	}
 	d := p.dec
-	cur := c.tenant.current()
+	cur := c.current()
 	enforce := d.Enforced && d.Verdict != rewriter.VerdictBypassed
 	if enforce && cur != p.tenant && touchesTenant(&d) {
 		// The tenant changed since Parse: decide again for the new tenant;
@@ -417,7 +403,7 @@ func (g *Guard) onExecute(c *conn, body []byte) (proxy.Verdict, error) {
 	if pt != nil && pt.rejected {
 		return proxy.Verdict{}, nil // the server skips it after the rejection's error
 	}
-	f := &inflight{cycle: c.frontCycle, start: g.opts.Now(), tenant: c.tenant.current().v, protocol: "extended"}
+	f := &inflight{cycle: c.frontCycle, start: g.opts.Now(), tenant: c.current().v, protocol: "extended"}
 	if pt == nil {
 		// A cursor opened with DECLARE (decided when it was declared), or a
 		// portal that does not exist (the server reports it).
@@ -494,7 +480,7 @@ func (g *Guard) auditDecision(c *conn, d *rewriter.Decision, protocol string, ro
 func (g *Guard) statementEvent(c *conn, d *rewriter.Decision, protocol string) *audit.Event {
 	return &audit.Event{
 		Event: audit.EventStatement, ConnID: c.id, Client: c.client, User: c.user, Database: c.database,
-		ApplicationName: c.applicationName, Tenant: c.tenant.current().v, Kind: d.Kind, Relations: d.Relations,
+		ApplicationName: c.applicationName, Tenant: c.current().v, Kind: d.Kind, Relations: d.Relations,
 		Decision: auditVerdict(d), Reason: d.Reason, Fingerprint: d.Fingerprint, Statement: d.Normalized,
 		Protocol: protocol, Rows: -1,
 	}

@@ -126,10 +126,10 @@ type conn struct {
 	// cannot make a session a bypass session.
 	bypass bool
 
-	tenant tenantState
+	tenant rewriter.TenantTracker
 	// cycleSnapshot is the tenant state at the start of the current
 	// implicit transaction (when not in a block), restored if it fails.
-	cycleSnapshot *tenantState
+	cycleSnapshot *rewriter.TenantTracker
 
 	statements map[string]*prepared // named (and unnamed "") prepared statements
 	portals    map[string]*portal

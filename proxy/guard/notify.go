@@ -103,7 +103,7 @@ func (c *conn) scopeNotify(d *rewriter.Decision) bool {
 	if d.Notify == nil || c.bypass || !d.Enforced || d.Verdict == rewriter.VerdictRejected || d.Verdict == rewriter.VerdictBypassed {
 		return false
 	}
-	cur := c.tenant.current()
+	cur := c.current()
 	if !cur.ok {
 		d.Verdict, d.Reason = rewriter.VerdictRejected, rewriter.ReasonNoTenant
 		d.Error = &rewriter.Error{SQLState: "42501",

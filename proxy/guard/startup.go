@@ -9,6 +9,7 @@ import (
 	"github.com/tenantguard/tenantguard/policy"
 	"github.com/tenantguard/tenantguard/proxy"
 	"github.com/tenantguard/tenantguard/proxy/audit"
+	"github.com/tenantguard/tenantguard/rewriter"
 )
 
 // OnStartup decides the session: its tenant from the startup parameters
@@ -82,8 +83,7 @@ func (g *Guard) OnStartup(s *proxy.Session) error {
 				"connect with a tenant value of the policy's tenant type")
 		}
 		if err == nil {
-			c.tenant.startup = tenantValue{v: canon, ok: true}
-			c.tenant.session = c.tenant.startup
+			c.tenant = rewriter.NewTenantTracker(canon, true)
 		}
 	}
 	g.opts.Metrics.ClientConnections.Inc()
@@ -98,7 +98,7 @@ func (g *Guard) logConnect(s *proxy.Session, c *conn) {
 	tls := s.ClientTLS
 	g.opts.Audit.Log(&audit.Event{
 		Event: audit.EventConnect, ConnID: c.id, Client: c.client, User: c.user, Database: c.database,
-		ApplicationName: c.applicationName, Tenant: c.tenant.current().v, TLS: &tls, AuthMethod: s.AuthMethod,
+		ApplicationName: c.applicationName, Tenant: c.current().v, TLS: &tls, AuthMethod: s.AuthMethod,
 	})
 }
 
