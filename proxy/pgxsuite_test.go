@@ -20,7 +20,10 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
 
+	"github.com/tenantguard/tenantguard/policy"
 	"github.com/tenantguard/tenantguard/proxy"
+	"github.com/tenantguard/tenantguard/proxy/audit"
+	"github.com/tenantguard/tenantguard/proxy/guard"
 	"github.com/tenantguard/tenantguard/proxy/pgtest"
 )
 
@@ -58,6 +61,19 @@ var tempDigits = regexp.MustCompile(`[0-9]{6,}`)
 // then through the proxy, and compares the results. It takes minutes, so it
 // runs only with TENANTGUARD_PGX_SUITE=1 (see testdata/pgx-suite.sh). The
 // comparison is written to $TENANTGUARD_PGX_SUITE_REPORT when set.
+// pgxSuitePolicy makes every user of pgx's test suite a bypass role.
+const pgxSuitePolicy = `version: 1
+tables: [patients]
+roles:
+  postgres: {bypass: true}
+  root: {bypass: true}
+  pgx_md5: {bypass: true}
+  pgx_pw: {bypass: true}
+  pgx_scram: {bypass: true}
+  pgx_ssl: {bypass: true}
+  pgx_sslcert: {bypass: true}
+`
+
 func TestPgxSuite(t *testing.T) {
 	if os.Getenv("TENANTGUARD_PGX_SUITE") != "1" {
 		t.Skip("set TENANTGUARD_PGX_SUITE=1 to run pgx's test suite through the proxy")
@@ -73,10 +89,19 @@ func TestPgxSuite(t *testing.T) {
 	defer c.Stop()
 	setupPgxDatabase(t, c)
 
+	// The enforcement layer is on, with a policy that makes every user of
+	// pgx's suite a bypass role: its statements are all decided and audited,
+	// and must behave exactly as without tenantguard.
+	pol, err := policy.Parse([]byte(pgxSuitePolicy), "pgx-suite.yaml")
+	require.NoError(t, err)
+	pol.Roles[" tricky, ' } \" \\ test user "] = policy.Role{Bypass: true}
+	auditLog, err := audit.New(audit.Options{Stdout: io.Discard})
+	require.NoError(t, err)
 	srv, err := proxy.NewServer(proxy.Config{
 		Upstream:    proxy.UpstreamConfig{Host: "localhost", Port: c.Port, SSLMode: "verify-full", SSLRootCert: c.CAFile},
 		TLSCertFile: c.CertFile, TLSKeyFile: c.KeyFile,
 		Logger: zap.NewNop(),
+		Hooks:  guard.New(guard.Options{Policies: policy.NewHolder(pol), Audit: auditLog}),
 	})
 	require.NoError(t, err)
 	l, err := net.Listen("tcp", "127.0.0.1:0")

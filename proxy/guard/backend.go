@@ -46,6 +46,12 @@ func (g *Guard) OnBackend(s *proxy.Session, m proxy.Message) (proxy.Verdict, err
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.refusal != nil {
+		if m.Type == proxy.MsgReadyForQuery {
+			return proxy.Verdict{}, g.enforceRefusal(c)
+		}
+		return proxy.Verdict{}, nil // ParameterStatus, BackendKeyData
+	}
 	switch m.Type {
 	case proxy.MsgDataRow:
 		return g.onDataRow(c)

@@ -26,6 +26,15 @@ func (g *Guard) OnFrontend(s *proxy.Session, m proxy.Message) (proxy.Verdict, er
 	if c == nil {
 		return proxy.Verdict{}, errNoState
 	}
+	c.mu.Lock()
+	refusal := c.refusal
+	c.mu.Unlock()
+	if refusal != nil {
+		// A client that sends before ReadyForQuery is refused all the same.
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return proxy.Verdict{}, g.enforceRefusal(c)
+	}
 	switch m.Type {
 	case proxy.MsgQuery:
 		return g.onQuery(c, m.Body)

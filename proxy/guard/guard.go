@@ -150,7 +150,9 @@ type conn struct {
 	// dropped until ReadyForQuery.
 	cutting bool
 
-	refused       bool // refused at startup: nothing to count at the end
+	refused bool // refused at startup: nothing to count at the end
+	// refusal is the startup refusal, sent once authentication is over.
+	refusal       *proxy.ClientError
 	connectLogged bool
 
 	nStatements, nRejected int64

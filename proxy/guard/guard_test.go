@@ -390,8 +390,7 @@ func TestStartupParserDifferentialsRefused(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := pgx.Connect(ctx(t), e.url(pgtest.AppUser, params...))
-			require.Error(t, err)
-			tenantErr(t, err, "42501")
+			refusedAtStartup(t, err)
 		})
 	}
 	// The tenant in options is read like a startup parameter.
@@ -699,4 +698,28 @@ func TestFunctionCallIsRefusedForOrdinaryRoles(t *testing.T) {
 			break
 		}
 	}
+}
+
+// refusedAtStartup asserts a connection was refused with a FATAL error:
+// tenantguard's own 42501 once the login succeeded, or the server's own
+// refusal of the setting during the login (permission denied to set role,
+// a value that is not a boolean), which comes first.
+func refusedAtStartup(t *testing.T, err error) {
+	t.Helper()
+	var pe *pgconn.PgError
+	require.True(t, errors.As(err, &pe), "want a FATAL refusal, got %v", err)
+	require.Equal(t, "FATAL", pe.Severity)
+	if strings.HasPrefix(pe.Message, "tenantguard:") {
+		require.Equal(t, "42501", pe.Code)
+		require.NotEmpty(t, pe.Hint)
+	}
+}
+
+func TestUnauthenticatedClientLearnsNoPolicy(t *testing.T) {
+	e := start(t, basePolicy)
+	// A user that does not exist gets the server's authentication error,
+	// not tenantguard's refusal of its startup settings.
+	_, err := pgx.Connect(ctx(t), e.url("no_such_user", "options", "-c standard_conforming_strings=off"))
+	pe := pgErr(t, err, "28000")
+	require.NotContains(t, pe.Message, "tenantguard")
 }

@@ -102,17 +102,29 @@ func (g *Guard) logConnect(s *proxy.Session, c *conn) {
 	})
 }
 
+// refuseStartup refuses the session once it has authenticated: the refusal
+// is held until the server's first ReadyForQuery, so that a client that
+// cannot log in gets the server's own authentication error and learns
+// nothing of the policy. It returns nil for OnStartup.
 func (g *Guard) refuseStartup(c *conn, code, msg, hint string) error {
+	c.refused = true
+	c.refusal = &proxy.ClientError{Response: &pgproto3.ErrorResponse{
+		Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: code, Message: msg, Hint: hint,
+	}}
+	return nil
+}
+
+// enforceRefusal ends an authenticated session refused at startup. Callers
+// hold c.mu.
+func (g *Guard) enforceRefusal(c *conn) error {
+	code := c.refusal.Response.Code
 	g.opts.Metrics.Rejections.WithLabelValues("startup").Inc()
 	g.opts.Audit.Log(&audit.Event{
 		Event: audit.EventConnect, ConnID: c.id, Client: c.client, User: c.user, Database: c.database,
 		ApplicationName: c.applicationName, Decision: audit.DecisionRejected, Reason: "startup", SQLState: code,
 	})
 	g.log.Info("session refused at startup", zap.Uint64("conn_id", c.id), zap.String("sqlstate", code))
-	c.refused = true
-	return &proxy.ClientError{Response: &pgproto3.ErrorResponse{
-		Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: code, Message: msg, Hint: hint,
-	}}
+	return c.refusal
 }
 
 // deniedStartupSetting returns why a startup setting is refused for an
