@@ -165,6 +165,15 @@ rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 export PGSSLMODE=disable PGCONNECT_TIMEOUT=10
 unset PGOPTIONS PGSERVICE PGPASSWORD PGUSER PGDATABASE PGHOST PGPORT
 
+# The commit the binary is built from (HEAD may move while the benchmark runs);
+# changes to test files do not count as uncommitted.
+commit=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
+if ! git -C "$root" diff --quiet HEAD -- '*.go' ':!*_test.go' go.mod go.sum 2>/dev/null ||
+  [ -n "$(git -C "$root" ls-files --others --exclude-standard -- '*.go' ':!*_test.go' 2>/dev/null)" ]; then
+  commit="$commit (+ uncommitted changes)"
+fi
+[ -n "${TENANTGUARD:-}" ] && commit="$commit (binary: $TENANTGUARD)"
+
 # ---- build ---------------------------------------------------------------------
 mkdir -p "$work/bin"
 if [ -n "${TENANTGUARD:-}" ]; then
@@ -403,8 +412,6 @@ if [ "$stream_rows" -gt 0 ]; then
 fi
 
 # ---- report -------------------------------------------------------------------------------
-commit=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
-git -C "$root" diff --quiet HEAD 2>/dev/null && [ -z "$(git -C "$root" ls-files --others --exclude-standard -- cmd proxy rewriter policy config 2>/dev/null)" ] || commit="$commit (+ uncommitted changes)"
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)
 mem=$(awk '/^MemTotal:/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)
 pgv=$("$bindir/postgres" --version)
