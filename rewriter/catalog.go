@@ -11,6 +11,14 @@ package rewriter
 type Catalog struct {
 	Relations map[string]*Relation `json:"relations,omitempty" yaml:"relations,omitempty"`
 	Functions map[string]*Function `json:"functions,omitempty" yaml:"functions,omitempty"`
+	// Operators maps the symbol of every user-defined operator (schema other
+	// than pg_catalog) to the functions implementing it ("schema.name"), all
+	// overloads together: a use of the symbol is checked as a call of each.
+	Operators map[string][]string `json:"operators,omitempty" yaml:"operators,omitempty"`
+	// Casts maps a target type name (pg_type.typname) to the user functions
+	// ("schema.name") of the casts to it that are implemented by a function
+	// outside pg_catalog.
+	Casts map[string][]string `json:"casts,omitempty" yaml:"casts,omitempty"`
 }
 
 // RelKind is the kind of a relation, after pg_class.relkind.
@@ -48,6 +56,15 @@ type Relation struct {
 	// RLSEnabled and RLSForced mirror relrowsecurity and relforcerowsecurity.
 	RLSEnabled bool `json:"rls_enabled,omitempty" yaml:"rls_enabled,omitempty"`
 	RLSForced  bool `json:"rls_forced,omitempty" yaml:"rls_forced,omitempty"`
+	// Triggers lists the functions ("schema.name") of the relation's enabled
+	// user triggers (pg_trigger, not tgisinternal).
+	Triggers []string `json:"triggers,omitempty" yaml:"triggers,omitempty"`
+	// Defaults lists the functions ("schema.name") that column defaults and
+	// generated columns call.
+	Defaults []string `json:"defaults,omitempty" yaml:"defaults,omitempty"`
+	// HasRules is true when the relation has a rewrite rule other than a
+	// view's _RETURN rule (CREATE RULE ... DO ALSO/INSTEAD).
+	HasRules bool `json:"has_rules,omitempty" yaml:"has_rules,omitempty"`
 }
 
 // Function is one user-visible function or procedure (overloads merged: the
@@ -61,6 +78,9 @@ type Function struct {
 	Kind            string `json:"kind,omitempty" yaml:"kind,omitempty"`
 	SecurityDefiner bool   `json:"security_definer,omitempty" yaml:"security_definer,omitempty"`
 	ReturnsSet      bool   `json:"returns_set,omitempty" yaml:"returns_set,omitempty"`
-	// Body is prosrc for sql and procedural languages. It is never logged.
+	// Body is prosrc for sql and procedural languages, or the SQL-standard
+	// body (BEGIN ATOMIC ... END / RETURN ...). Overloads' bodies are joined
+	// by a line holding ";" so that SQL bodies still parse. It is never
+	// logged.
 	Body string `json:"body,omitempty" yaml:"body,omitempty"`
 }

@@ -522,6 +522,9 @@ func (c *stmtCtx) copyStmt(cp *pg.CopyStmt, st *stmtTemplate) {
 		c.reject(ReasonUnsupported, "COPY")
 		return
 	}
+	if cp.IsFrom {
+		c.writeTarget(rv, true)
+	}
 	c.handled[rv] = true
 	c.checkRelation(rv)
 	tr := c.r.rels.lookup(rv)

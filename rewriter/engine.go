@@ -226,6 +226,7 @@ func (c *stmtCtx) visitMsg(x proto.Message) {
 			}
 		}
 	default:
+		c.indirection(x)
 		c.walkMsg(x.ProtoReflect())
 	}
 }
@@ -694,6 +695,7 @@ func hasStar(list []*pg.Node) bool {
 }
 
 func (c *stmtCtx) insertStmt(ins *pg.InsertStmt) {
+	c.writeTarget(ins.Relation, true)
 	c.withClause(ins.WithClause)
 	rv := ins.Relation
 	c.handled[rv] = true
@@ -852,6 +854,7 @@ func (c *stmtCtx) targetScope(rv *pg.RangeVar, where **pg.Node, sole bool, sinks
 }
 
 func (c *stmtCtx) updateStmt(u *pg.UpdateStmt) {
+	c.writeTarget(u.Relation, true)
 	c.withClause(u.WithClause)
 	sinks := []*sink{{expr: &u.WhereClause}}
 	tr, name := c.targetScope(u.Relation, &u.WhereClause, len(u.FromClause) == 0, &sinks)
@@ -871,6 +874,7 @@ func (c *stmtCtx) updateStmt(u *pg.UpdateStmt) {
 }
 
 func (c *stmtCtx) deleteStmt(d *pg.DeleteStmt) {
+	c.writeTarget(d.Relation, false)
 	c.withClause(d.WithClause)
 	sinks := []*sink{{expr: &d.WhereClause}}
 	tr, _ := c.targetScope(d.Relation, &d.WhereClause, len(d.UsingClause) == 0, &sinks)
@@ -886,6 +890,7 @@ func (c *stmtCtx) deleteStmt(d *pg.DeleteStmt) {
 }
 
 func (c *stmtCtx) mergeStmt(m *pg.MergeStmt) {
+	c.writeTarget(m.Relation, true)
 	c.withClause(m.WithClause)
 	rv := m.Relation
 	c.handled[rv] = true

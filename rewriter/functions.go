@@ -1,7 +1,6 @@
 package rewriter
 
 import (
-	"regexp"
 	"strings"
 
 	pg "github.com/pganalyze/pg_query_go/v6"
@@ -87,15 +86,23 @@ func (c *stmtCtx) funcCall(f *pg.FuncCall) {
 		c.reject(ReasonDeniedFunction, name)
 		return
 	}
-	fn := c.r.rels.function(schema, name)
-	if fn == nil {
+	fns := c.r.rels.functionsNamed(schema, name)
+	if len(fns) == 0 {
+		// Unknown to the catalog: a builtin when unqualified or in
+		// pg_catalog; refused in another schema when a catalog is loaded.
+		// Without a catalog (tenantguard check without --catalog) nothing
+		// is known of user functions and they pass as builtins would.
 		if !builtinSchema && c.r.rels.catalogLoaded {
 			c.reject(ReasonDeniedFunction, schema+"."+name)
 		}
 		return
 	}
-	if c.r.rels.functionReadsTenant(fn) {
-		c.reject(ReasonDeniedFunction, fn.Schema+"."+fn.Name)
+	rc := c.routineCheck()
+	for _, fn := range fns {
+		if !rc.function(fn, 0) {
+			c.reject(ReasonDeniedFunction, fn.Schema+"."+fn.Name)
+			return
+		}
 	}
 }
 
@@ -125,46 +132,10 @@ func (ix *relationIndex) function(schema, name string) *Function {
 	return nil
 }
 
-// dynamicSQL finds EXECUTE in procedural code: SQL built at run time.
-var dynamicSQL = regexp.MustCompile(`(?i)\bexecute\b`)
-
-// functionReadsTenant is true for a function in a language that can run SQL
-// whose body names a tenant relation or builds SQL at run time.
+// functionReadsTenant is true when f may not run for a role that does not
+// list it (nor any function it calls): see indirection.go for the rule.
 func (ix *relationIndex) functionReadsTenant(f *Function) bool {
-	switch f.Language {
-	case "internal", "c", "":
-		return false
-	}
-	if f.Language != "sql" && dynamicSQL.MatchString(f.Body) {
-		return true
-	}
-	body := strings.ToLower(f.Body)
-	for _, t := range ix.tenantNames {
-		if containsWord(body, strings.ToLower(t)) {
-			return true
-		}
-	}
-	return false
-}
-
-func containsWord(hay, word string) bool {
-	for i := 0; ; {
-		j := strings.Index(hay[i:], word)
-		if j < 0 {
-			return false
-		}
-		j += i
-		before := j == 0 || !isIdentByte(hay[j-1])
-		after := j+len(word) >= len(hay) || !isIdentByte(hay[j+len(word)])
-		if before && after {
-			return true
-		}
-		i = j + 1
-	}
-}
-
-func isIdentByte(b byte) bool {
-	return b == '_' || b == '$' || (b >= 'a' && b <= 'z') || (b >= 'A' && b <= 'Z') || (b >= '0' && b <= '9') || b >= 0x80
+	return !newRoutineCheck(ix, nil).function(f, 0)
 }
 
 func (ix *relationIndex) isAggregate(schema, name string) bool {

@@ -38,6 +38,8 @@ type relationIndex struct {
 	// tenantNames are the bare names of all tenant relations, for function
 	// bodies.
 	tenantNames []string
+	// routines holds the analysed user functions (indirection.go).
+	routines *routineIndex
 }
 
 func buildRelationIndex(p *policy.Policy, c *Catalog) *relationIndex {
@@ -147,6 +149,7 @@ func buildRelationIndex(p *policy.Policy, c *Catalog) *relationIndex {
 	if len(c.Relations) > 0 {
 		ix.catalogLoaded = true
 	}
+	ix.routines = buildRoutines(ix, c)
 	return ix
 }
 

@@ -3,8 +3,8 @@
 // serves (Refresher).
 //
 // Loading costs a fixed number of queries, whatever the size of the schema:
-// one each for relations, columns, inheritance, view dependencies, indexes
-// and functions. The system schemas (pg_catalog, information_schema,
+// one each for relations, columns, inheritance, view dependencies, indexes,
+// functions, operators, casts, triggers, column defaults and rules. The system schemas (pg_catalog, information_schema,
 // pg_toast and the temporary schemas of other sessions) are skipped.
 package catalog
 
@@ -105,6 +105,56 @@ JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
 JOIN pg_catalog.pg_language l ON l.oid = p.prolang
 WHERE ` + nsFilter + `
 ORDER BY n.nspname, p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid)`
+
+// userCode keeps functions outside the system schemas: operators, casts,
+// triggers and defaults are loaded whatever Options.Schemas says (a function
+// they name that was not loaded is refused by the rewriter).
+const userCode = `pn.nspname NOT IN ('pg_catalog', 'information_schema')`
+
+// operatorsSQL lists user-defined operators with their functions. $1 is
+// unused (every user schema's operators are loaded) but keeps the calling
+// convention of the other queries.
+const operatorsSQL = `SELECT DISTINCT o.oprname::text, pn.nspname, p.proname
+FROM pg_catalog.pg_operator o
+JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace
+JOIN pg_catalog.pg_proc p ON p.oid = o.oprcode
+JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace
+WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND cardinality($1::text[]) >= 0
+ORDER BY 1, 2, 3`
+
+// castsSQL lists casts implemented by a user function, by target type.
+const castsSQL = `SELECT DISTINCT t.typname::text, pn.nspname, p.proname
+FROM pg_catalog.pg_cast c
+JOIN pg_catalog.pg_type t ON t.oid = c.casttarget
+JOIN pg_catalog.pg_proc p ON p.oid = c.castfunc
+JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace
+WHERE c.castfunc <> 0 AND ` + userCode + ` AND cardinality($1::text[]) >= 0
+ORDER BY 1, 2, 3`
+
+// triggersSQL lists the functions of enabled user triggers.
+const triggersSQL = `SELECT DISTINCT t.tgrelid, pn.nspname, p.proname
+FROM pg_catalog.pg_trigger t
+JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid
+JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace
+WHERE t.tgrelid = ANY($1::oid[]) AND NOT t.tgisinternal AND t.tgenabled <> 'D'
+ORDER BY 1, 2, 3`
+
+// defaultsSQL lists the user functions that column defaults and generated
+// columns depend on.
+const defaultsSQL = `SELECT DISTINCT ad.adrelid, pn.nspname, p.proname
+FROM pg_catalog.pg_attrdef ad
+JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_attrdef'::regclass AND d.objid = ad.oid
+  AND d.refclassid = 'pg_catalog.pg_proc'::regclass
+JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid
+JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace
+WHERE ad.adrelid = ANY($1::oid[]) AND ` + userCode + `
+ORDER BY 1, 2, 3`
+
+// rulesSQL lists relations with rewrite rules other than a view's _RETURN.
+const rulesSQL = `SELECT DISTINCT r.ev_class
+FROM pg_catalog.pg_rewrite r
+WHERE r.ev_class = ANY($1::oid[]) AND r.rulename <> '_RETURN'
+ORDER BY 1`
 
 const sqlBodyCase = `WHEN p.prosqlbody IS NOT NULL THEN coalesce(pg_catalog.pg_get_function_sqlbody(p.oid), '')`
 
@@ -236,11 +286,60 @@ func Load(ctx context.Context, q Querier, opts Options) (*rewriter.Catalog, erro
 		return nil, err
 	}
 
+	if err := loadCode(ctx, q, cat, byOID, oids, schemas); err != nil {
+		return nil, err
+	}
+
 	for _, r := range cat.Relations {
 		sort.Strings(r.Parents)
 		sort.Strings(r.Children)
 	}
 	return cat, nil
+}
+
+// loadCode loads the code that runs without being named: operators,
+// casts, triggers, column defaults and rules.
+func loadCode(ctx context.Context, q Querier, cat *rewriter.Catalog, byOID map[uint32]*rewriter.Relation, oids []uint32, schemas []string) error {
+	var (
+		oid               uint32
+		sym, schema, name string
+		operators, casts  = map[string][]string{}, map[string][]string{}
+	)
+	if err := each(ctx, q, "operators", operatorsSQL, schemas, []any{&sym, &schema, &name}, func() {
+		operators[sym] = append(operators[sym], key(schema, name))
+	}); err != nil {
+		return err
+	}
+	if err := each(ctx, q, "casts", castsSQL, schemas, []any{&sym, &schema, &name}, func() {
+		casts[sym] = append(casts[sym], key(schema, name))
+	}); err != nil {
+		return err
+	}
+	if len(operators) > 0 {
+		cat.Operators = operators
+	}
+	if len(casts) > 0 {
+		cat.Casts = casts
+	}
+	if err := each(ctx, q, "triggers", triggersSQL, oids, []any{&oid, &schema, &name}, func() {
+		if r := byOID[oid]; r != nil {
+			r.Triggers = append(r.Triggers, key(schema, name))
+		}
+	}); err != nil {
+		return err
+	}
+	if err := each(ctx, q, "defaults", defaultsSQL, oids, []any{&oid, &schema, &name}, func() {
+		if r := byOID[oid]; r != nil {
+			r.Defaults = append(r.Defaults, key(schema, name))
+		}
+	}); err != nil {
+		return err
+	}
+	return each(ctx, q, "rules", rulesSQL, oids, []any{&oid}, func() {
+		if r := byOID[oid]; r != nil {
+			r.HasRules = true
+		}
+	})
 }
 
 // LoadConn loads the catalog in one read-only repeatable-read transaction on
@@ -333,6 +432,8 @@ func mergeFunction(cat *rewriter.Catalog, f *rewriter.Function) {
 	case old.Body == "":
 		old.Body = f.Body
 	default:
-		old.Body = strings.TrimRight(old.Body, "\n") + "\n" + f.Body
+		// A line holding ";" keeps joined SQL bodies parseable (a
+		// trailing -- comment ends at the newline before it).
+		old.Body = strings.TrimRight(old.Body, "\n") + "\n;\n" + f.Body
 	}
 }

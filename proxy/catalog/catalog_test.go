@@ -184,7 +184,7 @@ func TestLoad(t *testing.T) {
 				// identity-argument order (bigint before integer).
 				Schema: "clinic", Name: "add", Language: "sql", Kind: "f",
 				SecurityDefiner: true, ReturnsSet: true,
-				Body: "SELECT a - b\nSELECT a + b",
+				Body: "SELECT a - b\n;\nSELECT a + b",
 			},
 			"clinic.next_id": {
 				Schema: "clinic", Name: "next_id", Language: "sql", Kind: "f",
@@ -197,7 +197,7 @@ func TestLoad(t *testing.T) {
 			"public.mixed": {
 				// The riskier language of the two overloads wins.
 				Schema: "public", Name: "mixed", Language: "plpgsql", Kind: "f",
-				Body: "SELECT a\nBEGIN RETURN 1; END",
+				Body: "SELECT a\n;\nBEGIN RETURN 1; END",
 			},
 		},
 	}
@@ -227,6 +227,46 @@ CREATE FUNCTION b.f() RETURNS int LANGUAGE sql AS 'SELECT 2';
 			"b.f": {Schema: "b", Name: "f", Language: "sql", Kind: "f", Body: "SELECT 2"},
 		},
 	}, got)
+}
+
+// TestLoadCode: the code that runs without being named in a statement —
+// operators, casts, triggers, column defaults and rules — is loaded.
+func TestLoadCode(t *testing.T) {
+	ctx := testContext(t)
+	_, _, conn := newDatabase(t, ctx, `
+CREATE SCHEMA app;
+CREATE FUNCTION app.leak(int, int) RETURNS text LANGUAGE sql AS 'SELECT 1::text';
+CREATE FUNCTION app.leak(text, text) RETURNS text LANGUAGE sql AS 'SELECT 2::text';
+CREATE OPERATOR app.### (LEFTARG = int, RIGHTARG = int, FUNCTION = app.leak);
+CREATE OPERATOR app.### (LEFTARG = text, RIGHTARG = text, FUNCTION = app.leak);
+CREATE OPERATOR app.%%% (LEFTARG = int, RIGHTARG = int, FUNCTION = pg_catalog.int4pl);
+CREATE TYPE app.money2 AS (v int);
+CREATE FUNCTION app.to_money2(int) RETURNS app.money2 LANGUAGE sql AS 'SELECT ROW($1)::app.money2';
+CREATE CAST (int AS app.money2) WITH FUNCTION app.to_money2(int);
+CREATE FUNCTION app.shout() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END';
+CREATE FUNCTION app.stamp() RETURNS text LANGUAGE sql AS 'SELECT 1::text';
+CREATE TABLE app.feedback (id int, body text DEFAULT app.stamp(), n int GENERATED ALWAYS AS (id + 1) STORED);
+CREATE TRIGGER a BEFORE INSERT ON app.feedback FOR EACH ROW EXECUTE FUNCTION app.shout();
+CREATE TRIGGER b AFTER UPDATE ON app.feedback FOR EACH ROW EXECUTE FUNCTION app.shout();
+CREATE TABLE app.quiet (id int);
+CREATE TRIGGER off BEFORE INSERT ON app.quiet FOR EACH ROW EXECUTE FUNCTION app.shout();
+ALTER TABLE app.quiet DISABLE TRIGGER off;
+CREATE TABLE app.ruled (id int);
+CREATE RULE echo AS ON INSERT TO app.ruled DO ALSO NOTIFY ruled;
+CREATE VIEW app.plain AS SELECT id FROM app.ruled;
+`)
+	got, err := LoadConn(ctx, conn, Options{})
+	require.NoError(t, err)
+	assert.Equal(t, map[string][]string{"###": {"app.leak"}, "%%%": {"pg_catalog.int4pl"}}, got.Operators)
+	assert.Equal(t, map[string][]string{"money2": {"app.to_money2"}}, got.Casts)
+	fb := got.Relations["app.feedback"]
+	require.NotNil(t, fb)
+	assert.Equal(t, []string{"app.shout"}, fb.Triggers, "one entry per function; enabled triggers only")
+	assert.Equal(t, []string{"app.stamp"}, fb.Defaults, "builtin functions of defaults are left out")
+	assert.False(t, fb.HasRules)
+	assert.Empty(t, got.Relations["app.quiet"].Triggers, "a disabled trigger does not run")
+	assert.True(t, got.Relations["app.ruled"].HasRules)
+	assert.False(t, got.Relations["app.plain"].HasRules, "a view's _RETURN rule is not a rule here")
 }
 
 func TestLoadEmptyDatabase(t *testing.T) {

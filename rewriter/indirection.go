@@ -1,0 +1,467 @@
+package rewriter
+
+import (
+	"strings"
+
+	pg "github.com/pganalyze/pg_query_go/v6"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+)
+
+// Indirection: schema code that runs on behalf of a statement without being
+// named in it as a relation — user functions and procedures, the functions
+// behind user operators and casts, triggers, column defaults and rules.
+//
+// The rule: a user routine (a catalog Function in a language other than
+// internal or c) may run for an ordinary role only when tenantguard can read
+// it and proves that it reads no tenant data and runs no SQL given as a
+// string, or when the role's policy lists it under functions. Only language
+// sql bodies can be read: they are parsed with the real parser and every
+// relation, function, operator, cast and write target in them is checked,
+// recursively. Procedural languages (plpgsql, plpython, ...) are refused
+// unless listed: tenantguard cannot see the SQL they run.
+
+// maxRoutineDepth bounds the call chains followed through SQL bodies.
+const maxRoutineDepth = 16
+
+// funcRef names a called function: schema is empty when unqualified.
+type funcRef struct{ schema, name string }
+
+func refOfKey(k string) funcRef {
+	s, n := splitKey(k)
+	return funcRef{schema: s, name: n}
+}
+
+// routineInfo is what tenantguard knows of one catalog function.
+type routineInfo struct {
+	// opaque is true for a language whose body tenantguard cannot read.
+	opaque bool
+	// bad is non-empty when the body itself is refused (a tenant relation,
+	// an unknown relation, a denied function, a rule, a body that does
+	// not parse, a statement other than a query or a DML statement).
+	bad string
+	// calls are the functions the body runs: calls, operators, casts,
+	// triggers and defaults of the relations it writes.
+	calls []funcRef
+}
+
+// routineIndex holds the analysed functions and the operator, cast and
+// write-target maps of the catalog. It is built once per Rewriter and
+// read-only afterwards.
+type routineIndex struct {
+	info      map[string]*routineInfo
+	operators map[string][]string
+	casts     map[string][]string
+	// relations by "schema.name" and by bare name (all schemas).
+	relByKey  map[string]*Relation
+	relByName map[string][]*Relation
+}
+
+// buildRoutines analyses every function of c. ix must be complete (tenant
+// relations resolved) before it is called.
+func buildRoutines(ix *relationIndex, c *Catalog) *routineIndex {
+	ri := &routineIndex{info: map[string]*routineInfo{}, relByKey: map[string]*Relation{}, relByName: map[string][]*Relation{}}
+	if c == nil {
+		return ri
+	}
+	ri.operators = c.Operators
+	ri.casts = c.Casts
+	for k, r := range c.Relations {
+		if r == nil {
+			continue
+		}
+		ri.relByKey[k] = r
+		ri.relByName[r.Name] = append(ri.relByName[r.Name], r)
+	}
+	for k, f := range c.Functions {
+		if f == nil {
+			continue
+		}
+		ri.info[k] = analyseRoutine(ix, ri, f)
+	}
+	return ri
+}
+
+func analyseRoutine(ix *relationIndex, ri *routineIndex, f *Function) *routineInfo {
+	switch strings.ToLower(f.Language) {
+	case "internal", "c":
+		return &routineInfo{}
+	case "sql":
+	default:
+		return &routineInfo{opaque: true}
+	}
+	stmts, ok := parseSQLBody(f.Body)
+	if !ok {
+		return &routineInfo{bad: "a body that does not parse"}
+	}
+	b := &bodyScan{ix: ix, ri: ri, ctes: map[string]bool{}}
+	for _, s := range stmts {
+		switch s.Node.(type) {
+		case *pg.Node_SelectStmt, *pg.Node_InsertStmt, *pg.Node_UpdateStmt, *pg.Node_DeleteStmt,
+			*pg.Node_MergeStmt, *pg.Node_ReturnStmt, *pg.Node_CallStmt:
+		default:
+			b.fail("a statement other than a query in the body")
+		}
+		walkProto(s.ProtoReflect(), b.collect)
+	}
+	b.resolve()
+	return &routineInfo{bad: b.bad, calls: b.calls}
+}
+
+// parseSQLBody parses a SQL function body: prosrc (statements separated by
+// semicolons) or a SQL-standard body (RETURN expr / BEGIN ATOMIC ... END).
+func parseSQLBody(body string) ([]*pg.Node, bool) {
+	if strings.TrimSpace(body) == "" {
+		return nil, true
+	}
+	if res, err := pg.Parse(body); err == nil {
+		out := make([]*pg.Node, 0, len(res.Stmts))
+		for _, s := range res.Stmts {
+			if s.Stmt != nil {
+				out = append(out, s.Stmt)
+			}
+		}
+		return out, true
+	}
+	res, err := pg.Parse("CREATE FUNCTION tenantguard_body() RETURNS void LANGUAGE sql " + body)
+	if err != nil || len(res.Stmts) != 1 {
+		return nil, false
+	}
+	cf := res.Stmts[0].Stmt.GetCreateFunctionStmt()
+	if cf == nil || cf.SqlBody == nil {
+		return nil, false
+	}
+	if l := cf.SqlBody.GetList(); l != nil {
+		var out []*pg.Node
+		for _, item := range l.Items {
+			// BEGIN ATOMIC bodies are a list holding a list of statements.
+			if inner := item.GetList(); inner != nil {
+				out = append(out, inner.Items...)
+			} else if item != nil {
+				out = append(out, item)
+			}
+		}
+		return out, true
+	}
+	return []*pg.Node{cf.SqlBody}, true
+}
+
+// bodyScan collects what one SQL body reads, calls and writes.
+type bodyScan struct {
+	ix     *relationIndex
+	ri     *routineIndex
+	ctes   map[string]bool
+	rels   []*pg.RangeVar
+	writes []*pg.RangeVar
+	calls  []funcRef
+	bad    string
+}
+
+func (b *bodyScan) fail(why string) {
+	if b.bad == "" {
+		b.bad = why
+	}
+}
+
+func (b *bodyScan) collect(m proto.Message) {
+	switch x := m.(type) {
+	case *pg.CommonTableExpr:
+		b.ctes[x.Ctename] = true
+	case *pg.RangeVar:
+		b.rels = append(b.rels, x)
+	case *pg.InsertStmt:
+		b.writes = append(b.writes, x.Relation)
+	case *pg.UpdateStmt:
+		b.writes = append(b.writes, x.Relation)
+	case *pg.DeleteStmt:
+		b.writes = append(b.writes, x.Relation)
+	case *pg.MergeStmt:
+		b.writes = append(b.writes, x.Relation)
+	case *pg.FuncCall:
+		schema, name := funcName(x)
+		if name == "" {
+			b.fail("a call it cannot name")
+			return
+		}
+		if deniedBuiltin(name) {
+			b.fail("a denied function")
+			return
+		}
+		b.calls = append(b.calls, funcRef{schema: schema, name: name})
+	default:
+		for _, k := range b.ri.implicitCalls(m) {
+			b.calls = append(b.calls, refOfKey(k))
+		}
+	}
+}
+
+// resolve checks the collected relations once every CTE name is known.
+func (b *bodyScan) resolve() {
+	for _, rv := range b.rels {
+		if why := b.relationRefusal(rv); why != "" {
+			b.fail(why)
+		}
+	}
+	for _, rv := range b.writes {
+		if rv == nil {
+			continue
+		}
+		for _, r := range b.ri.relationsOf(rv) {
+			if r.HasRules {
+				b.fail("a write to a relation with rules")
+			}
+			for _, k := range r.Triggers {
+				b.calls = append(b.calls, refOfKey(k))
+			}
+			for _, k := range r.Defaults {
+				b.calls = append(b.calls, refOfKey(k))
+			}
+		}
+	}
+}
+
+// relationRefusal is non-empty when a relation named in a body may hold
+// tenant data or is not known.
+func (b *bodyScan) relationRefusal(rv *pg.RangeVar) string {
+	ix := b.ix
+	if (rv.Schemaname == "" || rv.Schemaname == "pg_catalog" || rv.Schemaname == "public") && deniedRelations[rv.Relname] {
+		return "a denied relation"
+	}
+	if ix.lookup(rv) != nil || ix.refusedView(rv) {
+		return "a tenant relation"
+	}
+	if rv.Schemaname == "" && b.ctes[rv.Relname] {
+		return ""
+	}
+	k := rv.Relname
+	if rv.Schemaname != "" {
+		k = rv.Schemaname + "." + rv.Relname
+	}
+	if _, ok := ix.kinds[k]; ok {
+		return ""
+	}
+	switch {
+	case rv.Schemaname == "pg_catalog", rv.Schemaname == "information_schema":
+		return ""
+	case rv.Schemaname == "" && strings.HasPrefix(rv.Relname, "pg_"):
+		return "" // a system catalog through search_path
+	}
+	return "an unknown relation"
+}
+
+// relationsOf returns the catalog relations rv may name: one when
+// qualified, every schema's when not (search_path decides at run time).
+func (ri *routineIndex) relationsOf(rv *pg.RangeVar) []*Relation {
+	if ri == nil || rv == nil {
+		return nil
+	}
+	if rv.Schemaname != "" {
+		if r := ri.relByKey[rv.Schemaname+"."+rv.Relname]; r != nil {
+			return []*Relation{r}
+		}
+		return nil
+	}
+	return ri.relByName[rv.Relname]
+}
+
+// implicitCalls returns the user functions ("schema.name") that an
+// expression node runs without naming them: the functions of a user
+// operator (every overload: resolution is not known here) and of casts to
+// a type with a user cast function.
+func (ri *routineIndex) implicitCalls(m proto.Message) []string {
+	if ri == nil {
+		return nil
+	}
+	var ops []*pg.Node
+	switch x := m.(type) {
+	case *pg.A_Expr:
+		ops = x.Name
+	case *pg.SubLink:
+		ops = x.OperName
+	case *pg.SortBy:
+		ops = x.UseOp
+	case *pg.TypeCast:
+		if x.TypeName != nil && len(x.TypeName.Names) > 0 && len(ri.casts) > 0 {
+			if s := x.TypeName.Names[len(x.TypeName.Names)-1].GetString_(); s != nil {
+				return ri.casts[s.Sval]
+			}
+		}
+		return nil
+	default:
+		return nil
+	}
+	if len(ops) == 0 || len(ri.operators) == 0 {
+		return nil
+	}
+	if len(ops) == 2 {
+		if s := ops[0].GetString_(); s != nil && s.Sval == "pg_catalog" {
+			return nil
+		}
+	}
+	if s := ops[len(ops)-1].GetString_(); s != nil {
+		return ri.operators[s.Sval]
+	}
+	return nil
+}
+
+// walkProto calls fn on m and on every message below it.
+func walkProto(m protoreflect.Message, fn func(proto.Message)) {
+	if !m.IsValid() {
+		return
+	}
+	fn(m.Interface())
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		if fd.Kind() != protoreflect.MessageKind || fd.IsMap() {
+			return true
+		}
+		if fd.IsList() {
+			l := v.List()
+			for i := 0; i < l.Len(); i++ {
+				walkProto(l.Get(i).Message(), fn)
+			}
+			return true
+		}
+		walkProto(v.Message(), fn)
+		return true
+	})
+}
+
+// functionsNamed returns the catalog functions a call of schema.name may
+// run: every schema's when unqualified (pg_catalog excepted: builtins stay
+// builtins).
+func (ix *relationIndex) functionsNamed(schema, name string) []*Function {
+	if schema != "" {
+		if f := ix.funcByKey[schema+"."+name]; f != nil {
+			return []*Function{f}
+		}
+		return nil
+	}
+	var out []*Function
+	for _, f := range ix.funcs[name] {
+		if f.Schema != "pg_catalog" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// routineCheck decides routines for one statement: allow is the role's
+// functions list (nil for none).
+type routineCheck struct {
+	ix       *relationIndex
+	allow    func(schema, name string) bool
+	visiting map[string]bool
+	safe     map[string]bool
+}
+
+func newRoutineCheck(ix *relationIndex, allow func(schema, name string) bool) *routineCheck {
+	return &routineCheck{ix: ix, allow: allow, visiting: map[string]bool{}, safe: map[string]bool{}}
+}
+
+func (rc *routineCheck) allowed(schema, name string) bool {
+	return rc.allow != nil && rc.allow(schema, name)
+}
+
+// function is true when f may run.
+func (rc *routineCheck) function(f *Function, depth int) bool {
+	if rc.allowed(f.Schema, f.Name) {
+		return true
+	}
+	k := f.Schema + "." + f.Name
+	if rc.safe[k] {
+		return true
+	}
+	if rc.visiting[k] || depth > maxRoutineDepth {
+		return false // recursion cannot be proven to end safely
+	}
+	var info *routineInfo
+	if rc.ix.routines != nil {
+		info = rc.ix.routines.info[k]
+	}
+	if info == nil {
+		info = analyseRoutine(rc.ix, rc.ix.routines, f)
+	}
+	if info.opaque || info.bad != "" {
+		return false
+	}
+	rc.visiting[k] = true
+	defer delete(rc.visiting, k)
+	for _, ref := range info.calls {
+		if !rc.call(ref, depth+1) {
+			return false
+		}
+	}
+	rc.safe[k] = true
+	return true
+}
+
+// call is true when a call of ref may run.
+func (rc *routineCheck) call(ref funcRef, depth int) bool {
+	if rc.allowed(ref.schema, ref.name) {
+		return true
+	}
+	if deniedBuiltin(ref.name) {
+		return false
+	}
+	fns := rc.ix.functionsNamed(ref.schema, ref.name)
+	if len(fns) == 0 {
+		// A builtin, or a function of a schema the catalog does not
+		// cover: only the former is vouched for.
+		return ref.schema == "" || ref.schema == "pg_catalog"
+	}
+	for _, f := range fns {
+		if !rc.function(f, depth) {
+			return false
+		}
+	}
+	return true
+}
+
+// ---- statement-level hooks (called from the engine) ----
+
+func (c *stmtCtx) routineCheck() *routineCheck {
+	return newRoutineCheck(c.r.rels, c.roleAllowsFunction)
+}
+
+// indirection checks an expression node that runs user functions without
+// naming them: operators and casts.
+func (c *stmtCtx) indirection(m proto.Message) {
+	keys := c.r.rels.routines.implicitCalls(m)
+	if len(keys) == 0 {
+		return
+	}
+	rc := c.routineCheck()
+	for _, k := range keys {
+		if !rc.call(refOfKey(k), 0) {
+			c.reject(ReasonDeniedFunction, k)
+			return
+		}
+	}
+}
+
+// writeTarget checks the code a write to rv runs implicitly: its triggers,
+// the functions of its column defaults (when defaults may be evaluated) and
+// its rules.
+func (c *stmtCtx) writeTarget(rv *pg.RangeVar, defaults bool) {
+	rels := c.r.rels.routines.relationsOf(rv)
+	if len(rels) == 0 {
+		return
+	}
+	rc := c.routineCheck()
+	for _, r := range rels {
+		if r.HasRules {
+			c.reject(ReasonUnsupported, "cannot prove a rule safe on "+r.Schema+"."+r.Name)
+			return
+		}
+		keys := r.Triggers
+		if defaults {
+			keys = append(append([]string(nil), keys...), r.Defaults...)
+		}
+		for _, k := range keys {
+			if !rc.call(refOfKey(k), 0) {
+				c.reject(ReasonDeniedFunction, k)
+				return
+			}
+		}
+	}
+}
