@@ -42,6 +42,48 @@
 //   - LIMIT WITH TIES, LIMIT (expression), LIMIT $k inside PREPARE, and, in
 //     cap mode, those that cannot be clamped; OFFSET constants above the bound.
 //   - Statements whose rewritten text does not parse back as one statement.
+//   - Writes (INSERT, UPDATE, DELETE, MERGE, COPY FROM, writable CTEs) to a
+//     relation with a rewrite rule other than a view's _RETURN (0A000).
+//
+// # User routines (functions, procedures, operators, casts, triggers)
+//
+// A user routine is a catalog Function in a language other than internal or
+// c (C functions of extensions such as uuid-ossp are vouched for). It may run
+// for an ordinary role only when tenantguard can read it and proves that it
+// reads no tenant data and runs no SQL given as a string, or when the role's
+// policy lists it under functions; otherwise the statement is refused with
+// 42501 denied_function. The check applies to a direct call, CALL, the
+// functions of a user operator (every overload of the symbol, since
+// resolution is not known), of a cast to a type with a user cast function,
+// and, for every write target, its trigger functions and the functions its
+// column defaults call (not for DELETE).
+//
+// Only language sql can be read: the body (prosrc, or the BEGIN ATOMIC /
+// RETURN text) is parsed with the real parser; a body that does not parse
+// is refused. Every relation in it must be a non-tenant relation known to
+// the catalog (or a system catalog, or a CTE of the body) and not a view
+// reading tenant relations; every call, operator and cast must pass the same
+// rule (followed to a depth of 16; recursion is refused); denied builtins
+// (query_to_xml, dblink, set_config, ...) are refused; statements other than
+// queries, DML and CALL (SET, DO, ...) are refused; writes in the body bring
+// in the target's triggers, defaults and rules. Procedural languages
+// (plpgsql, plpython, ...) are refused unless listed: tenantguard cannot see
+// the SQL they run. This is strict on purpose: a plpgsql updated_at trigger
+// on a table makes writes to it fail until the policy lists the function.
+// A function listed for the role is trusted wherever it is reached (for
+// CALL, only the called procedure itself is matched against the list).
+//
+// Without a catalog nothing is known of user code: an unqualified or
+// pg_catalog call passes as a builtin (denied builtins excepted), a call in
+// another schema passes too, and operators, casts and triggers are not
+// checked. The proxy always loads a catalog; `tenantguard check` without
+// --catalog does not. With a catalog, a call qualified with a schema the
+// catalog does not know is refused.
+//
+// Not covered: aggregates' transition functions, event triggers, views that
+// call user functions (views are judged by the relations they read),
+// implicit (assignment) casts, which the statement text does not show,
+// functions in CHECK constraints and index expressions.
 //
 // Known differences from RLS: a wrapped relation's whole-row reference is an
 // anonymous record; ON CONFLICT DO UPDATE against another tenant's row does
