@@ -90,7 +90,7 @@ func rejection(reason, subject string, pol *policy.Policy) *Error {
 	case ReasonDeniedFunction:
 		return &Error{stateInsufficientPrivilege,
 			"tenantguard: function " + s + " is not allowed for this role",
-			"add the function to the role's functions in the policy if it is safe"}
+			"list it under roles.<user>.functions in the policy if it is safe, or use database row-level security inside it"}
 	case ReasonDeniedRelation:
 		return &Error{stateInsufficientPrivilege,
 			"tenantguard: relation " + s + " is not allowed for this role",

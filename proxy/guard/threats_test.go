@@ -379,9 +379,6 @@ type probe struct {
 	// rls: read-only; when it succeeds its rows must equal the rows the
 	// same statement returns under row-level security.
 	rls bool
-	// bug, when set, names a known tenantguard bug: the probe is skipped
-	// until it is fixed (THREATS_RUN_BUGS=1 runs it anyway, to check a fix).
-	bug string
 }
 
 var defaultProtos = []string{pSimple, pExtended, pDescribe}
@@ -417,9 +414,6 @@ func runCorpus(t *testing.T, e *env, rls *rlsDB, tenant string, corpus []probe) 
 				s = e.scanner(t, tenant)
 			}
 			t.Run(proto+"/"+probeName(i, p.sql), func(t *testing.T) {
-				if p.bug != "" && os.Getenv("THREATS_RUN_BUGS") == "" {
-					t.Skip("BUG: " + p.bug)
-				}
 				o := s.run(t, proto, p.sql)
 				s.clean(t, p.sql, o)
 				expect(t, p.sql, o, p.want)
@@ -525,17 +519,6 @@ func (r *rlsDB) rows(t *testing.T, tenant, proto, sql string) []string {
 	require.NoError(t, o.err, "under RLS: %s", sql)
 	return sortedRows(o, proto)
 }
-
-// Known tenantguard bugs found by this suite (probes skipped until fixed).
-const (
-	bugEscapedBody    = "a SQL function whose body names a tenant table with a Unicode-escaped identifier (U&\"pat\\0069ents\") is not seen as reading it: SELECT escaped_names() returns every tenant's rows"
-	bugViaView        = "a function reading a view over a tenant table (patient_names) is allowed: SELECT via_view() returns every tenant's rows"
-	bugViaFunction    = "a function calling another function that reads a tenant table is allowed: SELECT via_function() returns every tenant's rows"
-	bugViaXML         = "a SQL function running SQL from a string (query_to_xml) is allowed because only non-SQL languages are checked for dynamic SQL: SELECT via_xml() returns every tenant's rows"
-	bugOperator       = "a user-defined operator whose function reads a tenant table is not checked (only FuncCall nodes are): SELECT 1 ### 1 returns every tenant's rows"
-	bugSwitchFunction = "a user function or procedure that changes the tenant setting is allowed (its body is only checked for tenant table names and EXECUTE): after SELECT switch_tenant() (LANGUAGE sql: SELECT set_config('app.clinic_id', '2', false)), switch_tenant_pl() (plpgsql SET) or CALL switch_proc(), the upstream tenant is 2 while tenantguard believes 1, and SELECT full_name FROM patients ... returns tenant 2's rows to the tenant 1 session"
-	bugTrigger        = "schema code that runs implicitly on a non-tenant table is not scoped: a trigger function (INSERT INTO feedback ... sends every tenant's rows in a NOTICE), a column DEFAULT calling a function (INSERT INTO stamped (id) ... RETURNING names), a rule (INSERT INTO ruled ... DO ALSO SELECT over patients) read every tenant's rows"
-)
 
 // ---------------------------------------------------------------------------
 // Scoping gaps: every place a relation can appear.
@@ -1115,9 +1098,6 @@ func TestThreatTenantTampering(t *testing.T) {
 	// followed by a read that must still be the session's tenant's.
 	for _, call := range []string{"SELECT switch_tenant()", "SELECT switch_tenant_pl()", "CALL switch_proc()", "SELECT * FROM switch_tenant()"} {
 		t.Run(call, func(t *testing.T) {
-			if os.Getenv("THREATS_RUN_BUGS") == "" {
-				t.Skip("BUG: " + bugSwitchFunction)
-			}
 			runCorpus(t, e, nil, "1", []probe{
 				{sql: call, want: wantEither},
 				{sql: "SELECT full_name FROM patients ORDER BY id LIMIT 50", want: wantOK},
