@@ -125,7 +125,9 @@ func (g *Guard) onQuery(c *conn, body []byte) (proxy.Verdict, error) {
 	if !changed {
 		return proxy.Verdict{}, nil
 	}
-	return proxy.Verdict{Replace: encode(&pgproto3.Query{String: strings.Join(parts, ";\n")})}, nil
+	// The newline before each ';' ends a trailing line comment of the
+	// statement before it, so the separator can never be commented out.
+	return proxy.Verdict{Replace: encode(&pgproto3.Query{String: strings.Join(parts, "\n;\n")})}, nil
 }
 
 // beginCycle remembers the tenant state at the start of an implicit

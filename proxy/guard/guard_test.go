@@ -723,3 +723,16 @@ func TestUnauthenticatedClientLearnsNoPolicy(t *testing.T) {
 	pe := pgErr(t, err, "28000")
 	require.NotContains(t, pe.Message, "tenantguard")
 }
+
+func TestMultiStatementWithTrailingLineComment(t *testing.T) {
+	e := start(t, basePolicy)
+	conn := e.connect(t, "1")
+	// The first statement ends in a line comment; the second is rewritten.
+	results, err := conn.PgConn().Exec(ctx(t), "SELECT 1 -- first\n; SELECT full_name FROM patients ORDER BY id LIMIT 3").ReadAll()
+	require.NoError(t, err)
+	require.Len(t, results, 2)
+	require.Len(t, results[1].Rows, 3)
+	for _, r := range results[1].Rows {
+		onlyMarker(t, "1", []string{string(r[0])})
+	}
+}
