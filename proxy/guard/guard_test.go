@@ -381,12 +381,22 @@ func TestSetConfigIdiom(t *testing.T) {
 func TestStartupParserDifferentialsRefused(t *testing.T) {
 	e := start(t, basePolicy)
 	for name, params := range map[string][]string{
-		"scs via options -c":   {"options", "-c standard_conforming_strings=off"},
-		"scs via options --":   {"options", "--standard-conforming-strings=off"},
-		"scs as a parameter":   {"standard_conforming_strings", "off"},
-		"client_encoding SJIS": {"client_encoding", "SJIS"},
-		"role at startup":      {"options", "-c role=postgres"},
-		"invalid tenant":       {"app.clinic_id", "1 OR 1=1"},
+		"scs via options -c":    {"options", "-c standard_conforming_strings=off"},
+		"scs via options --":    {"options", "--standard-conforming-strings=off"},
+		"scs as a parameter":    {"standard_conforming_strings", "off"},
+		"client_encoding SJIS":  {"client_encoding", "SJIS"},
+		"role at startup":       {"options", "-c role=postgres"},
+		"invalid tenant":        {"app.clinic_id", "1 OR 1=1"},
+		"scs false":             {"options", "-c standard_conforming_strings=false"},
+		"scs 0 with dashes":     {"options", "--standard_conforming_strings=0"},
+		"scs after tenant":      {"options", "-c app.clinic_id=1 -c standard_conforming_strings=off"},
+		"scs escaped space":     {"options", `-c standard_conforming_strings=of\ f`},
+		"scs upper case":        {"options", "-c STANDARD_CONFORMING_STRINGS=off"},
+		"client_encoding BIG5":  {"client_encoding", "BIG5"},
+		"client_encoding -c":    {"options", "-c client_encoding=SJIS"},
+		"client_encoding --":    {"options", "--client-encoding=GBK"},
+		"session_authorization": {"options", "-c session_authorization=postgres"},
+		"unknown switch":        {"options", "-D /tmp"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := pgx.Connect(ctx(t), e.url(pgtest.AppUser, params...))

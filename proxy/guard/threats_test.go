@@ -756,25 +756,6 @@ func TestThreatParserDifferentials(t *testing.T) {
 			require.Equal(t, [][]string{{"on"}, {"UTF8"}}, o.rows)
 		}
 	})
-	t.Run("startup options", func(t *testing.T) {
-		for name, params := range map[string][]string{
-			"scs false":             {"options", "-c standard_conforming_strings=false"},
-			"scs 0 with dashes":     {"options", "--standard_conforming_strings=0"},
-			"scs after tenant":      {"options", "-c app.clinic_id=1 -c standard_conforming_strings=off"},
-			"scs escaped space":     {"options", `-c standard_conforming_strings=of\ f`},
-			"scs upper case":        {"options", "-c STANDARD_CONFORMING_STRINGS=off"},
-			"client_encoding BIG5":  {"client_encoding", "BIG5"},
-			"client_encoding -c":    {"options", "-c client_encoding=SJIS"},
-			"client_encoding --":    {"options", "--client-encoding=GBK"},
-			"session_authorization": {"options", "-c session_authorization=postgres"},
-			"unknown switch":        {"options", "-D /tmp"},
-		} {
-			t.Run(name, func(t *testing.T) {
-				_, err := pgx.Connect(ctx(t), e.url(pgtest.AppUser, params...))
-				refusedAtStartup(t, err)
-			})
-		}
-	})
 	t.Run("multi-statement strings are one transaction", func(t *testing.T) {
 		before := othersSnapshot(t, e, "1")
 		s := e.scanner(t, "1")
