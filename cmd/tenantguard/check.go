@@ -447,26 +447,35 @@ func loadCatalogFile(path string) (*rewriter.Catalog, error) {
 	return &cat, nil
 }
 
+// completeName checks that a catalog entry's "schema.name" key matches its
+// schema and name, filling them when the entry leaves them out.
+func completeName(section, key string, schema, name *string) error {
+	ks, kn, ok := strings.Cut(key, ".")
+	if !ok || ks == "" || kn == "" {
+		return fmt.Errorf("%s: key %q is not schema.name", section, key)
+	}
+	if *schema == "" {
+		*schema = ks
+	}
+	if *name == "" {
+		*name = kn
+	}
+	if *schema != ks || *name != kn {
+		return fmt.Errorf("%s: %s: schema and name do not match the key", section, key)
+	}
+	return nil
+}
+
 // completeCatalog checks the keys of a catalog read from a file and fills
 // the schema, name and kind a hand-written entry may leave out.
 func completeCatalog(cat *rewriter.Catalog) error {
 	for _, key := range sortedKeys(cat.Relations) {
 		r := cat.Relations[key]
-		schema, name, ok := strings.Cut(key, ".")
-		if !ok || schema == "" || name == "" {
-			return fmt.Errorf("relations: key %q is not schema.name", key)
-		}
 		if r == nil {
 			return fmt.Errorf("relations: %s: empty entry", key)
 		}
-		if r.Schema == "" {
-			r.Schema = schema
-		}
-		if r.Name == "" {
-			r.Name = name
-		}
-		if r.Schema != schema || r.Name != name {
-			return fmt.Errorf("relations: %s: schema and name do not match the key", key)
+		if err := completeName("relations", key, &r.Schema, &r.Name); err != nil {
+			return err
 		}
 		switch r.Kind {
 		case "":
@@ -478,21 +487,11 @@ func completeCatalog(cat *rewriter.Catalog) error {
 	}
 	for _, key := range sortedKeys(cat.Functions) {
 		fn := cat.Functions[key]
-		schema, name, ok := strings.Cut(key, ".")
-		if !ok || schema == "" || name == "" {
-			return fmt.Errorf("functions: key %q is not schema.name", key)
-		}
 		if fn == nil {
 			return fmt.Errorf("functions: %s: empty entry", key)
 		}
-		if fn.Schema == "" {
-			fn.Schema = schema
-		}
-		if fn.Name == "" {
-			fn.Name = name
-		}
-		if fn.Schema != schema || fn.Name != name {
-			return fmt.Errorf("functions: %s: schema and name do not match the key", key)
+		if err := completeName("functions", key, &fn.Schema, &fn.Name); err != nil {
+			return err
 		}
 	}
 	return nil
