@@ -1,6 +1,7 @@
 package guard
 
 import (
+	"bytes"
 	"encoding/binary"
 	"strconv"
 	"strings"
@@ -171,7 +172,10 @@ func (g *Guard) onCommandComplete(c *conn, body []byte) (proxy.Verdict, error) {
 	if c.cutting {
 		return drop, nil
 	}
-	tag, _, _ := cstring(body)
+	tag := body
+	if i := bytes.IndexByte(tag, 0); i >= 0 {
+		tag = tag[:i]
+	}
 	f := c.pop(g)
 	if f == nil {
 		return proxy.Verdict{}, nil
@@ -180,7 +184,7 @@ func (g *Guard) onCommandComplete(c *conn, body []byte) (proxy.Verdict, error) {
 	if rows < 0 {
 		rows = f.rows
 	}
-	if f.dec.TxOp != nil && f.dec.TxOp.Op == "commit" && tag == "ROLLBACK" {
+	if f.dec.TxOp != nil && f.dec.TxOp.Op == "commit" && string(tag) == "ROLLBACK" {
 		// COMMIT of a failed transaction rolls back.
 		c.tenant.UndoCommit()
 	}
@@ -190,14 +194,17 @@ func (g *Guard) onCommandComplete(c *conn, body []byte) (proxy.Verdict, error) {
 
 // tagRows reads the row count of a CommandComplete tag ("SELECT 5",
 // "INSERT 0 5", "UPDATE 3"); -1 when the tag has none.
-func tagRows(tag string) int64 {
-	i := strings.LastIndexByte(tag, ' ')
-	if i < 0 {
+func tagRows(tag []byte) int64 {
+	i := bytes.LastIndexByte(tag, ' ')
+	if i < 0 || i == len(tag)-1 {
 		return -1
 	}
-	n, err := strconv.ParseInt(tag[i+1:], 10, 64)
-	if err != nil {
-		return -1
+	var n int64
+	for _, ch := range tag[i+1:] {
+		if ch < '0' || ch > '9' || n > (1<<62)/10 {
+			return -1
+		}
+		n = n*10 + int64(ch-'0')
 	}
 	return n
 }

@@ -404,13 +404,13 @@ func textParam(b *pgproto3.Bind, k int, pol *policy.Policy) (string, bool) {
 }
 
 func (g *Guard) onExecute(c *conn, body []byte) (proxy.Verdict, error) {
-	name, _, ok := cstring(body)
-	if !ok {
+	end := bytes.IndexByte(body, 0)
+	if end < 0 {
 		return proxy.Verdict{}, &proxy.ProtocolError{Code: proxy.CodeProtocolViolation, Message: "malformed Execute message"}
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	pt := c.portals[name]
+	pt := c.portals[string(body[:end])] // no allocation for the lookup
 	if pt != nil && pt.rejected {
 		return proxy.Verdict{}, nil // the server skips it after the rejection's error
 	}

@@ -35,3 +35,14 @@ func TestRedactDetail(t *testing.T) {
 		}
 	}
 }
+
+func TestTagRows(t *testing.T) {
+	for tag, want := range map[string]int64{
+		"SELECT 5": 5, "INSERT 0 12": 12, "UPDATE 3": 3, "COPY 1000000": 1000000,
+		"BEGIN": -1, "SET": -1, "SELECT ": -1, "SELECT x1": -1, "": -1,
+	} {
+		if got := tagRows([]byte(tag)); got != want {
+			t.Errorf("tagRows(%q) = %d, want %d", tag, got, want)
+		}
+	}
+}
