@@ -221,7 +221,16 @@ func (g *Guard) complete(c *conn, f *inflight, rows int64, sqlstate string) {
 func (g *Guard) onError(c *conn, body []byte) (proxy.Verdict, error) {
 	var e pgproto3.ErrorResponse
 	if err := e.Decode(append([]byte(nil), body...)); err != nil {
-		return proxy.Verdict{}, nil // relay what cannot be read; the proxy counts FATALs itself
+		if c.bypass {
+			return proxy.Verdict{}, nil
+		}
+		// An error that cannot be read cannot be redacted: replace it
+		// (it still ends the statement, so the queue moves on).
+		if f := c.pop(g); f != nil {
+			g.complete(c, f, -1, "XX000")
+		}
+		return proxy.Verdict{Replace: encode(&pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR",
+			Code: "XX000", Message: "tenantguard: the server sent an error that could not be read"})}, nil
 	}
 	if c.cutting {
 		return drop, nil
