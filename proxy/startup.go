@@ -51,8 +51,9 @@ func (s *Session) startup(ctx context.Context) error {
 	}
 	s.log.Info("client session", zap.Stringer("client", s.ClientAddr), zap.String("user", s.Params["user"]),
 		zap.String("database", s.Params["database"]), zap.Bool("client_tls", s.ClientTLS))
-	s.cr = bufio.NewReaderSize(s.client, clientReadBuffer)
-	s.cw = bufio.NewWriterSize(s.client, clientWriteBuffer)
+	cio := newSocketIO(s.client)
+	s.cr = bufio.NewReaderSize(cio, clientReadBuffer)
+	s.cw = bufio.NewWriterSize(cio, clientWriteBuffer)
 
 	first, err := s.connectUpstream(ctx, deadline)
 	if err != nil {
@@ -245,8 +246,9 @@ func (s *Session) connectUpstream(ctx context.Context, deadline time.Time) (fram
 		s.upstream = conn
 		s.mu.Unlock()
 		s.UpstreamTLS = usedTLS
-		s.ur = bufio.NewReaderSize(conn, upstreamReadBuffer)
-		s.uw = bufio.NewWriterSize(conn, upstreamWriteBuffer)
+		uio := newSocketIO(conn)
+		s.ur = bufio.NewReaderSize(uio, upstreamReadBuffer)
+		s.uw = bufio.NewWriterSize(uio, upstreamWriteBuffer)
 		if _, err := s.uw.Write(s.startupMessage()); err == nil {
 			err = s.uw.Flush()
 		}
