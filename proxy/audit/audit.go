@@ -19,9 +19,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 )
 
 // Event kinds (the `event` key).
@@ -77,59 +74,6 @@ type Event struct {
 	Error  string
 }
 
-// MarshalLogObject writes the event with the stable keys.
-func (e *Event) MarshalLogObject(enc zapcore.ObjectEncoder) error {
-	enc.AddString("event", e.Event)
-	if e.ConnID != 0 {
-		enc.AddUint64("conn_id", e.ConnID)
-	}
-	addString(enc, "client", e.Client)
-	addString(enc, "user", e.User)
-	addString(enc, "database", e.Database)
-	addString(enc, "application_name", e.ApplicationName)
-	addString(enc, "tenant", e.Tenant)
-	addString(enc, "kind", e.Kind)
-	if len(e.Relations) > 0 {
-		_ = enc.AddArray("relations", zapcore.ArrayMarshalerFunc(func(a zapcore.ArrayEncoder) error {
-			for _, r := range e.Relations {
-				a.AppendString(r)
-			}
-			return nil
-		}))
-	}
-	addString(enc, "decision", e.Decision)
-	addString(enc, "reason", e.Reason)
-	addString(enc, "sqlstate", e.SQLState)
-	addString(enc, "fingerprint", e.Fingerprint)
-	addString(enc, "statement", e.Statement)
-	addString(enc, "protocol", e.Protocol)
-	if e.Event == EventStatement {
-		if e.Rows >= 0 {
-			enc.AddInt64("rows", e.Rows)
-		}
-		enc.AddFloat64("duration_ms", float64(e.Duration.Microseconds())/1000)
-		enc.AddBool("injected", e.Injected)
-	}
-	if e.TLS != nil {
-		enc.AddBool("tls", *e.TLS)
-	}
-	addString(enc, "auth_method", e.AuthMethod)
-	if e.Event == EventDisconnect {
-		enc.AddInt64("statements", e.Statements)
-		enc.AddInt64("rejected", e.Rejected)
-		enc.AddFloat64("duration_ms", float64(e.Duration.Microseconds())/1000)
-	}
-	addString(enc, "result", e.Result)
-	addString(enc, "error", e.Error)
-	return nil
-}
-
-func addString(enc zapcore.ObjectEncoder, k, v string) {
-	if v != "" {
-		enc.AddString(k, v)
-	}
-}
-
 // Options configures a Logger.
 type Options struct {
 	// File is the audit file; "" writes to Stdout.
@@ -158,7 +102,6 @@ type Options struct {
 
 // Logger writes audit events. It is safe for concurrent use.
 type Logger struct {
-	core      zapcore.Core
 	sink      *sink
 	sample    float64
 	decisions map[string]bool
@@ -180,15 +123,8 @@ func New(opts Options) (*Logger, error) {
 		s.stop, s.stopped = make(chan struct{}), make(chan struct{})
 		go s.flusher(opts.FlushInterval)
 	}
-	enc := zapcore.NewJSONEncoder(zapcore.EncoderConfig{
-		TimeKey:        "ts",
-		EncodeTime:     zapcore.RFC3339NanoTimeEncoder,
-		LineEnding:     zapcore.DefaultLineEnding,
-		EncodeDuration: zapcore.MillisDurationEncoder,
-	})
 	l := &Logger{sink: s, sample: opts.Sample, now: opts.Now}
 	s.failures = &l.failures
-	l.core = zapcore.NewCore(enc, s, zapcore.DebugLevel)
 	if l.sample <= 0 || l.sample > 1 {
 		l.sample = 1
 	}
@@ -221,9 +157,27 @@ func (l *Logger) Log(e *Event) {
 	if t.IsZero() {
 		t = l.now()
 	}
-	// Write errors are handled (counted, reported) by the sink.
-	_ = l.core.Write(zapcore.Entry{Time: t}, []zapcore.Field{zap.Inline(e)})
+	bp := linePool.Get().(*[]byte)
+	line := e.AppendJSON((*bp)[:0], t)
+	// Write errors are handled (counted, reported) by the sink, which
+	// copies the line when it buffers.
+	_, _ = l.sink.Write(line)
+	if cap(line) <= maxPooledLine {
+		*bp = line
+		linePool.Put(bp)
+	}
 }
+
+// linePool holds the buffers Log encodes into, so that a statement event
+// costs no allocation once the pool is warm.
+var linePool = sync.Pool{New: func() any {
+	b := make([]byte, 0, 1024)
+	return &b
+}}
+
+// maxPooledLine is the largest buffer returned to linePool: a line for a
+// huge statement is encoded once and dropped rather than kept for good.
+const maxPooledLine = 64 << 10
 
 // Failures is the number of audit writes that failed.
 func (l *Logger) Failures() int64 { return l.failures.Load() }
@@ -234,7 +188,7 @@ func (l *Logger) Reopen() error { return l.sink.reopen() }
 // Close flushes and closes the audit file.
 func (l *Logger) Close() error { return l.sink.close() }
 
-// sink is a reopenable, failure-counting zapcore.WriteSyncer.
+// sink is a reopenable, failure-counting writer of encoded events.
 type sink struct {
 	mu        sync.Mutex
 	path      string
@@ -247,7 +201,7 @@ type sink struct {
 
 	// Buffering (Options.FlushInterval > 0): events collect in buf and are
 	// written by the flusher every interval, when 64 KiB are pending, and on
-	// Sync, Reopen and Close.
+	// Reopen and Close.
 	buffered      bool
 	buf           []byte
 	pending       int
@@ -350,16 +304,6 @@ func (s *sink) fail(err error, events int) {
 		s.onError(fmt.Errorf("audit: write: %w", err))
 	}
 	s.failing = true
-}
-
-func (s *sink) Sync() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.flushLocked()
-	if s.f != nil {
-		return s.f.Sync()
-	}
-	return nil
 }
 
 func (s *sink) reopen() error {
