@@ -92,7 +92,11 @@ func appendStringKey(dst []byte, key, v string) []byte {
 // appendMillis appends d in milliseconds with microsecond precision, as
 // zap's AddFloat64 wrote float64(d.Microseconds())/1000.
 func appendMillis(dst []byte, d time.Duration) []byte {
-	f := float64(d.Microseconds()) / 1000
+	us := d.Microseconds()
+	if us > -maxExactMicros && us < maxExactMicros {
+		return appendMicrosAsMillis(dst, us)
+	}
+	f := float64(us) / 1000
 	switch {
 	case math.IsNaN(f):
 		return append(dst, `"NaN"`...)
@@ -104,8 +108,51 @@ func appendMillis(dst []byte, d time.Duration) []byte {
 	return strconv.AppendFloat(dst, f, 'f', -1, 64)
 }
 
+// maxExactMicros bounds the durations appendMicrosAsMillis formats: below
+// 10^15 µs (31 years) float64(µs) is exact, the quotient µs/1000 has at
+// most 15 significant digits, and no other decimal of at most 15
+// significant digits rounds to the same float64 (DBL_DIG is 15). So µs/1000
+// is the shortest decimal that round-trips, which is what
+// strconv.AppendFloat(f, 'f', -1, 64) writes for f = float64(µs)/1000.
+const maxExactMicros = 1_000_000_000_000_000
+
+// appendMicrosAsMillis appends us/1000 in decimal without trailing zeros.
+func appendMicrosAsMillis(dst []byte, us int64) []byte {
+	if us < 0 {
+		dst = append(dst, '-')
+		us = -us
+	}
+	dst = strconv.AppendInt(dst, us/1000, 10)
+	frac := us % 1000
+	if frac == 0 {
+		return dst
+	}
+	dst = append(dst, '.', byte('0'+frac/100))
+	if frac%100 != 0 {
+		dst = append(dst, byte('0'+frac/10%10))
+		if frac%10 != 0 {
+			dst = append(dst, byte('0'+frac%10))
+		}
+	}
+	return dst
+}
+
 // hexDigits are the digits of \u00XX escapes (lower case, as zap).
 const hexDigits = "0123456789abcdef"
+
+// plainByte marks the bytes appendString copies as they are: printable
+// ASCII other than '"' and '\\'. Bytes from 0x80 on need a UTF-8 check.
+var plainByte = func() (t [256]bool) {
+	for c := 0x20; c < utf8.RuneSelf; c++ {
+		t[c] = c != '"' && c != '\\'
+	}
+	return t
+}()
+
+const (
+	ones  = 0x0101010101010101
+	highs = 0x8080808080808080
+)
 
 // appendString appends s as a quoted JSON string with zap's escaping:
 // '"' and '\\' backslash-escaped, \n \r \t by name, other bytes below 0x20
@@ -113,11 +160,49 @@ const hexDigits = "0123456789abcdef"
 // (DEL, U+2028, U+2029, '<', '>', '&') copied unchanged.
 func appendString(dst []byte, s string) []byte {
 	dst = append(dst, '"')
+	// Skip the plain prefix, eight bytes at a time while they last: audit
+	// strings are mostly ASCII with nothing to escape.
+	i := 0
+	for ; i+8 <= len(s); i += 8 {
+		b := s[i : i+8]
+		w := uint64(b[0]) | uint64(b[1])<<8 | uint64(b[2])<<16 | uint64(b[3])<<24 |
+			uint64(b[4])<<32 | uint64(b[5])<<40 | uint64(b[6])<<48 | uint64(b[7])<<56
+		if !plainWord(w) {
+			break
+		}
+	}
+	for i < len(s) && plainByte[s[i]] {
+		i++
+	}
+	if i < len(s) {
+		return appendEscaped(dst, s, i)
+	}
+	dst = append(dst, s...)
+	return append(dst, '"')
+}
+
+// plainWord says whether the eight bytes of w are all plain (see
+// plainByte). It is exact: a byte-by-byte check gives the same answer.
+func plainWord(w uint64) bool {
+	// A byte with its high bit set is flagged by w itself. When no byte
+	// has it, each subtraction sets a high bit exactly when some byte is
+	// below the subtrahend: no borrow crosses a byte before the lowest
+	// such byte, which wraps to 0xE0 or more.
+	return (w|
+		(w-0x20*ones)| // some byte < 0x20
+		((w^'"'*ones)-ones)| // some byte == '"'
+		((w^'\\'*ones)-ones))& // some byte == '\\'
+		highs == 0
+}
+
+// appendEscaped finishes appendString from s[i], the first byte that may
+// need escaping, with zap's rules byte by byte, and closes the quote.
+func appendEscaped(dst []byte, s string, i int) []byte {
 	last := 0
-	for i := 0; i < len(s); {
+	for i < len(s) {
 		c := s[i]
 		if c < utf8.RuneSelf {
-			if c >= 0x20 && c != '\\' && c != '"' {
+			if plainByte[c] {
 				i++
 				continue
 			}

@@ -2,8 +2,11 @@ package audit
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"math"
+	"math/rand/v2"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -255,4 +258,66 @@ func FuzzAppendJSON(f *testing.F) {
 			t.Fatalf("statement %q read back as %q", s, m["statement"])
 		}
 	})
+}
+
+// TestAppendMillisMatchesStrconv pins the integer fast path of appendMillis
+// to the float formatting zap used, around every boundary it has.
+func TestAppendMillisMatchesStrconv(t *testing.T) {
+	check := func(us int64) {
+		want := strconv.AppendFloat(nil, float64(us)/1000, 'f', -1, 64)
+		got := appendMillis(nil, time.Duration(us)*time.Microsecond)
+		if us <= math.MaxInt64/1000 && us >= math.MinInt64/1000 && string(got) != string(want) {
+			t.Fatalf("%d µs: got %s, want %s", us, got, want)
+		}
+	}
+	for us := int64(-100_000); us <= 100_000; us++ {
+		check(us)
+	}
+	r := rand.New(rand.NewPCG(1, 2))
+	for _, base := range []int64{maxExactMicros, 1 << 53, 1e12, 1e9, math.MaxInt64 / 1000} {
+		for d := int64(-3000); d <= 3000; d++ {
+			check(base + d)
+			check(-base - d)
+		}
+	}
+	for i := 0; i < 1_000_000; i++ {
+		us := r.Int64N(2*maxExactMicros) - maxExactMicros
+		check(us)
+		check(us >> r.IntN(50))
+	}
+	// Nanoseconds below a microsecond are truncated, as Microseconds does.
+	require.Equal(t, "0.001", string(appendMillis(nil, 1999)))
+	require.Equal(t, "-0.001", string(appendMillis(nil, -1999)))
+	require.Equal(t, "0", string(appendMillis(nil, -999)))
+}
+
+// TestPlain8 checks the word-at-a-time test against the byte rule.
+func TestPlain8(t *testing.T) {
+	needs := func(c byte) bool { return c < 0x20 || c >= utf8.RuneSelf || c == '"' || c == '\\' }
+	bg := []byte("abcdefgh")
+	for pos := 0; pos < 8; pos++ {
+		for c := 0; c < 256; c++ {
+			w := append([]byte(nil), bg...)
+			w[pos] = byte(c)
+			require.Equal(t, !needs(byte(c)), plainWord(binary.LittleEndian.Uint64(w)), "byte %#x at %d", c, pos)
+			require.Equal(t, !needs(byte(c)), plainByte[c], "byte %#x", c)
+		}
+	}
+	r := rand.New(rand.NewPCG(3, 4))
+	w := make([]byte, 8)
+	for i := 0; i < 1_000_000; i++ {
+		want := true
+		for j := range w {
+			// Mostly printable ASCII, sometimes anything.
+			if r.IntN(8) == 0 {
+				w[j] = byte(r.IntN(256))
+			} else {
+				w[j] = byte(0x20 + r.IntN(0x60))
+			}
+			want = want && !needs(w[j])
+		}
+		if plainWord(binary.LittleEndian.Uint64(w)) != want {
+			t.Fatalf("plainWord(%q) = %v", w, !want)
+		}
+	}
 }
