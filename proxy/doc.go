@@ -19,7 +19,7 @@
 //     nobody inspects (DataRow, CopyData, ...), so result rows are never
 //     decoded or copied into a message buffer.
 //
-// Writes are batched in bufio.Writers and flushed only when the reading side
+// Writes are batched in pooled buffers (buffers.go) and flushed only when the reading side
 // has no more buffered input, so a pipelined batch or a result set goes out
 // in few syscalls while an interactive round trip is never delayed.
 //

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -45,12 +44,12 @@ const (
 // 4-byte big-endian length that counts itself, body). The body is read into
 // a reused buffer: it is valid only until the next call of next.
 type frameReader struct {
-	r   *bufio.Reader
+	r   *connReader
 	max int // largest accepted message, header included
 	buf []byte
 }
 
-func newFrameReader(r *bufio.Reader, max int) *frameReader {
+func newFrameReader(r *connReader, max int) *frameReader {
 	return &frameReader{r: r, max: max}
 }
 

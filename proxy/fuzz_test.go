@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/binary"
 	"errors"
@@ -29,7 +28,7 @@ func FuzzClientMessages(f *testing.F) {
 	}
 	f.Add(seed)
 	f.Fuzz(func(t *testing.T, data []byte) {
-		fr := newFrameReader(bufio.NewReaderSize(bytes.NewReader(data), 16), 1<<16)
+		fr := newFrameReader(newConnReaderSize(bytes.NewReader(data), 16), 1<<16)
 		consumed := 0
 		for {
 			typ, body, err := fr.next()

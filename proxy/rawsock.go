@@ -25,6 +25,7 @@ import (
 type rawSocket struct {
 	conn net.Conn
 	raw  syscall.RawConn
+	peek [1]byte // MSG_PEEK target of readBorrowed
 }
 
 // newSocketIO returns the reader/writer the relay uses for conn: a rawSocket
@@ -100,4 +101,58 @@ func (s *rawSocket) Write(p []byte) (int, error) {
 func (s *rawSocket) opError(op string, errno syscall.Errno) error {
 	return &net.OpError{Op: op, Net: s.conn.LocalAddr().Network(), Source: s.conn.LocalAddr(),
 		Addr: s.conn.RemoteAddr(), Err: os.NewSyscallError(op, errno)}
+}
+
+// readBorrowed waits until the socket has data (or an error or EOF) without
+// holding a buffer, then borrows one from the pool and reads into it. On
+// EAGAIN after a wake-up the buffer goes back before waiting again. It
+// returns the buffer (nil when none is held) and the bytes read.
+func (s *rawSocket) readBorrowed() ([]byte, int, error) {
+	var (
+		buf   []byte
+		n     int
+		errno syscall.Errno
+		first = true
+	)
+	err := s.raw.Read(func(fd uintptr) bool {
+		if first {
+			first = false
+			for {
+				_, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&s.peek[0])), 1,
+					syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
+				if e == syscall.EINTR {
+					continue
+				}
+				if e == syscall.EAGAIN {
+					return false // nothing yet: park with no buffer
+				}
+				break // data, EOF or an error: the read below tells
+			}
+		}
+		if buf == nil {
+			buf = getBuf()
+		}
+		for {
+			r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)))
+			if e == syscall.EINTR {
+				continue
+			}
+			if e == syscall.EAGAIN {
+				putBuf(buf)
+				buf = nil
+				return false
+			}
+			n, errno = int(r), e
+			return true
+		}
+	})
+	switch {
+	case err != nil:
+		return buf, 0, err
+	case errno != 0:
+		return buf, 0, s.opError("read", errno)
+	case n == 0:
+		return buf, 0, io.EOF
+	}
+	return buf, n, nil
 }

@@ -2,12 +2,14 @@ package proxy_test
 
 import (
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/tenantguard/tenantguard/proxy"
 	"github.com/tenantguard/tenantguard/proxy/pgtest"
 )
 
@@ -195,4 +197,29 @@ func TestAuthenticationPassthrough(t *testing.T) {
 	var pgErr *pgconn.PgError
 	require.ErrorAs(t, err, &pgErr)
 	assert.Equal(t, "3D000", pgErr.Code)
+}
+
+// TestIdleSessionsHoldNoBuffers: sessions that sit idle between statements
+// give their read and write buffers back to the pool.
+func TestIdleSessionsHoldNoBuffers(t *testing.T) {
+	waitFor(t, 10*time.Second, "sessions of earlier tests to end", func() bool { return proxy.BuffersBorrowed() == 0 })
+	p := startProxy(t, nil)
+	ctx := testCtx(t)
+	var conns []*pgx.Conn
+	for i := 0; i < 20; i++ {
+		conn := p.connect(t, pgtest.SuperUser, "", "postgres")
+		var n int
+		require.NoError(t, conn.QueryRow(ctx, "select count(*) from generate_series(1, $1::int)", 5000).Scan(&n))
+		require.Equal(t, 5000, n)
+		conns = append(conns, conn)
+	}
+	waitFor(t, 10*time.Second, "idle sessions to give their buffers back", func() bool {
+		return proxy.BuffersBorrowed() == 0
+	})
+	// And they still work.
+	for _, conn := range conns {
+		var s string
+		require.NoError(t, conn.QueryRow(ctx, "select repeat('x', 20000)").Scan(&s))
+		require.Len(t, s, 20000)
+	}
 }

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bufio"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -41,15 +40,15 @@ type Session struct {
 	interest   [256]Interest
 
 	client net.Conn // replaced by the TLS conn after SSLRequest
-	cr     *bufio.Reader
-	cw     *bufio.Writer
+	cr     *connReader
+	cw     *connWriter
 	cwMu   sync.Mutex // guards cw: the backend loop writes, errors and hook replies too
 	// backendHdr is scratch space for headers written under cwMu, kept here
 	// so that it does not escape to the heap on every message.
 	backendHdr [5]byte
 	upstream   net.Conn
-	ur         *bufio.Reader
-	uw         *bufio.Writer
+	ur         *connReader
+	uw         *connWriter
 	uwMu       sync.Mutex // guards uw
 
 	mu           sync.Mutex // guards the fields below and client/upstream swaps
@@ -125,6 +124,7 @@ func (s *Session) run(ctx context.Context) {
 	} else {
 		s.relay()
 	}
+	s.dropBuffers()
 	if s.srv.cfg.Hooks != nil {
 		s.srv.cfg.Hooks.OnEnd(s)
 	}

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -52,8 +51,8 @@ func (s *Session) startup(ctx context.Context) error {
 	s.log.Info("client session", zap.Stringer("client", s.ClientAddr), zap.String("user", s.Params["user"]),
 		zap.String("database", s.Params["database"]), zap.Bool("client_tls", s.ClientTLS))
 	cio := newSocketIO(s.client)
-	s.cr = bufio.NewReaderSize(cio, clientReadBuffer)
-	s.cw = bufio.NewWriterSize(cio, clientWriteBuffer)
+	s.cr = newConnReader(cio)
+	s.cw = newConnWriter(cio)
 
 	first, err := s.connectUpstream(ctx, deadline)
 	if err != nil {
@@ -247,8 +246,8 @@ func (s *Session) connectUpstream(ctx context.Context, deadline time.Time) (fram
 		s.mu.Unlock()
 		s.UpstreamTLS = usedTLS
 		uio := newSocketIO(conn)
-		s.ur = bufio.NewReaderSize(uio, upstreamReadBuffer)
-		s.uw = bufio.NewWriterSize(uio, upstreamWriteBuffer)
+		s.ur = newConnReader(uio)
+		s.uw = newConnWriter(uio)
 		if _, err := s.uw.Write(s.startupMessage()); err == nil {
 			err = s.uw.Flush()
 		}
@@ -321,16 +320,6 @@ func (srv *Server) dialUpstream(ctx context.Context, deadline time.Time, useTLS,
 	}
 }
 
-// Buffer sizes per session. Results flow upstream -> client, so that
-// direction gets the larger buffers; they bound the syscalls per result set
-// while keeping an idle session small (these four dominate its memory).
-const (
-	clientReadBuffer    = 4096
-	clientWriteBuffer   = 8192
-	upstreamReadBuffer  = 8192
-	upstreamWriteBuffer = 4096
-)
-
 // maxAuthMessage caps messages exchanged before authentication completes.
 const maxAuthMessage = 1 << 20
 
@@ -346,7 +335,7 @@ func (f frame) encode(dst []byte) []byte {
 	return append(dst, f.body...)
 }
 
-func readFrame(r *bufio.Reader, limit int) (frame, error) {
+func readFrame(r *connReader, limit int) (frame, error) {
 	typ, body, err := newFrameReader(r, limit).next()
 	if err != nil {
 		return frame{}, err
