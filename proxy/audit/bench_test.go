@@ -4,6 +4,9 @@ import (
 	"io"
 	"testing"
 	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 )
 
 // benchStatement is a typical statement event as the guard logs it.
@@ -39,4 +42,30 @@ func BenchmarkLog(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkEncode compares AppendJSON with the zap encoding it replaced, at
+// a fixed time (no clock read).
+func BenchmarkEncode(b *testing.B) {
+	e := benchStatement()
+	ts := time.Date(2026, 11, 27, 3, 7, 56, 123456789, time.UTC)
+	b.Run("AppendJSON", func(b *testing.B) {
+		b.ReportAllocs()
+		buf := make([]byte, 0, 1024)
+		for i := 0; i < b.N; i++ {
+			buf = e.AppendJSON(buf[:0], ts)
+		}
+		b.SetBytes(int64(len(buf)))
+	})
+	b.Run("zap", func(b *testing.B) {
+		b.ReportAllocs()
+		enc := zapEncoder()
+		var n int
+		for i := 0; i < b.N; i++ {
+			buf, _ := enc.EncodeEntry(zapcore.Entry{Time: ts}, []zapcore.Field{zap.Inline(zapEvent{e})})
+			n = buf.Len()
+			buf.Free()
+		}
+		b.SetBytes(int64(n))
+	})
 }

@@ -163,12 +163,15 @@ func appendString(dst []byte, s string) []byte {
 	// Skip the plain prefix, eight bytes at a time while they last: audit
 	// strings are mostly ASCII with nothing to escape.
 	i := 0
-	for ; i+8 <= len(s); i += 8 {
-		b := s[i : i+8]
-		w := uint64(b[0]) | uint64(b[1])<<8 | uint64(b[2])<<16 | uint64(b[3])<<24 |
-			uint64(b[4])<<32 | uint64(b[5])<<40 | uint64(b[6])<<48 | uint64(b[7])<<56
-		if !plainWord(w) {
-			break
+	if len(s) >= 8 {
+		for ; i+8 <= len(s); i += 8 {
+			if !plainWord(word(s[i:])) {
+				break
+			}
+		}
+		// The tail as one word overlapping what is already known plain.
+		if i+8 > len(s) && plainWord(word(s[len(s)-8:])) {
+			i = len(s)
 		}
 	}
 	for i < len(s) && plainByte[s[i]] {
@@ -179,6 +182,13 @@ func appendString(dst []byte, s string) []byte {
 	}
 	dst = append(dst, s...)
 	return append(dst, '"')
+}
+
+// word loads the first eight bytes of b (len(b) >= 8), little-endian.
+func word(b string) uint64 {
+	b = b[:8]
+	return uint64(b[0]) | uint64(b[1])<<8 | uint64(b[2])<<16 | uint64(b[3])<<24 |
+		uint64(b[4])<<32 | uint64(b[5])<<40 | uint64(b[6])<<48 | uint64(b[7])<<56
 }
 
 // plainWord says whether the eight bytes of w are all plain (see

@@ -75,17 +75,21 @@ func zapString(enc zapcore.ObjectEncoder, k, v string) {
 	}
 }
 
-// zapLine encodes e as the former Logger did: the encoder configured as
-// New configured it, the event inlined into an entry at t.
-func zapLine(t testing.TB, e *Event, ts time.Time) []byte {
-	t.Helper()
-	enc := zapcore.NewJSONEncoder(zapcore.EncoderConfig{
+// zapEncoder is the encoder as the former New configured it.
+func zapEncoder() zapcore.Encoder {
+	return zapcore.NewJSONEncoder(zapcore.EncoderConfig{
 		TimeKey:        "ts",
 		EncodeTime:     zapcore.RFC3339NanoTimeEncoder,
 		LineEnding:     zapcore.DefaultLineEnding,
 		EncodeDuration: zapcore.MillisDurationEncoder,
 	})
-	buf, err := enc.EncodeEntry(zapcore.Entry{Time: ts}, []zapcore.Field{zap.Inline(zapEvent{e})})
+}
+
+// zapLine encodes e as the former Logger did: the encoder configured as
+// New configured it, the event inlined into an entry at t.
+func zapLine(t testing.TB, e *Event, ts time.Time) []byte {
+	t.Helper()
+	buf, err := zapEncoder().EncodeEntry(zapcore.Entry{Time: ts}, []zapcore.Field{zap.Inline(zapEvent{e})})
 	require.NoError(t, err)
 	defer buf.Free()
 	return append([]byte(nil), buf.Bytes()...)
@@ -318,6 +322,25 @@ func TestPlain8(t *testing.T) {
 		}
 		if plainWord(binary.LittleEndian.Uint64(w)) != want {
 			t.Fatalf("plainWord(%q) = %v", w, !want)
+		}
+	}
+}
+
+// TestAppendStringEveryPosition puts each kind of byte that needs care at
+// every position of plain strings of every length around the word size, so
+// the word-at-a-time scan, its overlapping tail and the byte loop all meet
+// it.
+func TestAppendStringEveryPosition(t *testing.T) {
+	specials := []string{"\"", "\\", "\n", "\x00", "\x1f", "\x7f", "é", "\xff", "\u2028", "\xe2\x80"}
+	for n := 0; n <= 26; n++ {
+		for pos := 0; pos <= n; pos++ {
+			for _, sp := range specials {
+				s := strings.Repeat("a", pos) + sp + strings.Repeat("b", n-pos)
+				for _, str := range []string{s, strings.Repeat("c", n)} {
+					e := &Event{Event: str}
+					require.Equal(t, string(zapLine(t, e, time.Time{})), string(e.AppendJSON(nil, time.Time{})), "%q", str)
+				}
+			}
 		}
 	}
 }
