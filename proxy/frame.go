@@ -41,8 +41,9 @@ const (
 )
 
 // frameReader splits a stream into typed protocol messages (1-byte type,
-// 4-byte big-endian length that counts itself, body). The body is read into
-// a reused buffer: it is valid only until the next call of next.
+// 4-byte big-endian length that counts itself, body). The body is a view of
+// the reader's buffer, or for a message larger than that buffer a reused
+// buffer of its own: it is valid only until the next call of next.
 type frameReader struct {
 	r   *connReader
 	max int // largest accepted message, header included
@@ -72,12 +73,24 @@ func (f *frameReader) next() (typ byte, body []byte, err error) {
 	if n+1 > int64(f.max) {
 		return 0, nil, protocolErrorf(CodeProtocolViolation, "message of %d bytes exceeds the limit of %d", n+1, f.max)
 	}
+	size := int(n) - 4
+	if 5+size <= f.r.Size() {
+		// The whole message fits the read buffer: the body is a view of it.
+		msg, err := f.r.Peek(5 + size)
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return 0, nil, err
+		}
+		_, _ = f.r.Discard(5 + size)
+		return typ, msg[5:], nil
+	}
 	if _, err := f.r.Discard(5); err != nil {
 		return 0, nil, err
 	}
-	size := int(n) - 4
 	if cap(f.buf) < size {
-		f.buf = make([]byte, size, max(size, 1024))
+		f.buf = make([]byte, size)
 	}
 	body = f.buf[:size]
 	if _, err := io.ReadFull(f.r, body); err != nil {

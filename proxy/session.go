@@ -35,7 +35,7 @@ type Session struct {
 	State any
 
 	srv        *Server
-	log        *zap.Logger
+	log        sessionLog
 	paramOrder []string
 	interest   [256]Interest
 
@@ -70,7 +70,7 @@ func newSession(srv *Server, conn net.Conn) *Session {
 		ID:         id,
 		ClientAddr: conn.RemoteAddr(),
 		srv:        srv,
-		log:        srv.log.With(zap.Uint64("session", id)),
+		log:        sessionLog{base: srv.log, id: id},
 		client:     conn,
 		pending:    1, // the startup owes the first ReadyForQuery
 	}

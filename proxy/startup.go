@@ -48,7 +48,7 @@ func (s *Session) startup(ctx context.Context) error {
 			s.interest[t] = cfg.Hooks.BackendInterest(byte(t))
 		}
 	}
-	s.log.Info("client session", zap.Stringer("client", s.ClientAddr), zap.String("user", s.Params["user"]),
+	s.srv.log.Info("client session", zap.Uint64("session", s.ID), zap.Stringer("client", s.ClientAddr), zap.String("user", s.Params["user"]),
 		zap.String("database", s.Params["database"]), zap.Bool("client_tls", s.ClientTLS))
 	cio := newSocketIO(s.client)
 	s.cr = newConnReader(cio)
@@ -340,7 +340,8 @@ func readFrame(r *connReader, limit int) (frame, error) {
 	if err != nil {
 		return frame{}, err
 	}
-	return frame{typ: typ, body: body}, nil
+	// A frame outlives the next read of r.
+	return frame{typ: typ, body: append([]byte(nil), body...)}, nil
 }
 
 // Authentication request codes (AuthenticationXXX).
