@@ -1,7 +1,6 @@
 package audit
 
 import (
-	"math"
 	"strconv"
 	"time"
 	"unicode/utf8"
@@ -96,16 +95,8 @@ func appendMillis(dst []byte, d time.Duration) []byte {
 	if us > -maxExactMicros && us < maxExactMicros {
 		return appendMicrosAsMillis(dst, us)
 	}
-	f := float64(us) / 1000
-	switch {
-	case math.IsNaN(f):
-		return append(dst, `"NaN"`...)
-	case math.IsInf(f, 1):
-		return append(dst, `"+Inf"`...)
-	case math.IsInf(f, -1):
-		return append(dst, `"-Inf"`...)
-	}
-	return strconv.AppendFloat(dst, f, 'f', -1, 64)
+	// An int64 over 1000 is finite: zap's "NaN" and "±Inf" cannot occur.
+	return strconv.AppendFloat(dst, float64(us)/1000, 'f', -1, 64)
 }
 
 // maxExactMicros bounds the durations appendMicrosAsMillis formats: below
@@ -140,8 +131,8 @@ func appendMicrosAsMillis(dst []byte, us int64) []byte {
 // hexDigits are the digits of \u00XX escapes (lower case, as zap).
 const hexDigits = "0123456789abcdef"
 
-// plainByte marks the bytes appendString copies as they are: printable
-// ASCII other than '"' and '\\'. Bytes from 0x80 on need a UTF-8 check.
+// plainByte marks the bytes appendString copies as they are: ASCII from
+// 0x20 on (DEL included) other than '"' and '\\'. Bytes from 0x80 on need a UTF-8 check.
 var plainByte = func() (t [256]bool) {
 	for c := 0x20; c < utf8.RuneSelf; c++ {
 		t[c] = c != '"' && c != '\\'
