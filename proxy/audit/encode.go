@@ -132,7 +132,8 @@ func appendMicrosAsMillis(dst []byte, us int64) []byte {
 const hexDigits = "0123456789abcdef"
 
 // plainByte marks the bytes appendString copies as they are: ASCII from
-// 0x20 on (DEL included) other than '"' and '\\'. Bytes from 0x80 on need a UTF-8 check.
+// 0x20 on (DEL included) other than '"' and '\\'. Bytes from 0x80 on need
+// a UTF-8 check.
 var plainByte = func() (t [256]bool) {
 	for c := 0x20; c < utf8.RuneSelf; c++ {
 		t[c] = c != '"' && c != '\\'
