@@ -22,20 +22,20 @@ import (
 const bufSize = 8192
 
 var (
-	bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
+	bufPool = sync.Pool{New: func() any { return new([bufSize]byte) }}
 	// borrowed counts the pooled buffers in use (tests check idle sessions).
 	borrowed atomic.Int64
 )
 
 func getBuf() []byte {
 	borrowed.Add(1)
-	return (*bufPool.Get().(*[]byte))[:bufSize]
+	return bufPool.Get().(*[bufSize]byte)[:]
 }
 
+// putBuf returns a buffer from getBuf (its array pointer: no allocation).
 func putBuf(b []byte) {
 	borrowed.Add(-1)
-	b = b[:bufSize]
-	bufPool.Put(&b)
+	bufPool.Put((*[bufSize]byte)(b[:bufSize]))
 }
 
 // connReader is a buffered reader (the part of bufio.Reader the relay uses)

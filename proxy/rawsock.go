@@ -25,7 +25,23 @@ import (
 type rawSocket struct {
 	conn net.Conn
 	raw  syscall.RawConn
-	peek [1]byte // MSG_PEEK target of readBorrowed
+
+	// State of the read in progress (one reader at a time) and of the
+	// write in progress (writers are serialized by the session's locks).
+	// The callbacks are method values made once, so that a read or write
+	// allocates nothing.
+	rbuf     []byte
+	rn       int
+	rerrno   syscall.Errno
+	rfirst   bool // readBorrowed: the first call only peeks
+	rborrow  bool // readBorrowed: rbuf comes from the pool
+	wbuf     []byte
+	wdone    int
+	werrno   syscall.Errno
+	readFn   func(uintptr) bool
+	borrowFn func(uintptr) bool
+	writeFn  func(uintptr) bool
+	peek     [1]byte // MSG_PEEK target of readBorrowed
 }
 
 // newSocketIO returns the reader/writer the relay uses for conn: a rawSocket
@@ -33,62 +49,72 @@ type rawSocket struct {
 func newSocketIO(conn net.Conn) io.ReadWriter {
 	if sc, ok := conn.(syscall.Conn); ok {
 		if raw, err := sc.SyscallConn(); err == nil {
-			return &rawSocket{conn: conn, raw: raw}
+			s := &rawSocket{conn: conn, raw: raw}
+			s.readFn, s.borrowFn, s.writeFn = s.doRead, s.doBorrowedRead, s.doWrite
+			return s
 		}
 	}
 	return conn
 }
 
+// sysRead reads into s.rbuf: false on EAGAIN.
+func (s *rawSocket) sysRead(fd uintptr) bool {
+	for {
+		r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&s.rbuf[0])), uintptr(len(s.rbuf)))
+		if e == syscall.EINTR {
+			continue
+		}
+		s.rn, s.rerrno = int(r), e
+		return e != syscall.EAGAIN
+	}
+}
+
+func (s *rawSocket) doRead(fd uintptr) bool { return s.sysRead(fd) }
+
 func (s *rawSocket) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	var (
-		n     int
-		errno syscall.Errno
-	)
-	err := s.raw.Read(func(fd uintptr) bool {
-		for {
-			r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
-			if e == syscall.EINTR {
-				continue
-			}
-			n, errno = int(r), e
-			return e != syscall.EAGAIN
-		}
-	})
+	s.rbuf, s.rn, s.rerrno = p, 0, 0
+	err := s.raw.Read(s.readFn)
+	s.rbuf = nil
+	return s.readResult(err)
+}
+
+func (s *rawSocket) readResult(err error) (int, error) {
 	switch {
 	case err != nil: // deadline, closed by us: the runtime's own errors
 		return 0, err
-	case errno != 0:
-		return 0, s.opError("read", errno)
-	case n == 0:
+	case s.rerrno != 0:
+		return 0, s.opError("read", s.rerrno)
+	case s.rn == 0:
 		return 0, io.EOF
 	}
-	return n, nil
+	return s.rn, nil
+}
+
+func (s *rawSocket) doWrite(fd uintptr) bool {
+	for s.wdone < len(s.wbuf) {
+		r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&s.wbuf[s.wdone])), uintptr(len(s.wbuf)-s.wdone))
+		switch e {
+		case 0:
+			s.wdone += int(r)
+		case syscall.EINTR:
+		case syscall.EAGAIN:
+			return false // socket buffer full: wait until writable
+		default:
+			s.werrno = e
+			return true
+		}
+	}
+	return true
 }
 
 func (s *rawSocket) Write(p []byte) (int, error) {
-	var (
-		done  int
-		errno syscall.Errno
-	)
-	err := s.raw.Write(func(fd uintptr) bool {
-		for done < len(p) {
-			r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&p[done])), uintptr(len(p)-done))
-			switch e {
-			case 0:
-				done += int(r)
-			case syscall.EINTR:
-			case syscall.EAGAIN:
-				return false // socket buffer full: wait until writable
-			default:
-				errno = e
-				return true
-			}
-		}
-		return true
-	})
+	s.wbuf, s.wdone, s.werrno = p, 0, 0
+	err := s.raw.Write(s.writeFn)
+	done, errno := s.wdone, s.werrno
+	s.wbuf = nil
 	if err != nil {
 		return done, err
 	}
@@ -103,56 +129,41 @@ func (s *rawSocket) opError(op string, errno syscall.Errno) error {
 		Addr: s.conn.RemoteAddr(), Err: os.NewSyscallError(op, errno)}
 }
 
+func (s *rawSocket) doBorrowedRead(fd uintptr) bool {
+	if s.rfirst {
+		s.rfirst = false
+		for {
+			_, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&s.peek[0])), 1,
+				syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
+			if e == syscall.EINTR {
+				continue
+			}
+			if e == syscall.EAGAIN {
+				return false // nothing yet: park with no buffer
+			}
+			break // data, EOF or an error: the read below tells
+		}
+	}
+	if s.rbuf == nil {
+		s.rbuf = getBuf()
+	}
+	if !s.sysRead(fd) {
+		putBuf(s.rbuf)
+		s.rbuf = nil
+		return false
+	}
+	return true
+}
+
 // readBorrowed waits until the socket has data (or an error or EOF) without
 // holding a buffer, then borrows one from the pool and reads into it. On
 // EAGAIN after a wake-up the buffer goes back before waiting again. It
 // returns the buffer (nil when none is held) and the bytes read.
 func (s *rawSocket) readBorrowed() ([]byte, int, error) {
-	var (
-		buf   []byte
-		n     int
-		errno syscall.Errno
-		first = true
-	)
-	err := s.raw.Read(func(fd uintptr) bool {
-		if first {
-			first = false
-			for {
-				_, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&s.peek[0])), 1,
-					syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
-				if e == syscall.EINTR {
-					continue
-				}
-				if e == syscall.EAGAIN {
-					return false // nothing yet: park with no buffer
-				}
-				break // data, EOF or an error: the read below tells
-			}
-		}
-		if buf == nil {
-			buf = getBuf()
-		}
-		for {
-			r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)))
-			if e == syscall.EINTR {
-				continue
-			}
-			if e == syscall.EAGAIN {
-				putBuf(buf)
-				buf = nil
-				return false
-			}
-			n, errno = int(r), e
-			return true
-		}
-	})
-	switch {
-	case err != nil:
-		return buf, 0, err
-	case errno != 0:
-		return buf, 0, s.opError("read", errno)
-	case n == 0:
-		return buf, 0, io.EOF
-	}
-	return buf, n, nil
+	s.rbuf, s.rn, s.rerrno, s.rfirst = nil, 0, 0, true
+	err := s.raw.Read(s.borrowFn)
+	buf := s.rbuf
+	s.rbuf = nil
+	n, rerr := s.readResult(err)
+	return buf, n, rerr
 }
