@@ -29,6 +29,11 @@ type stmtTemplate struct {
 	needsTenant bool
 	checks      []literalCheck
 	bypassable  bool // false for parse errors: refused even for bypass roles
+	// settingExprs is the number of setting expressions the rewrite
+	// injected (WithTenantSetting), when all of them may become literals;
+	// litSegs is the simple-protocol SQL split at them (Session.TenantLiteral).
+	settingExprs int
+	litSegs      []string
 }
 
 // compile decides a query string without a tenant.
@@ -144,6 +149,19 @@ func (r *Rewriter) compileStmt(version int32, raw *pg.RawStmt, text string, exte
 		}
 	} else {
 		st.segments = []string{out}
+	}
+	// A cursor runs its query at FETCH, possibly after a tenant switch: it
+	// keeps the expression, read when it runs (as RLS would).
+	if r.tenantSetting && c.settingExprs > 0 && !c.dynamicSetting && raw.Stmt.GetDeclareCursorStmt() == nil {
+		st.settingExprs = c.settingExprs
+		if !extended && r.settingText != "" {
+			// Exactly the injected expressions, or none: an identical text
+			// written by the user (or in a quoted identifier) makes the
+			// count differ and the statement keeps the expression.
+			if parts := strings.Split(out, r.settingText); len(parts)-1 == c.settingExprs {
+				st.litSegs = parts
+			}
+		}
 	}
 	return st
 }

@@ -36,22 +36,26 @@ type stmtCtx struct {
 	// dynamic is set inside SQL-level PREPARE: the tenant is read with
 	// current_setting() at execution, since EXECUTE may follow a tenant
 	// switch; tenant literals and parameters cannot be checked there.
-	dynamic      bool
-	sentinel     int32
-	placeholders int
-	modified     bool
-	relations    []string
-	relSeen      map[string]bool
-	needsTenant  bool
-	checks       []literalCheck
-	verifyParams []int
-	limitParams  []int
-	offsetParams []int
-	rowGuard     bool
-	handled      map[*pg.RangeVar]bool
-	doneSel      map[*pg.SelectStmt]bool
-	rejReason    string
-	rejSubject   string
+	dynamic bool
+	// settingExprs counts the setting expressions injected outside SQL-level
+	// PREPARE; dynamicSetting says one was injected inside it.
+	settingExprs   int
+	dynamicSetting bool
+	sentinel       int32
+	placeholders   int
+	modified       bool
+	relations      []string
+	relSeen        map[string]bool
+	needsTenant    bool
+	checks         []literalCheck
+	verifyParams   []int
+	limitParams    []int
+	offsetParams   []int
+	rowGuard       bool
+	handled        map[*pg.RangeVar]bool
+	doneSel        map[*pg.SelectStmt]bool
+	rejReason      string
+	rejSubject     string
 }
 
 func newStmtCtx(r *Rewriter, role policy.Role, extended bool, sentinel int32) *stmtCtx {
@@ -77,6 +81,11 @@ func (c *stmtCtx) addRelation(name string) {
 func (c *stmtCtx) tenantExpr() *pg.Node {
 	tn := tenantTypeName(c.pol.Tenant.Type)
 	if c.dynamic || c.r.tenantSetting {
+		if c.dynamic {
+			c.dynamicSetting = true
+		} else {
+			c.settingExprs++
+		}
 		fc := pg.MakeFuncCallNode([]*pg.Node{pg.MakeStrNode("current_setting")},
 			[]*pg.Node{pg.MakeAConstStrNode(c.pol.Tenant.Setting, -1)}, -1)
 		cast := &pg.Node{Node: &pg.Node_TypeCast{TypeCast: &pg.TypeCast{Arg: fc, TypeName: tn, Location: -1}}}

@@ -194,9 +194,12 @@ type literalTemplate struct {
 	qt *queryTemplate // the abstract statement, compiled as with parameters
 	// sql is the rendered abstract SQL; segments split it at the parameter
 	// tokens, slots[i] is the literal that goes after segments[i].
-	sql         string
-	segments    []string
-	slots       []int
+	sql      string
+	segments []string
+	slots    []int
+	// litSegs[i] is segments[i] split at the setting expressions, when
+	// they can all become literals (Session.TenantLiteral).
+	litSegs     [][]string
 	fingerprint string
 	normalized  string
 }
@@ -284,10 +287,27 @@ func (r *Rewriter) renderLiteral(lt *literalTemplate, sql string, lits []literal
 			}
 		}
 	}
+	tenantLit := ""
+	if s.TenantLiteral && lt.litSegs != nil {
+		canon, err := CanonicalTenant(r.pol.Tenant.Type, s.Tenant)
+		if !s.HasTenant || err != nil {
+			return nil, false
+		}
+		tenantLit = renderTenant(r.pol.Tenant.Type, canon)
+	}
 	var b strings.Builder
 	b.Grow(len(sql) + 64)
 	for i, seg := range lt.segments {
-		b.WriteString(seg)
+		if tenantLit != "" {
+			for j, part := range lt.litSegs[i] {
+				if j > 0 {
+					b.WriteString(tenantLit)
+				}
+				b.WriteString(part)
+			}
+		} else {
+			b.WriteString(seg)
+		}
 		if i < len(lt.slots) {
 			v, ok := lit(lt.slots[i])
 			if !ok {
@@ -348,6 +368,16 @@ func (r *Rewriter) buildLiteral(sql string, lits []literalSpan, s Session, role 
 		return nil
 	}
 	lt := &literalTemplate{qt: qt, sql: ad.SQL, segments: segs, slots: slots, fingerprint: fd.Fingerprint, normalized: fd.Normalized}
+	if n := qt.stmts[0].settingExprs; n > 0 && r.settingText != "" {
+		split, found := make([][]string, len(segs)), 0
+		for i, seg := range segs {
+			split[i] = strings.Split(seg, r.settingText)
+			found += len(split[i]) - 1
+		}
+		if found == n {
+			lt.litSegs = split
+		}
+	}
 	// The proof: the hit path must produce exactly the full decision.
 	got, ok := r.renderLiteral(lt, sql, lits, s, role)
 	if !ok || len(got.Statements) != 1 || !sameDecision(&got.Statements[0], &fd) {

@@ -102,7 +102,9 @@ func TestLiteralCacheIsExact(t *testing.T) {
 			rf := fresh.get(gc.Policy, WithTenantSetting(), WithCacheSize(0))
 			rc.Decide(gc.SQL, s) // learn
 			for _, v := range variants(gc.SQL) {
-				for _, sess := range []Session{s, withTenant(s, "8")} {
+				lit := s
+				lit.TenantLiteral = true
+				for _, sess := range []Session{s, withTenant(s, "8"), lit, withTenant(lit, "8")} {
 					got := rc.Decide(v, sess)
 					want := rf.Decide(v, sess)
 					if got.CacheHit {
@@ -126,4 +128,60 @@ func TestLiteralCacheIsExact(t *testing.T) {
 func withTenant(s Session, tenant string) Session {
 	s.Tenant, s.HasTenant = tenant, true
 	return s
+}
+
+// TestTenantLiteralIsLiteralMode: with WithTenantSetting and
+// Session.TenantLiteral, every simple-protocol statement of the golden
+// corpus is rewritten exactly as the literal-mode rewriter (the tenant as a
+// literal, the goldens' own mode) rewrites it, or, where the template keeps
+// the setting expression, exactly as without TenantLiteral. Both are checked
+// for two tenants, on a fresh decision and on a cache hit.
+func TestTenantLiteralIsLiteralMode(t *testing.T) {
+	literalMode := rewriterSet{}
+	setting := rewriterSet{}
+	same, kept, literal := 0, 0, 0
+	for _, file := range goldenFiles(t) {
+		for _, gc := range readGolden(t, file) {
+			s := gc.Session.session()
+			if s.Extended || !s.HasTenant || gc.Policy == "setting" { // "setting" is not literal mode
+				continue
+			}
+			rl := literalMode.get(gc.Policy)
+			rs := setting.get(gc.Policy, WithTenantSetting())
+			for _, tenant := range []string{s.Tenant, "8"} {
+				base := withTenant(s, tenant)
+				lit := base
+				lit.TenantLiteral = true
+				want := rl.Decide(gc.SQL, base)
+				plain := rs.Decide(gc.SQL, base)
+				for round := 0; round < 2; round++ { // fresh, then a cache hit
+					got := rs.Decide(gc.SQL, lit)
+					if len(got.Statements) != len(want.Statements) {
+						t.Fatalf("%s: %d statements, literal mode %d", gc.Comment, len(got.Statements), len(want.Statements))
+					}
+					for i := range got.Statements {
+						g, w, p := got.Statements[i], want.Statements[i], plain.Statements[i]
+						if g.Verdict != p.Verdict || g.Reason != p.Reason {
+							t.Errorf("%s [%d]: TenantLiteral changed the decision: %s/%s, without %s/%s", gc.Comment, i, g.Verdict, g.Reason, p.Verdict, p.Reason)
+						}
+						switch {
+						case g.SQL == w.SQL:
+							same++
+							if g.SQL != p.SQL {
+								literal++
+							}
+						case g.SQL == p.SQL && strings.Contains(g.SQL, "current_setting("):
+							kept++
+						default:
+							t.Errorf("%s [%d] tenant %s:\n got          %s\n literal mode %s\n setting      %s", gc.Comment, i, tenant, g.SQL, w.SQL, p.SQL)
+						}
+					}
+				}
+			}
+		}
+	}
+	if literal == 0 {
+		t.Fatal("no statement was rendered with a literal tenant: the test proves nothing")
+	}
+	t.Logf("%d statements rendered as in literal mode (%d of them with a literal tenant where the setting expression was), %d kept the setting expression", same, literal, kept)
 }

@@ -80,10 +80,16 @@ func (ts *tenantState) apply(d *Decision, startup Session) {
 func (qt *queryTemplate) render(r *Rewriter, s Session, role policy.Role) *Result {
 	res := &Result{Statements: make([]Decision, 0, len(qt.stmts))}
 	ts := &tenantState{cur: s, session: s}
+	literal := s.TenantLiteral
 	for _, st := range qt.stmts {
-		d := st.renderOne(r, ts.cur, role)
+		cur := ts.cur
+		cur.TenantLiteral = literal
+		d := st.renderOne(r, cur, role)
 		res.Statements = append(res.Statements, d)
 		ts.apply(&d, s)
+		if d.TenantEffect != nil || st.d.TenantEffect != nil {
+			literal = false // the upstream's setting may differ from here on
+		}
 	}
 	return res
 }
@@ -172,6 +178,10 @@ func (st *stmtTemplate) renderTenant(r *Rewriter, s Session, d Decision) Decisio
 		if err != nil || v != canon {
 			return st.reject(r, d, ch.reason, ch.subject)
 		}
+	}
+	if s.TenantLiteral && st.litSegs != nil && !s.Extended {
+		d.SQL = strings.Join(st.litSegs, renderTenant(r.pol.Tenant.Type, canon))
+		return d
 	}
 	if len(st.segments) == 1 {
 		d.SQL = st.segments[0]

@@ -21,6 +21,16 @@ type Session struct {
 	// (extended protocol): exactly one statement, and the tenant is appended
 	// as an extra parameter instead of being rendered into the text.
 	Extended bool
+	// TenantLiteral, with WithTenantSetting and the simple protocol, renders
+	// the injected tenant as a literal (clinic_id = 7) instead of the
+	// setting expression: the upstream then plans the statement exactly as
+	// if the application had written the predicate. The caller vouches that
+	// the upstream's setting holds Tenant (the session's tenant came from
+	// its startup parameters and no statement has changed it since). It
+	// applies up to the first statement of the string that changes the
+	// tenant; statements the template cannot render that way keep the
+	// expression.
+	TenantLiteral bool
 }
 
 // Verdicts of a Decision.
@@ -204,6 +214,8 @@ type Rewriter struct {
 	// tenantSetting renders the tenant as current_setting(<setting>) (see
 	// WithTenantSetting).
 	tenantSetting bool
+	// settingText is the setting expression as the deparser prints it.
+	settingText string
 	// literals is the literal-insensitive cache (with tenantSetting only).
 	literals *literalCache
 	cache    *templateCache
@@ -221,6 +233,9 @@ func New(p *policy.Policy, c *Catalog, opts ...Option) *Rewriter {
 		if r.tenantSetting {
 			r.literals = newLiteralCache(r.cacheSize)
 		}
+	}
+	if r.tenantSetting {
+		r.settingText = r.deparseSetting()
 	}
 	return r
 }

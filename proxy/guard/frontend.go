@@ -95,7 +95,9 @@ func (g *Guard) onQuery(c *conn, body []byte) (proxy.Verdict, error) {
 	delete(c.statements, "")
 	delete(c.portals, "")
 	c.beginCycle()
-	res := e.rw.Decide(text, c.rwSession(false))
+	sess := c.rwSession(false)
+	sess.TenantLiteral = c.pinned
+	res := e.rw.Decide(text, sess)
 	g.countCache(res)
 	cycle := c.frontCycle
 	c.frontCycle++
@@ -143,6 +145,9 @@ func (c *conn) beginCycle() {
 // applyEffects applies a statement's tenant and transaction effects to the
 // tracked state. Callers hold c.mu.
 func (c *conn) applyEffects(d *rewriter.Decision, value string) {
+	if d.TenantEffect != nil {
+		c.pinned = false
+	}
 	c.tenant.Apply(d, value)
 }
 

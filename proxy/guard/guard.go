@@ -127,6 +127,13 @@ type conn struct {
 	bypass bool
 
 	tenant rewriter.TenantTracker
+	// pinned: the tenant came from the startup parameters and no statement
+	// has changed it since, so the upstream's setting holds exactly
+	// c.tenant's value and simple-protocol statements are scoped with a
+	// literal (rewriter.Session.TenantLiteral), which PostgreSQL plans as
+	// cheaply as a hand-written predicate. The first statement with a
+	// tenant effect ends it for the rest of the session.
+	pinned bool
 	// cycleSnapshot is the tenant state at the start of the current
 	// implicit transaction (when not in a block), restored if it fails.
 	cycleSnapshot *rewriter.TenantTracker

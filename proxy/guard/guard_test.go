@@ -746,3 +746,78 @@ func TestMultiStatementWithTrailingLineComment(t *testing.T) {
 		onlyMarker(t, "1", []string{string(r[0])})
 	}
 }
+
+// explain runs EXPLAIN (COSTS OFF) in the simple protocol and returns the
+// plan: it shows how the upstream received the rewritten statement.
+func explain(t *testing.T, conn *pgx.Conn, sql string) string {
+	t.Helper()
+	res, err := conn.PgConn().Exec(ctx(t), "EXPLAIN (COSTS OFF) "+sql).ReadAll()
+	require.NoError(t, err)
+	var b strings.Builder
+	for _, r := range res {
+		for _, row := range r.Rows {
+			b.Write(row[0])
+			b.WriteByte('\n')
+		}
+	}
+	return b.String()
+}
+
+// TestPinnedTenantIsALiteral: while the tenant is the startup one, simple
+// statements reach PostgreSQL scoped with a literal (planned like the
+// hand-written predicate); after the session changes its tenant they read
+// the upstream setting again, and the rows stay right throughout.
+func TestPinnedTenantIsALiteral(t *testing.T) {
+	e := start(t, basePolicy)
+	const q = "SELECT full_name FROM patients WHERE id > 0 ORDER BY id LIMIT 50"
+	simple := func(t *testing.T, conn *pgx.Conn) []string {
+		return queryStrings(t, conn, pgx.QueryExecModeSimpleProtocol, q)
+	}
+
+	pinned := e.connect(t, "2")
+	plan := explain(t, pinned, q)
+	require.Contains(t, plan, "clinic_id = 2", "a pinned session is scoped with a literal")
+	require.NotContains(t, plan, "InitPlan")
+	onlyMarker(t, "2", simple(t, pinned))
+
+	// Any tenant change ends the pin for good, even back to the same value.
+	_, err := pinned.PgConn().Exec(ctx(t), "SET app.clinic_id = 3").ReadAll()
+	require.NoError(t, err)
+	require.Contains(t, explain(t, pinned, q), "InitPlan", "after SET the setting is read upstream")
+	onlyMarker(t, "3", simple(t, pinned))
+	_, err = pinned.PgConn().Exec(ctx(t), "SET app.clinic_id = 2").ReadAll()
+	require.NoError(t, err)
+	require.Contains(t, explain(t, pinned, q), "InitPlan")
+	onlyMarker(t, "2", simple(t, pinned))
+
+	// A SET in the same string as the statement: the statement after it
+	// reads the setting.
+	res, err := e.connect(t, "1").PgConn().Exec(ctx(t), "SET app.clinic_id = 3; EXPLAIN (COSTS OFF) "+q).ReadAll()
+	require.NoError(t, err)
+	require.Len(t, res, 2)
+	var plan2 strings.Builder
+	for _, row := range res[1].Rows {
+		plan2.Write(row[0])
+	}
+	require.Contains(t, plan2.String(), "InitPlan")
+
+	// No startup tenant: the setting, never a literal.
+	late := e.connect(t, "")
+	_, err = late.PgConn().Exec(ctx(t), "SET app.clinic_id = 1").ReadAll()
+	require.NoError(t, err)
+	require.Contains(t, explain(t, late, q), "InitPlan")
+	onlyMarker(t, "1", simple(t, late))
+
+	// The extended protocol always reads the setting (prepared statements
+	// outlive tenant switches).
+	var got string
+	rows, err := pinned.Query(ctx(t), "EXPLAIN (COSTS OFF) "+q, pgx.QueryExecModeDescribeExec)
+	require.NoError(t, err)
+	for rows.Next() {
+		var line string
+		require.NoError(t, rows.Scan(&line))
+		got += line + "\n"
+	}
+	require.NoError(t, rows.Err())
+	require.Contains(t, got, "InitPlan")
+}

@@ -84,6 +84,15 @@ func (g *Guard) OnStartup(s *proxy.Session) error {
 		}
 		if err == nil {
 			c.tenant = rewriter.NewTenantTracker(canon, true)
+			// PostgreSQL applies startup parameters after the options: when
+			// both set the tenant differently, leave the upstream's setting
+			// in charge (the setting expression) rather than pin a value.
+			c.pinned = true
+			for k, pv := range s.Params {
+				if strings.EqualFold(k, pol.Tenant.Setting) && pv != v {
+					c.pinned = false
+				}
+			}
 		}
 	}
 	g.opts.Metrics.ClientConnections.Inc()
