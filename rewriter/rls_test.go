@@ -224,6 +224,15 @@ func TestRLSDifferential(t *testing.T) {
 				if got := queryRows(ctx, t, su, d.SQL); strings.Join(got, "\n") != strings.Join(want, "\n") {
 					t.Errorf("tenant-setting mode differs from RLS\nrewritten: %s", d.SQL)
 				}
+				// ... and with Session.TenantLiteral (a pinned session),
+				// the same rows with the tenant written in.
+				d = rs.Decide(q, Session{Tenant: ts, HasTenant: true, TenantLiteral: true}).Statements[0]
+				if d.Verdict == VerdictRejected {
+					t.Fatalf("rejected: %s %+v", d.Reason, d.Error)
+				}
+				if got := queryRows(ctx, t, su, d.SQL); strings.Join(got, "\n") != strings.Join(want, "\n") {
+					t.Errorf("tenant-literal mode differs from RLS\nrewritten: %s", d.SQL)
+				}
 			})
 		}
 		for _, tmpl := range rlsVerified {
