@@ -236,9 +236,9 @@ func (g *Guard) onError(c *conn, body []byte) (proxy.Verdict, error) {
 		return drop, nil
 	}
 	// An error ends the implicit transaction of its cycle: undo its SETs.
-	if !c.tenant.InTx() && c.cycleSnapshot != nil {
-		c.tenant = *c.cycleSnapshot
-		c.cycleSnapshot = nil
+	if !c.tenant.InTx() && c.hasCycleSnapshot {
+		c.tenant = c.cycleSnapshot
+		c.hasCycleSnapshot = false
 	}
 	if name := c.sentinelIn(&e); name != "" {
 		rj := c.rejects[name]
@@ -294,7 +294,13 @@ func (g *Guard) onReady(c *conn, body []byte) {
 		c.queue = c.queue[1:]
 	}
 	if len(c.queue) == 0 {
-		c.queue = nil // release the backing array between cycles
+		// Start the next cycle on a small array of the session's own; a
+		// long pipeline's larger one is dropped with the old slice.
+		if c.queueBuf == nil {
+			c.queueBuf = make([]*inflight, 4)
+		}
+		clear(c.queueBuf)
+		c.queue = c.queueBuf[:0]
 	}
 	if len(body) == 0 || c.frontCycle != c.backCycle {
 		// More cycles are in flight: the tracked state already reflects
@@ -308,10 +314,10 @@ func (g *Guard) onReady(c *conn, body []byte) {
 			// example a procedure's COMMIT): keep the session value.
 			c.tenant.EndTx(true, false)
 		}
-		c.cycleSnapshot = nil
+		c.hasCycleSnapshot = false
 	case 'T', 'E':
 		c.tenant.Begin()
-		c.cycleSnapshot = nil
+		c.hasCycleSnapshot = false
 	}
 }
 

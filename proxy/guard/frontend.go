@@ -135,11 +135,10 @@ func (g *Guard) onQuery(c *conn, body []byte) (proxy.Verdict, error) {
 // beginCycle remembers the tenant state at the start of an implicit
 // transaction, so that a failure can undo its SETs. Callers hold c.mu.
 func (c *conn) beginCycle() {
-	if c.tenant.InTx() || c.cycleSnapshot != nil {
+	if c.tenant.InTx() || c.hasCycleSnapshot {
 		return
 	}
-	snap := c.tenant.Snapshot()
-	c.cycleSnapshot = &snap
+	c.cycleSnapshot, c.hasCycleSnapshot = c.tenant.Snapshot(), true
 }
 
 // applyEffects applies a statement's tenant and transaction effects to the
@@ -285,7 +284,12 @@ func (g *Guard) onBind(c *conn, body []byte) (proxy.Verdict, error) {
 			Hint:    "set the tenant first, for example SET " + e.pol.Tenant.Setting + ", or connect with it as a startup parameter"},
 			rewriter.ReasonNoTenant, &d)
 	}
-	pt := &portal{dec: d, injected: enforce && d.Verdict == rewriter.VerdictRewritten}
+	// The unnamed portal is bound over and over: its struct is reused.
+	pt := c.portals[portalName]
+	if pt == nil {
+		pt = &portal{}
+	}
+	*pt = portal{dec: d, injected: enforce && d.Verdict == rewriter.VerdictRewritten}
 	if len(d.LimitParams) > 0 || len(d.OffsetParams) > 0 || len(d.VerifyParams) > 0 || (d.TenantEffect != nil && d.TenantEffect.ValueParam > 0) {
 		msg, err := proxy.DecodeFrontend(proxy.MsgBind, body)
 		if err != nil {
@@ -493,13 +497,16 @@ func (g *Guard) auditDecision(c *conn, d *rewriter.Decision, protocol string, ro
 	g.opts.Audit.Log(ev)
 }
 
+// statementEvent fills the session's reusable event (the audit logger
+// encodes it before Log returns). Callers hold c.mu.
 func (g *Guard) statementEvent(c *conn, d *rewriter.Decision, protocol string) *audit.Event {
-	return &audit.Event{
+	c.ev = audit.Event{
 		Event: audit.EventStatement, ConnID: c.id, Client: c.client, User: c.user, Database: c.database,
 		ApplicationName: c.applicationName, Tenant: c.current().v, Kind: d.Kind, Relations: d.Relations,
 		Decision: auditVerdict(d), Reason: d.Reason, Fingerprint: d.Fingerprint, Statement: d.Normalized,
 		Protocol: protocol, Rows: -1,
 	}
+	return &c.ev
 }
 
 // auditVerdict is the decision the audit records: in audit mode the

@@ -136,14 +136,17 @@ type conn struct {
 	pinned bool
 	// cycleSnapshot is the tenant state at the start of the current
 	// implicit transaction (when not in a block), restored if it fails.
-	cycleSnapshot *rewriter.TenantTracker
+	cycleSnapshot    rewriter.TenantTracker
+	hasCycleSnapshot bool
 
 	statements map[string]*prepared // named (and unnamed "") prepared statements
 	portals    map[string]*portal
 
 	// queue holds the statements sent upstream whose completion has not
 	// been seen yet, in order.
-	queue []*inflight
+	queue    []*inflight
+	queueBuf []*inflight // backing array queue restarts on when empty
+	ev       audit.Event // statementEvent's reusable event
 	// rejects maps sentinel names to the errors that replace the upstream's.
 	rejects map[string]*rejection
 	seq     uint64
