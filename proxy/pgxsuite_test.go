@@ -97,8 +97,19 @@ func TestPgxSuite(t *testing.T) {
 	pol.Roles[" tricky, ' } \" \\ test user "] = policy.Role{Bypass: true}
 	auditLog, err := audit.New(audit.Options{Stdout: io.Discard})
 	require.NoError(t, err)
+	// TENANTGUARD_PGX_SUITE_PLAIN=1: plain TCP on both legs for the
+	// ordinary connection strings (the relay's raw-socket path; TLS
+	// connections are read through crypto/tls).
+	plain := os.Getenv("TENANTGUARD_PGX_SUITE_PLAIN") == "1"
+	upstream := proxy.UpstreamConfig{Host: "localhost", Port: c.Port, SSLMode: "verify-full", SSLRootCert: c.CAFile}
+	if plain {
+		upstream = proxy.UpstreamConfig{Host: "localhost", Port: c.Port, SSLMode: "disable"}
+		// The test asks the server (pg_stat_ssl) whether its connection is
+		// TLS: with a plain upstream leg it is not.
+		knownProxyDifferences["github.com/jackc/pgx/v5/pgconn TestConnectTLS/WithoutChannelBinding"] = "plain upstream leg: the server sees no TLS"
+	}
 	srv, err := proxy.NewServer(proxy.Config{
-		Upstream:    proxy.UpstreamConfig{Host: "localhost", Port: c.Port, SSLMode: "verify-full", SSLRootCert: c.CAFile},
+		Upstream:    upstream,
 		TLSCertFile: c.CertFile, TLSKeyFile: c.KeyFile,
 		Logger: zap.NewNop(),
 		Hooks:  guard.New(guard.Options{Policies: policy.NewHolder(pol), Audit: auditLog}),
@@ -119,10 +130,10 @@ func TestPgxSuite(t *testing.T) {
 	dir := copyPgxSource(t, pgxSrc)
 	pkgs := strings.Fields(envOr("TENANTGUARD_PGX_PACKAGES", ". ./pgconn ./pgtype ./pgxpool ./stdlib"))
 	start := time.Now()
-	direct := runPgxTests(t, dir, pkgs, pgxEnv(c.Port, c.CAFile))
+	direct := runPgxTests(t, dir, pkgs, pgxEnv(c.Port, c.CAFile, plain))
 	directTime := time.Since(start)
 	start = time.Now()
-	proxied := runPgxTests(t, dir, pkgs, pgxEnv(proxyPort, c.CAFile))
+	proxied := runPgxTests(t, dir, pkgs, pgxEnv(proxyPort, c.CAFile, plain))
 	proxyTime := time.Since(start)
 
 	report, regressions := compareSuites(direct, proxied)
@@ -211,8 +222,11 @@ func copyPgxSource(t *testing.T, src string) string {
 // pgxEnv is pgx's CI test environment (scripts/lib/test_targets.rb) for a
 // server on port; client-certificate and Unix-socket tests stay unset, as
 // neither can go through a TCP proxy that terminates TLS.
-func pgxEnv(port int, caFile string) []string {
+func pgxEnv(port int, caFile string, plain bool) []string {
 	tcp := fmt.Sprintf("host=127.0.0.1 port=%d dbname=pgx_test password=secret", port)
+	if plain {
+		tcp += " sslmode=disable"
+	}
 	tls := fmt.Sprintf("host=localhost port=%d user=pgx_ssl password=secret sslmode=verify-full sslrootcert=%s dbname=pgx_test", port, caFile)
 	return []string{
 		"PGX_TEST_DATABASE=" + tcp + " user=pgx_md5",

@@ -7,7 +7,8 @@
 #   proxy/testdata/pgx-suite.sh [report-file]
 #
 # Environment: TENANTGUARD_PGX_PACKAGES overrides the packages
-# (default ". ./pgconn ./pgtype ./pgxpool ./stdlib").
+# (default ". ./pgconn ./pgtype ./pgxpool ./stdlib"); TENANTGUARD_PGX_SUITE_PLAIN=1
+# runs the ordinary connection strings in plain TCP on both legs (default: TLS).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 report="${1:-${TMPDIR:-/tmp}/tenantguard-pgx-suite.txt}"
