@@ -397,6 +397,9 @@ func TestStartupParserDifferentialsRefused(t *testing.T) {
 		"client_encoding --":    {"options", "--client-encoding=GBK"},
 		"session_authorization": {"options", "-c session_authorization=postgres"},
 		"unknown switch":        {"options", "-D /tmp"},
+		// Every value is checked, not only the one the server keeps.
+		"scs off in options, on as a parameter": {"options", "-c standard_conforming_strings=off", "standard_conforming_strings", "on"},
+		"bad tenant in options, good parameter": {"options", "-c app.clinic_id=1x", "app.clinic_id", "1"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := pgx.Connect(ctx(t), e.url(pgtest.AppUser, params...))
@@ -820,4 +823,19 @@ func TestPinnedTenantIsALiteral(t *testing.T) {
 	}
 	require.NoError(t, rows.Err())
 	require.Contains(t, got, "InitPlan")
+}
+
+// TestStartupTenantFollowsTheServer: when a startup parameter and options
+// both set the tenant, PostgreSQL applies the parameter last; tenantguard's
+// tenant (rows and audit) is the one the server holds.
+func TestStartupTenantFollowsTheServer(t *testing.T) {
+	e := start(t, basePolicy)
+	conn := e.connect(t, "1", "options", "-c app.clinic_id=2")
+	var server string
+	require.NoError(t, conn.QueryRow(ctx(t), "SELECT current_setting('app.clinic_id')", pgx.QueryExecModeSimpleProtocol).Scan(&server))
+	for _, m := range modes {
+		onlyMarker(t, server, queryStrings(t, conn, m.mode, "SELECT full_name FROM patients ORDER BY id LIMIT 3"))
+	}
+	require.Contains(t, e.audit.String(), `"tenant":"`+server+`"`)
+	t.Logf("the server's tenant is the startup parameter's: %s", server)
 }

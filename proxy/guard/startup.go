@@ -53,43 +53,60 @@ func (g *Guard) OnStartup(s *proxy.Session) error {
 		}
 	}
 
-	settings := map[string]string{}
+	params := map[string]string{}
 	for k, v := range s.Params {
 		switch k {
 		case "user", "database", "options", "application_name", "replication":
 			continue
 		}
-		settings[strings.ToLower(k)] = v
+		params[strings.ToLower(k)] = v
 	}
 	opts, err := parseOptions(s.Params["options"])
 	if err != nil && !c.bypass {
 		return g.refuseStartup(c, "42501", "tenantguard: the startup options could not be read: "+err.Error(),
 			"pass settings as -c name=value or --name=value")
 	}
+	// PostgreSQL applies the options first and the other startup
+	// parameters after them: a parameter wins.
+	settings := map[string]string{}
 	for k, v := range opts {
 		settings[k] = v
 	}
+	for k, v := range params {
+		settings[k] = v
+	}
 	if !c.bypass {
-		for name, value := range settings {
-			if msg := deniedStartupSetting(name, value); msg != "" {
-				return g.refuseStartup(c, "42501", msg, "remove the setting from the connection parameters")
+		// Every value either source sets is checked, not only the winner.
+		for _, src := range []map[string]string{opts, params} {
+			for name, value := range src {
+				if msg := deniedStartupSetting(name, value); msg != "" {
+					return g.refuseStartup(c, "42501", msg, "remove the setting from the connection parameters")
+				}
 			}
 		}
 	}
-	if v, ok := settings[strings.ToLower(pol.Tenant.Setting)]; ok {
-		canon, err := pol.ValidateTenant(v)
-		if err != nil && !c.bypass {
+	key := strings.ToLower(pol.Tenant.Setting)
+	if v, ok := settings[key]; ok {
+		badTenant := func() error {
 			return g.refuseStartup(c, "42501", "tenantguard: the startup tenant ("+pol.Tenant.Setting+") is not a valid "+string(pol.Tenant.Type),
 				"connect with a tenant value of the policy's tenant type")
 		}
+		if ov, ok := opts[key]; ok && !c.bypass {
+			if _, err := pol.ValidateTenant(ov); err != nil {
+				return badTenant()
+			}
+		}
+		canon, err := pol.ValidateTenant(v)
+		if err != nil && !c.bypass {
+			return badTenant()
+		}
 		if err == nil {
 			c.tenant = rewriter.NewTenantTracker(canon, true)
-			// PostgreSQL applies startup parameters after the options: when
-			// both set the tenant differently, leave the upstream's setting
-			// in charge (the setting expression) rather than pin a value.
+			// The upstream's setting holds this value (see conn.pinned); a
+			// session whose two sources disagree is not pinned all the same.
 			c.pinned = true
-			for k, pv := range s.Params {
-				if strings.EqualFold(k, pol.Tenant.Setting) && pv != v {
+			if ov, ok := opts[key]; ok {
+				if pv, ok := params[key]; ok && pv != ov {
 					c.pinned = false
 				}
 			}
