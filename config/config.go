@@ -45,6 +45,9 @@ type Config struct {
 	DrainTimeout   time.Duration
 	MaxMessageSize int
 	CatalogRefresh time.Duration
+	// Procs is the number of OS threads running Go code (GOMAXPROCS);
+	// 0 picks it (see the procs key).
+	Procs          int
 	ConfigFileUsed string
 }
 
@@ -85,6 +88,7 @@ var keys = []struct {
 	{"drain-timeout", "on SIGTERM, how long open sessions may run before they are closed", DefaultDrainTimeout},
 	{"max-message-size", "largest protocol message accepted from a client, in bytes", DefaultMaxMessageSize},
 	{"catalog-refresh", "how often the upstream catalog is reloaded", DefaultCatalogRefresh},
+	{"procs", "threads running tenantguard's Go code (GOMAXPROCS); 0: GOMAXPROCS from the environment, else the CPU or container limit Go sees, else half the machine's CPUs", 0},
 }
 
 // BindFlags declares every key as a flag on fs and binds it, with the
@@ -144,6 +148,7 @@ func Load(v *viper.Viper) (*Config, error) {
 		DrainTimeout:   dur("drain-timeout"),
 		CatalogRefresh: dur("catalog-refresh"),
 		MaxMessageSize: v.GetInt("max-message-size"),
+		Procs:          v.GetInt("procs"),
 		ConfigFileUsed: v.ConfigFileUsed(),
 	}
 	if err := checkAddr("listen", c.Listen); err != nil {
@@ -189,6 +194,9 @@ func Load(v *viper.Viper) (*Config, error) {
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		errs = append(errs, errors.New("config: tls.cert and tls.key: set both or neither"))
+	}
+	if c.Procs < 0 {
+		errs = append(errs, fmt.Errorf("config: procs: want 0 (automatic) or a positive number, got %d", c.Procs))
 	}
 	if c.MaxMessageSize < 1024 {
 		errs = append(errs, fmt.Errorf("config: max-message-size: want at least 1024 bytes, got %d", c.MaxMessageSize))

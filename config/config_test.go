@@ -32,6 +32,7 @@ func TestDefaults(t *testing.T) {
 	require.Equal(t, DefaultDrainTimeout, c.DrainTimeout)
 	require.Equal(t, 1.0, c.AuditSample)
 	require.Empty(t, c.AuditDecisions)
+	require.Zero(t, c.Procs, "procs: automatic")
 }
 
 func TestPrecedenceFlagEnvFile(t *testing.T) {
@@ -48,7 +49,7 @@ audit:
 admin: "off"
 `), 0o644))
 	c, err := load(t, []string{"--config", file, "--listen", "127.0.0.1:7001"},
-		map[string]string{"TENANTGUARD_POLICY": "env.yaml", "TENANTGUARD_AUDIT_SAMPLE": "0.25"})
+		map[string]string{"TENANTGUARD_POLICY": "env.yaml", "TENANTGUARD_AUDIT_SAMPLE": "0.25", "TENANTGUARD_PROCS": "3"})
 	require.NoError(t, err)
 	require.Equal(t, "127.0.0.1:7001", c.Listen, "flag wins over file")
 	require.Equal(t, "env.yaml", c.Policy, "environment wins over file")
@@ -57,15 +58,16 @@ admin: "off"
 	require.Equal(t, "/var/log/audit.log", c.AuditFile)
 	require.Equal(t, []string{"rejected", "rewritten"}, c.AuditDecisions)
 	require.Equal(t, 0.25, c.AuditSample)
+	require.Equal(t, 3, c.Procs)
 	require.Empty(t, c.Admin, `admin "off" disables the admin listener`)
 }
 
 func TestErrorsNameTheKeyAndHideThePassword(t *testing.T) {
 	_, err := load(t, []string{"--upstream", "mysql://u:hunter2@h/db", "--log-level", "loud", "--listen", "nope",
-		"--audit.sample", "2", "--audit.decisions", "maybe"}, nil)
+		"--audit.sample", "2", "--audit.decisions", "maybe", "--procs", "-1"}, nil)
 	require.Error(t, err)
 	msg := err.Error()
-	for _, key := range []string{"upstream", "policy", "log-level", "listen", "audit.sample", "audit.decisions"} {
+	for _, key := range []string{"upstream", "policy", "log-level", "listen", "audit.sample", "audit.decisions", "procs"} {
 		require.Contains(t, msg, "config: "+key+":")
 	}
 	require.NotContains(t, msg, "hunter2")

@@ -177,9 +177,11 @@ func serve(ctx context.Context, cfg *config.Config) error {
 		defer adminSrv.Shutdown(context.Background())
 	}
 
+	procs := setProcs(cfg.Procs)
 	log.Info("tenantguard serving",
 		zap.String("listen", ln.Addr().String()), zap.String("upstream", upstream.Addr()),
-		zap.String("admin", cfg.Admin), zap.String("policy", cfg.Policy), zap.String("mode", string(pol.Mode)))
+		zap.String("admin", cfg.Admin), zap.String("policy", cfg.Policy), zap.String("mode", string(pol.Mode)),
+		zap.Int("procs", procs))
 
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
