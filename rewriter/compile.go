@@ -214,28 +214,12 @@ func maxParamOf(text string, n *pg.Node) int32 {
 // maxParam is the highest $n in the statement's tree.
 func maxParam(n *pg.Node) int32 {
 	var max int32
-	var walk func(m protoreflect.Message)
-	walk = func(m protoreflect.Message) {
-		if p, ok := m.Interface().(*pg.ParamRef); ok && p.Number > max {
-			max = p.Number
-		}
-		m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-			if fd.Kind() != protoreflect.MessageKind || fd.IsMap() {
-				return true
-			}
-			if fd.IsList() {
-				l := v.List()
-				for i := 0; i < l.Len(); i++ {
-					walk(l.Get(i).Message())
-				}
-				return true
-			}
-			walk(v.Message())
-			return true
-		})
-	}
 	if n != nil {
-		walk(n.ProtoReflect())
+		walkProto(n.ProtoReflect(), func(m proto.Message) {
+			if p, ok := m.(*pg.ParamRef); ok && p.Number > max {
+				max = p.Number
+			}
+		})
 	}
 	return max
 }
