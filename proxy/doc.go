@@ -19,9 +19,15 @@
 //     nobody inspects (DataRow, CopyData, ...), so result rows are never
 //     decoded or copied into a message buffer.
 //
-// Writes are batched in pooled buffers (buffers.go) and flushed only when the reading side
-// has no more buffered input, so a pipelined batch or a result set goes out
-// in few syscalls while an interactive round trip is never delayed.
+//   - rawsock.go, buffers.go: plain TCP and Unix sockets are read and
+//     written with raw non-blocking system calls on the runtime's poller
+//     (TLS connections through crypto/tls); read and write buffers are
+//     borrowed from a shared pool only while a session has data, so an idle
+//     session holds none.
+//
+// Writes are batched and flushed only when the reading side has no more
+// buffered input, so a pipelined batch or a result set goes out in few
+// syscalls while an interactive round trip is never delayed.
 //
 // # Where enforcement plugs in
 //
