@@ -13,6 +13,7 @@
 //     protocol version checks), upstream dial with libpq sslmode semantics,
 //     and the authentication pass-through (SCRAM-SHA-256-PLUS removed from
 //     the mechanism list, since channel binding cannot cross the proxy).
+//
 //   - relay.go: the two relay loops. frontendLoop frames every client
 //     message (frame.go) and forwards it; backendLoop streams upstream
 //     messages to the client reading only the 5-byte header of the types
