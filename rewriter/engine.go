@@ -187,22 +187,7 @@ func (c *stmtCtx) visitList(ns []*pg.Node) {
 	}
 }
 
-func (c *stmtCtx) walkMsg(m protoreflect.Message) {
-	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-		if fd.Kind() != protoreflect.MessageKind || fd.IsMap() {
-			return true
-		}
-		if fd.IsList() {
-			l := v.List()
-			for i := 0; i < l.Len(); i++ {
-				c.visitMsg(l.Get(i).Message().Interface())
-			}
-			return true
-		}
-		c.visitMsg(v.Message().Interface())
-		return true
-	})
-}
+func (c *stmtCtx) walkMsg(m protoreflect.Message) { eachChild(m, c.visitMsg) }
 
 func (c *stmtCtx) visitMsg(x proto.Message) {
 	switch t := x.(type) {

@@ -310,6 +310,12 @@ func walkProto(m protoreflect.Message, fn func(proto.Message)) {
 		return
 	}
 	fn(m.Interface())
+	eachChild(m, func(c proto.Message) { walkProto(c.ProtoReflect(), fn) })
+}
+
+// eachChild calls fn on every message directly below m (list elements one by
+// one; maps and scalars skipped).
+func eachChild(m protoreflect.Message, fn func(proto.Message)) {
 	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
 		if fd.Kind() != protoreflect.MessageKind || fd.IsMap() {
 			return true
@@ -317,11 +323,11 @@ func walkProto(m protoreflect.Message, fn func(proto.Message)) {
 		if fd.IsList() {
 			l := v.List()
 			for i := 0; i < l.Len(); i++ {
-				walkProto(l.Get(i).Message(), fn)
+				fn(l.Get(i).Message().Interface())
 			}
 			return true
 		}
-		walkProto(v.Message(), fn)
+		fn(v.Message().Interface())
 		return true
 	})
 }

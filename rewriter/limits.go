@@ -5,7 +5,6 @@ import (
 
 	pg "github.com/pganalyze/pg_query_go/v6"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/tenantguard/tenantguard/policy"
 )
@@ -182,35 +181,19 @@ func (c *stmtCtx) uniqueKeyEquality(rv *pg.RangeVar, where *pg.Node) bool {
 // findFuncs calls fn for each function call in ns, not descending into
 // subqueries.
 func findFuncs(ns []*pg.Node, fn func(*pg.FuncCall)) {
-	var walk func(m protoreflect.Message)
-	visit := func(x proto.Message) {
+	var visit func(x proto.Message)
+	visit = func(x proto.Message) {
 		switch t := x.(type) {
 		case *pg.SelectStmt:
 			return
 		case *pg.FuncCall:
 			fn(t)
 		}
-		walk(x.ProtoReflect())
-	}
-	walk = func(m protoreflect.Message) {
-		m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-			if fd.Kind() != protoreflect.MessageKind || fd.IsMap() {
-				return true
-			}
-			if fd.IsList() {
-				l := v.List()
-				for i := 0; i < l.Len(); i++ {
-					visit(l.Get(i).Message().Interface())
-				}
-				return true
-			}
-			visit(v.Message().Interface())
-			return true
-		})
+		eachChild(x.ProtoReflect(), visit)
 	}
 	for _, n := range ns {
 		if n != nil {
-			walk(n.ProtoReflect())
+			eachChild(n.ProtoReflect(), visit)
 		}
 	}
 }
