@@ -198,9 +198,6 @@ type connWriter struct {
 
 func newConnWriter(dst io.Writer) *connWriter { return &connWriter{dst: dst} }
 
-// Buffered is the number of bytes written and not yet flushed.
-func (cw *connWriter) Buffered() int { return len(cw.buf) }
-
 func (cw *connWriter) Write(p []byte) (int, error) {
 	if cw.err != nil {
 		return 0, cw.err
@@ -261,12 +258,11 @@ func (cw *connWriter) Flush() error {
 
 // drop gives the buffer back whatever it holds: the connection is finished.
 func (cr *connReader) drop() {
-	if cr != nil && cr.buf != nil && cr.raw != nil {
-		putBuf(cr.buf)
+	if cr == nil {
+		return
 	}
-	if cr != nil {
-		cr.buf, cr.r, cr.w = nil, 0, 0
-	}
+	cr.r = cr.w // whatever it holds is discarded
+	cr.release()
 }
 
 // drop gives the buffer back, discarding what was not flushed: the

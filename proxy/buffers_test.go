@@ -8,6 +8,7 @@ import (
 	"net"
 	"testing"
 	"testing/iotest"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -99,7 +100,7 @@ func TestConnWriterBatchesAndReleases(t *testing.T) {
 	}
 	require.NoError(t, w.Flush())
 	assert.Equal(t, want, out.Bytes())
-	assert.Zero(t, w.Buffered())
+	assert.Nil(t, w.buf)
 
 	// Errors are sticky.
 	w = newConnWriter(&failWriter{n: 0})
@@ -113,10 +114,9 @@ func TestConnWriterBatchesAndReleases(t *testing.T) {
 	assert.Nil(t, w.buf)
 }
 
-// TestConnReaderWaitsWithoutBuffer reads a real socket through the path that
-// waits for data before borrowing a buffer: every message arrives whole,
-// however the peer splits it (TestIdleSessionsHoldNoBuffers checks that idle
-// sessions hold no buffers).
+// TestConnReaderWaitsWithoutBuffer reads a real socket: while the reader
+// waits for the peer it holds no pooled buffer, and every message arrives
+// whole however the peer splits it.
 func TestConnReaderWaitsWithoutBuffer(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
@@ -133,28 +133,48 @@ func TestConnReaderWaitsWithoutBuffer(t *testing.T) {
 	require.True(t, ok, "a TCP connection is read with raw system calls")
 	cr := newConnReader(sock)
 	fr := newFrameReader(cr, 1<<20)
+	base := borrowed.Load()
+	drained, checked := true, 0 // drained: the last read emptied the socket
 	rng := rand.New(rand.NewPCG(5, 6))
-	for i := 0; i < 50; i++ {
+	for i := 0; i < 30; i++ {
 		stream, bodies := messages(rng, 1+rng.IntN(4))
-		done := make(chan error, 1)
+		got := make(chan error, 1)
 		go func() {
-			// Sent in two parts, so the reader also waits mid-message.
-			cut := rng.IntN(len(stream))
-			_, err := peer.Write(stream[:cut])
-			if err == nil {
-				_, err = peer.Write(stream[cut:])
+			for _, want := range bodies {
+				_, body, err := fr.next()
+				if err == nil && !bytes.Equal(body, want) {
+					err = errors.New("message differs")
+				}
+				if err != nil {
+					got <- err
+					return
+				}
 			}
-			done <- err
+			got <- nil
 		}()
-		for _, want := range bodies {
-			_, body, err := fr.next()
-			require.NoError(t, err)
-			require.Equal(t, want, body)
+		// The reader is parked after a read that drained the socket (or
+		// before any read): no buffer of the pool is out. After a read
+		// that filled the buffer it reads again at once, holding it.
+		if drained {
+			deadline := time.Now().Add(5 * time.Second)
+			for borrowed.Load() != base && time.Now().Before(deadline) {
+				time.Sleep(time.Millisecond)
+			}
+			require.Equal(t, base, borrowed.Load(), "round %d: a waiting reader holds a pooled buffer", i)
+			checked++
 		}
-		require.NoError(t, <-done)
+		// Sent in two parts, so the reader also waits mid-message.
+		cut := rng.IntN(len(stream))
+		_, err := peer.Write(stream[:cut])
+		require.NoError(t, err)
+		_, err = peer.Write(stream[cut:])
+		require.NoError(t, err)
+		require.NoError(t, <-got)
+		drained = cr.drained // the reader goroutine is done: no race
 	}
+	require.Greater(t, checked, 20, "too few rounds checked the idle wait")
 	require.NoError(t, peer.Close())
 	_, _, err = fr.next()
 	assert.ErrorIs(t, err, io.EOF)
-	assert.Nil(t, cr.buf, "the buffer goes back when the peer is gone")
+	assert.Equal(t, base, borrowed.Load(), "the buffer goes back when the peer is gone")
 }

@@ -34,7 +34,6 @@ type rawSocket struct {
 	rn       int
 	rerrno   syscall.Errno
 	rfirst   bool // readBorrowed: the first call only peeks
-	rborrow  bool // readBorrowed: rbuf comes from the pool
 	wbuf     []byte
 	wdone    int
 	werrno   syscall.Errno
@@ -50,7 +49,7 @@ func newSocketIO(conn net.Conn) io.ReadWriter {
 	if sc, ok := conn.(syscall.Conn); ok {
 		if raw, err := sc.SyscallConn(); err == nil {
 			s := &rawSocket{conn: conn, raw: raw}
-			s.readFn, s.borrowFn, s.writeFn = s.doRead, s.doBorrowedRead, s.doWrite
+			s.readFn, s.borrowFn, s.writeFn = s.sysRead, s.doBorrowedRead, s.doWrite
 			return s
 		}
 	}
@@ -68,8 +67,6 @@ func (s *rawSocket) sysRead(fd uintptr) bool {
 		return e != syscall.EAGAIN
 	}
 }
-
-func (s *rawSocket) doRead(fd uintptr) bool { return s.sysRead(fd) }
 
 func (s *rawSocket) Read(p []byte) (int, error) {
 	if len(p) == 0 {

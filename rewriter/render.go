@@ -87,7 +87,7 @@ func (qt *queryTemplate) render(r *Rewriter, s Session, role policy.Role) *Resul
 		d := st.renderOne(r, cur, role)
 		res.Statements = append(res.Statements, d)
 		ts.apply(&d, s)
-		if d.TenantEffect != nil || st.d.TenantEffect != nil {
+		if st.d.TenantEffect != nil { // even when refused: stay on the safe side
 			literal = false // the upstream's setting may differ from here on
 		}
 	}
