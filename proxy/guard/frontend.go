@@ -284,12 +284,9 @@ func (g *Guard) onBind(c *conn, body []byte) (proxy.Verdict, error) {
 			Hint:    "set the tenant first, for example SET " + e.pol.Tenant.Setting + ", or connect with it as a startup parameter"},
 			rewriter.ReasonNoTenant, &d)
 	}
-	// The unnamed portal is bound over and over: its struct is reused.
-	pt := c.portals[portalName]
-	if pt == nil {
-		pt = &portal{}
-	}
-	*pt = portal{dec: d, injected: enforce && d.Verdict == rewriter.VerdictRewritten}
+	// A new portal each time, never a reused one: an Execute still in the
+	// queue counts its rows through &pt.rows.
+	pt := &portal{dec: d, injected: enforce && d.Verdict == rewriter.VerdictRewritten}
 	if len(d.LimitParams) > 0 || len(d.OffsetParams) > 0 || len(d.VerifyParams) > 0 || (d.TenantEffect != nil && d.TenantEffect.ValueParam > 0) {
 		msg, err := proxy.DecodeFrontend(proxy.MsgBind, body)
 		if err != nil {

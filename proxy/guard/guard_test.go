@@ -839,3 +839,43 @@ func TestStartupTenantFollowsTheServer(t *testing.T) {
 	require.Contains(t, e.audit.String(), `"tenant":"`+server+`"`)
 	t.Logf("the server's tenant is the startup parameter's: %s", server)
 }
+
+// TestRowGuardCountsEachPipelinedExecute: two executions of the unnamed
+// portal in one pipeline are counted apart; together they may pass
+// max_rows, each alone does not.
+func TestRowGuardCountsEachPipelinedExecute(t *testing.T) {
+	cat := &rewriter.Catalog{Relations: map[string]*rewriter.Relation{
+		"public.patients": {Schema: "public", Name: "patients", Kind: rewriter.KindTable,
+			Columns: []string{"id", "clinic_id", "full_name", "email", "status"}, UniqueKeys: [][]string{{"id"}, {"status"}}},
+	}}
+	e := startWith(t, strings.Replace(basePolicy, "max_rows: 50", "max_rows: 5", 1), cat)
+	var ids []int64
+	rows, err := e.direct(t).Query(ctx(t), "SELECT id FROM patients WHERE clinic_id = 1 AND status = 'active' ORDER BY id")
+	require.NoError(t, err)
+	for rows.Next() {
+		var id int64
+		require.NoError(t, rows.Scan(&id))
+		ids = append(ids, id)
+	}
+	require.NoError(t, rows.Err())
+	require.GreaterOrEqual(t, len(ids), 6, "fixture: tenant 1 needs six active patients")
+
+	const q = "SELECT full_name FROM patients WHERE status = $1 AND id > $2 AND id <= $3"
+	// pgx pipelines a batch: Bind/Execute to the unnamed portal twice, then
+	// Sync (prepared statements, and the unnamed statement with exec).
+	for _, mode := range []string{"cache_statement", "exec"} {
+		conn := e.connect(t, "1", "default_query_exec_mode", mode)
+		b := &pgx.Batch{}
+		b.Queue(q, "active", int64(0), ids[2])
+		b.Queue(q, "active", ids[2], ids[5])
+		br := conn.SendBatch(ctx(t), b)
+		for i := 0; i < 2; i++ {
+			rows, err := br.Query()
+			require.NoError(t, err, "%s: execute %d", mode, i+1)
+			names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+			require.NoError(t, err, "%s: execute %d", mode, i+1)
+			require.Len(t, names, 3)
+		}
+		require.NoError(t, br.Close())
+	}
+}
