@@ -21,6 +21,9 @@ test: vet
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \
 	  if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
 	$(GO) test -race -count=1 -timeout 30m $(PKGS)
+	@# The relay and enforcement tests once more with the event loops off:
+	@# every session on its own goroutines, as TLS sessions always are.
+	TENANTGUARD_TEST_EVENT_LOOPS=-1 $(GO) test -race -count=1 -timeout 30m ./proxy/ ./proxy/guard/
 
 vet:
 	$(GO) vet $(PKGS)

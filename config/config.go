@@ -47,7 +47,10 @@ type Config struct {
 	CatalogRefresh time.Duration
 	// Procs is the number of OS threads running Go code (GOMAXPROCS);
 	// 0 picks it (see the procs key).
-	Procs          int
+	Procs int
+	// EventLoops is the number of epoll loops relaying established
+	// plain-socket sessions: 0 one per proc, -1 none.
+	EventLoops     int
 	ConfigFileUsed string
 }
 
@@ -89,6 +92,7 @@ var keys = []struct {
 	{"max-message-size", "largest protocol message accepted from a client, in bytes", DefaultMaxMessageSize},
 	{"catalog-refresh", "how often the upstream catalog is reloaded", DefaultCatalogRefresh},
 	{"procs", "threads running tenantguard's Go code (GOMAXPROCS); 0: GOMAXPROCS from the environment, else the CPU or container limit Go sees, else half the machine's CPUs", 0},
+	{"event-loops", "epoll loops relaying established plain-TCP sessions (Linux); 0: one per proc; -1: none (two goroutines per session, as for TLS)", 0},
 }
 
 // BindFlags declares every key as a flag on fs and binds it, with the
@@ -149,6 +153,7 @@ func Load(v *viper.Viper) (*Config, error) {
 		CatalogRefresh: dur("catalog-refresh"),
 		MaxMessageSize: v.GetInt("max-message-size"),
 		Procs:          v.GetInt("procs"),
+		EventLoops:     v.GetInt("event-loops"),
 		ConfigFileUsed: v.ConfigFileUsed(),
 	}
 	if err := checkAddr("listen", c.Listen); err != nil {
@@ -197,6 +202,9 @@ func Load(v *viper.Viper) (*Config, error) {
 	}
 	if c.Procs < 0 {
 		errs = append(errs, fmt.Errorf("config: procs: want 0 (automatic) or a positive number, got %d", c.Procs))
+	}
+	if c.EventLoops < -1 {
+		errs = append(errs, fmt.Errorf("config: event-loops: want -1 (none), 0 (automatic) or a positive number, got %d", c.EventLoops))
 	}
 	if c.MaxMessageSize < 1024 {
 		errs = append(errs, fmt.Errorf("config: max-message-size: want at least 1024 bytes, got %d", c.MaxMessageSize))

@@ -33,6 +33,7 @@ func TestDefaults(t *testing.T) {
 	require.Equal(t, 1.0, c.AuditSample)
 	require.Empty(t, c.AuditDecisions)
 	require.Zero(t, c.Procs, "procs: automatic")
+	require.Zero(t, c.EventLoops, "event-loops: automatic")
 }
 
 func TestPrecedenceFlagEnvFile(t *testing.T) {
@@ -64,10 +65,10 @@ admin: "off"
 
 func TestErrorsNameTheKeyAndHideThePassword(t *testing.T) {
 	_, err := load(t, []string{"--upstream", "mysql://u:hunter2@h/db", "--log-level", "loud", "--listen", "nope",
-		"--audit.sample", "2", "--audit.decisions", "maybe", "--procs", "-1"}, nil)
+		"--audit.sample", "2", "--audit.decisions", "maybe", "--procs", "-1", "--event-loops", "-2"}, nil)
 	require.Error(t, err)
 	msg := err.Error()
-	for _, key := range []string{"upstream", "policy", "log-level", "listen", "audit.sample", "audit.decisions", "procs"} {
+	for _, key := range []string{"upstream", "policy", "log-level", "listen", "audit.sample", "audit.decisions", "procs", "event-loops"} {
 		require.Contains(t, msg, "config: "+key+":")
 	}
 	require.NotContains(t, msg, "hunter2")

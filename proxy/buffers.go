@@ -194,6 +194,9 @@ type connWriter struct {
 	dst io.Writer
 	buf []byte // nil between flushes
 	err error
+	// pre goes out before anything else: what the event loop could not
+	// write when it handed the session back.
+	pre []byte
 }
 
 func newConnWriter(dst io.Writer) *connWriter { return &connWriter{dst: dst} }
@@ -201,6 +204,11 @@ func newConnWriter(dst io.Writer) *connWriter { return &connWriter{dst: dst} }
 func (cw *connWriter) Write(p []byte) (int, error) {
 	if cw.err != nil {
 		return 0, cw.err
+	}
+	if cw.pre != nil {
+		if err := cw.writePre(); err != nil {
+			return 0, err
+		}
 	}
 	total := len(p)
 	for len(p) > 0 {
@@ -238,10 +246,25 @@ func (cw *connWriter) writeOut() error {
 	return nil
 }
 
+// writePre writes pre.
+func (cw *connWriter) writePre() error {
+	_, err := cw.dst.Write(cw.pre)
+	cw.pre = nil
+	if err != nil {
+		cw.err = err
+	}
+	return err
+}
+
 // Flush writes what is buffered and gives the buffer back.
 func (cw *connWriter) Flush() error {
 	if cw.err != nil {
 		return cw.err
+	}
+	if cw.pre != nil {
+		if err := cw.writePre(); err != nil {
+			return err
+		}
 	}
 	if cw.buf == nil {
 		return nil

@@ -57,6 +57,10 @@ type Config struct {
 	// Hooks intercept session traffic for the enforcement layer; nil relays
 	// everything unchanged.
 	Hooks Hooks
+	// EventLoops is how many epoll loops relay established plain-socket
+	// sessions (Linux): 0 one per GOMAXPROCS, negative none (every session
+	// is relayed by goroutines of its own, as TLS sessions always are).
+	EventLoops int
 }
 
 // UpstreamConfig says how to reach the PostgreSQL server. User, Password

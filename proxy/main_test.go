@@ -31,12 +31,26 @@ type testProxy struct {
 
 // startProxy starts a proxy in front of the shared cluster; mod may adjust
 // the configuration. The proxy is shut down when the test ends.
+// testEventLoops is Config.EventLoops for the tests: the environment's
+// TENANTGUARD_TEST_EVENT_LOOPS (make test runs the relay tests again with
+// -1, every session on relay goroutines), else automatic.
+func testEventLoops(t testing.TB) int {
+	v := os.Getenv("TENANTGUARD_TEST_EVENT_LOOPS")
+	if v == "" {
+		return 0
+	}
+	n, err := strconv.Atoi(v)
+	require.NoError(t, err, "TENANTGUARD_TEST_EVENT_LOOPS")
+	return n
+}
+
 func startProxy(t testing.TB, mod func(*proxy.Config)) *testProxy {
 	t.Helper()
 	c := pgtest.Shared(t)
 	cfg := proxy.Config{
-		Upstream: proxy.UpstreamConfig{Host: c.Host, Port: c.Port, SSLMode: "disable"},
-		Logger:   zaptest.NewLogger(t),
+		Upstream:   proxy.UpstreamConfig{Host: c.Host, Port: c.Port, SSLMode: "disable"},
+		Logger:     zaptest.NewLogger(t),
+		EventLoops: testEventLoops(t),
 	}
 	if mod != nil {
 		mod(&cfg)

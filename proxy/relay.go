@@ -11,9 +11,16 @@ import (
 	"go.uber.org/zap"
 )
 
-// relay runs the two message loops until either side ends, then makes sure
-// both connections are closed and both goroutines have returned.
+// relay relays the session in its event loop while it can, then runs the
+// two message loops until either side ends, and makes sure both
+// connections are closed and both goroutines have returned.
 func (s *Session) relay() {
+	if s.enterLoop() {
+		<-s.lc.handback
+		if !s.leaveLoop() {
+			return
+		}
+	}
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
@@ -28,9 +35,10 @@ func (s *Session) relay() {
 // message is framed (never blindly copied) so that hooks can see it and no
 // oversized or malformed message reaches the server.
 func (s *Session) frontendLoop() {
+	if !s.sendUpstream(nil, nil, true) { // what the event loop left unwritten
+		return
+	}
 	fr := newFrameReader(s.cr, s.srv.cfg.MaxMessageSize)
-	hooks := s.srv.cfg.Hooks
-	var hdr [5]byte
 	for {
 		typ, body, err := fr.next()
 		if err != nil {
@@ -49,42 +57,47 @@ func (s *Session) frontendLoop() {
 			s.terminate(err)
 			return
 		}
-		if hooks != nil {
-			v, err := hooks.OnFrontend(s, Message{Type: typ, Body: body, Len: len(body)})
-			if err != nil {
-				s.log.Info("session ended by frontend hook", zap.Error(err))
-				s.terminate(err)
-				return
-			}
-			if v.Reply != nil {
-				if err := s.writeClientFlush(v.Reply); err != nil {
-					s.terminate(nil)
-					return
-				}
-			}
-			if v.Replace != nil {
-				if !s.accountAll(v.Replace) {
-					return
-				}
-				if !s.sendUpstream(v.Replace, nil, false) {
-					return
-				}
-				continue
-			}
-		}
-		if !s.account(typ) {
-			return
-		}
-		hdr[0] = typ
-		binary.BigEndian.PutUint32(hdr[1:], uint32(len(body)+4))
-		if !s.sendUpstream(hdr[:], body, typ == MsgTerminate) {
-			return
-		}
-		if typ == MsgTerminate {
-			s.terminate(nil)
+		if !s.frontendMessage(typ, body) {
 			return
 		}
 	}
+}
+
+// frontendMessage passes one whole client message through the hooks and
+// upstream. It reports false when the session is over (or, in the event
+// loop, must leave it to end).
+func (s *Session) frontendMessage(typ byte, body []byte) bool {
+	if hooks := s.srv.cfg.Hooks; hooks != nil {
+		v, err := hooks.OnFrontend(s, Message{Type: typ, Body: body, Len: len(body)})
+		if err != nil {
+			s.log.Info("session ended by frontend hook", zap.Error(err))
+			s.end(err)
+			return false
+		}
+		if v.Reply != nil {
+			if err := s.writeClientFlush(v.Reply); err != nil {
+				s.end(nil)
+				return false
+			}
+		}
+		if v.Replace != nil {
+			return s.accountAll(v.Replace) && s.sendUpstream(v.Replace, nil, false)
+		}
+	}
+	if !s.account(typ) {
+		return false
+	}
+	hdr := &s.frontendHdr
+	hdr[0] = typ
+	binary.BigEndian.PutUint32(hdr[1:], uint32(len(body)+4))
+	if !s.sendUpstream(hdr[:], body, typ == MsgTerminate) {
+		return false
+	}
+	if typ == MsgTerminate {
+		s.end(nil)
+		return false
+	}
+	return true
 }
 
 // sendUpstream writes a message (a and b concatenated) to the upstream
@@ -185,6 +198,10 @@ func (s *Session) upstreamGone(err error) {
 // ReadyForQuery, ErrorResponse and BackendKeyData are read whole because the
 // session tracks them, and so are types a hook inspects.
 func (s *Session) backendLoop() {
+	if err := s.flushClient(); err != nil { // what the event loop left unwritten
+		s.clientWriteFailed(err)
+		return
+	}
 	ur := s.ur
 	var body []byte
 	for {
@@ -245,54 +262,7 @@ func (s *Session) backendLoop() {
 			s.upstreamGone(io.ErrUnexpectedEOF)
 			return
 		}
-		drainNow := false
-		switch typ {
-		case MsgReadyForQuery:
-			s.mu.Lock()
-			s.pending--
-			if len(body) > 0 {
-				s.txStatus = body[0]
-			}
-			drainNow = s.draining && s.idleLocked()
-			s.mu.Unlock()
-		case MsgErrorResponse:
-			if isFatal(body) {
-				s.mu.Lock()
-				s.backendFatal = true
-				s.mu.Unlock()
-			}
-		case MsgBackendKeyData:
-			s.mu.Lock()
-			first := s.keyBytes == nil && len(body) >= 8
-			if first {
-				s.keyBytes = append([]byte(nil), body...)
-				s.keyString = string(body)
-			}
-			s.mu.Unlock()
-			if first {
-				s.srv.registerKey(s, string(body))
-			}
-		}
-		out := body
-		if interest != Ignore { // types the relay reads anyway are shown whole even for Notify
-			v, err := s.srv.cfg.Hooks.OnBackend(s, Message{Type: typ, Body: body, Len: len(body)})
-			if !s.applyBackendVerdict(v, err) {
-				return
-			}
-			if v.Replace != nil {
-				if err := s.writeClient(v.Replace, nil, typ, false); err != nil {
-					s.clientWriteFailed(err)
-					return
-				}
-				continue
-			}
-		}
-		if err := s.writeClient(nil, out, typ, drainNow); err != nil {
-			s.clientWriteFailed(err)
-			return
-		}
-		if drainNow {
-			s.terminate(errDraining)
+		if !s.backendMessage(typ, body, interest) {
 			return
 		}
 		// Large one-off inspected messages must not pin memory.
@@ -300,6 +270,78 @@ func (s *Session) backendLoop() {
 			body = nil
 		}
 	}
+}
+
+// backendMessage handles one whole upstream message: the session's own
+// bookkeeping (ReadyForQuery, ErrorResponse, BackendKeyData), the hook for
+// the type's interest, and the write to the client. It reports false when
+// the session is over (or, in the event loop, must leave it to end).
+func (s *Session) backendMessage(typ byte, body []byte, interest Interest) bool {
+	drainNow := false
+	switch typ {
+	case MsgReadyForQuery:
+		s.mu.Lock()
+		s.pending--
+		if len(body) > 0 {
+			s.txStatus = body[0]
+		}
+		drainNow = s.draining && s.idleLocked()
+		s.mu.Unlock()
+	case MsgErrorResponse:
+		if isFatal(body) {
+			s.mu.Lock()
+			s.backendFatal = true
+			s.mu.Unlock()
+		}
+	case MsgBackendKeyData:
+		s.mu.Lock()
+		first := s.keyBytes == nil && len(body) >= 8
+		if first {
+			s.keyBytes = append([]byte(nil), body...)
+			s.keyString = string(body)
+		}
+		s.mu.Unlock()
+		if first {
+			s.srv.registerKey(s, string(body))
+		}
+	default:
+		if interest == Notify { // shown without its body, as when streamed
+			v, err := s.srv.cfg.Hooks.OnBackend(s, Message{Type: typ, Len: len(body)})
+			if !s.applyBackendVerdict(v, err) {
+				return false
+			}
+			if v.Replace != nil {
+				return s.writeClientOrGone(v.Replace, nil, typ, false)
+			}
+			return s.writeClientOrGone(nil, body, typ, false)
+		}
+	}
+	if interest != Ignore { // types the relay reads anyway are shown whole even for Notify
+		v, err := s.srv.cfg.Hooks.OnBackend(s, Message{Type: typ, Body: body, Len: len(body)})
+		if !s.applyBackendVerdict(v, err) {
+			return false
+		}
+		if v.Replace != nil {
+			return s.writeClientOrGone(v.Replace, nil, typ, false)
+		}
+	}
+	if !s.writeClientOrGone(nil, body, typ, drainNow) {
+		return false
+	}
+	if drainNow {
+		s.end(errDraining)
+		return false
+	}
+	return true
+}
+
+// writeClientOrGone is writeClient ending the session on failure.
+func (s *Session) writeClientOrGone(raw, body []byte, typ byte, flushNow bool) bool {
+	if err := s.writeClient(raw, body, typ, flushNow); err != nil {
+		s.clientWriteFailed(err)
+		return false
+	}
+	return true
 }
 
 // writeClient writes raw (complete messages) or a message of type typ with
@@ -323,6 +365,13 @@ func (s *Session) writeClient(raw, body []byte, typ byte, flushNow bool) error {
 		err = s.cw.Flush()
 	}
 	return err
+}
+
+// flushClient flushes the client writer.
+func (s *Session) flushClient() error {
+	s.cwMu.Lock()
+	defer s.cwMu.Unlock()
+	return s.cw.Flush()
 }
 
 // errClientWrite marks a failed write to the client inside streamMessage.
@@ -384,7 +433,7 @@ func (s *Session) clientWriteFailed(err error) {
 func (s *Session) applyBackendVerdict(v Verdict, err error) bool {
 	if err != nil {
 		s.log.Info("session ended by backend hook", zap.Error(err))
-		s.terminate(err)
+		s.end(err)
 		return false
 	}
 	if v.Reply != nil {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -34,6 +35,7 @@ type Server struct {
 	shutdown  chan struct{}
 	wg        sync.WaitGroup // connection goroutines
 	idle      chan struct{}  // signalled when a session ends during drain
+	loops     []*eventLoop   // empty: no event loop
 }
 
 // NewServer validates cfg, fills defaults and loads certificates.
@@ -70,6 +72,12 @@ func NewServer(cfg Config) (*Server, error) {
 		keys:      map[string]*Session{},
 		shutdown:  make(chan struct{}),
 		idle:      make(chan struct{}, 1),
+	}
+	if n := cfg.EventLoops; n >= 0 && eventLoopsAvailable {
+		if n == 0 {
+			n = runtime.GOMAXPROCS(0)
+		}
+		s.loops = newEventLoops(n, s.log)
 	}
 	if (cfg.TLSCertFile == "") != (cfg.TLSKeyFile == "") {
 		return nil, errors.New("proxy: TLS needs both a certificate and a key file")
@@ -257,6 +265,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.wg.Wait()
 	return nil
 }
+
+// EventLoops returns the number of event loops relaying sessions (0: every
+// session is relayed by goroutines of its own).
+func (s *Server) EventLoops() int { return len(s.loops) }
 
 // Addr returns the address of the most recent listener, or nil before Serve.
 func (s *Server) Addr() net.Addr {

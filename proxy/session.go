@@ -44,12 +44,14 @@ type Session struct {
 	cw     *connWriter
 	cwMu   sync.Mutex // guards cw: the backend loop writes, errors and hook replies too
 	// backendHdr is scratch space for headers written under cwMu, kept here
-	// so that it does not escape to the heap on every message.
-	backendHdr [5]byte
-	upstream   net.Conn
-	ur         *connReader
-	uw         *connWriter
-	uwMu       sync.Mutex // guards uw
+	// so that it does not escape to the heap on every message; frontendHdr
+	// is the same for the reader of client messages.
+	backendHdr  [5]byte
+	frontendHdr [5]byte
+	upstream    net.Conn
+	ur          *connReader
+	uw          *connWriter
+	uwMu        sync.Mutex // guards uw
 
 	mu           sync.Mutex // guards the fields below and client/upstream swaps
 	pending      int        // messages sent upstream that still owe a ReadyForQuery
@@ -62,7 +64,26 @@ type Session struct {
 	keyBytes     []byte
 	backendFatal bool // the upstream already sent the client a FATAL error
 	closeOnce    sync.Once
+
+	// The event loop (eventloop_linux.go). lc is set before the session
+	// enters the loop and used by whichever goroutine relays the session.
+	lc *loopConn
+	// loopHeld (under mu): the loop owns the sockets, or is handing them
+	// back; terminate then only records its error in termErr, and the
+	// session's goroutine terminates once it has the sockets again.
+	loopHeld    loopHold
+	termPending bool
+	termErr     error
 }
+
+// loopHold is where a session's sockets are.
+type loopHold uint8
+
+const (
+	heldByRelay loopHold = iota // the relay goroutines (or startup)
+	heldByLoop                  // the event loop
+	handedBack                  // the loop let go; the session's goroutine takes them
+)
 
 func newSession(srv *Server, conn net.Conn) *Session {
 	id := srv.nextID.Add(1)
@@ -135,6 +156,9 @@ func (s *Session) run(ctx context.Context) {
 // the backend loop), sends err to the client as a FATAL ErrorResponse when
 // non-nil, and closes the client connection.
 func (s *Session) terminate(err error) {
+	if s.deferTerminate(err) {
+		return
+	}
 	s.closeOnce.Do(func() {
 		s.mu.Lock()
 		s.closing = true
@@ -173,6 +197,35 @@ func lingeringClose(conn net.Conn) {
 	}
 	_ = conn.SetReadDeadline(time.Now().Add(250 * time.Millisecond))
 	_, _ = io.Copy(io.Discard, io.LimitReader(conn, 1<<20))
+}
+
+// deferTerminate records a terminate while the event loop holds the
+// session's sockets and asks the loop to hand them back; it reports false
+// when the caller may terminate at once.
+func (s *Session) deferTerminate(err error) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.loopHeld == heldByRelay {
+		return false
+	}
+	if !s.termPending {
+		s.termPending, s.termErr = true, err
+		if s.loopHeld == heldByLoop {
+			s.lc.loop.request(s, false)
+		}
+	}
+	return true
+}
+
+// end ends the session from a message handler: at once in the relay
+// goroutines; in the event loop, by handing the session back to its
+// goroutine, which terminates it with err.
+func (s *Session) end(err error) {
+	if lc := s.lc; lc != nil && lc.active {
+		lc.leave, lc.end, lc.endErr = true, true, err
+		return
+	}
+	s.terminate(err)
 }
 
 func (s *Session) isClosing() bool {

@@ -123,6 +123,7 @@ func serve(ctx context.Context, cfg *config.Config) error {
 		return err
 	}
 
+	procs := setProcs(cfg.Procs) // before NewServer, which sizes its event loops by it
 	srv, err := proxy.NewServer(proxy.Config{
 		ListenAddr:     cfg.Listen,
 		Upstream:       upstream,
@@ -131,6 +132,7 @@ func serve(ctx context.Context, cfg *config.Config) error {
 		MaxMessageSize: cfg.MaxMessageSize,
 		StartupTimeout: cfg.StartupTimeout,
 		DrainTimeout:   cfg.DrainTimeout,
+		EventLoops:     cfg.EventLoops,
 		Logger:         log,
 		Hooks: guard.New(guard.Options{
 			Policies: holder,
@@ -177,11 +179,10 @@ func serve(ctx context.Context, cfg *config.Config) error {
 		defer adminSrv.Shutdown(context.Background())
 	}
 
-	procs := setProcs(cfg.Procs)
 	log.Info("tenantguard serving",
 		zap.String("listen", ln.Addr().String()), zap.String("upstream", upstream.Addr()),
 		zap.String("admin", cfg.Admin), zap.String("policy", cfg.Policy), zap.String("mode", string(pol.Mode)),
-		zap.Int("procs", procs))
+		zap.Int("procs", procs), zap.Int("event_loops", srv.EventLoops()))
 
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)

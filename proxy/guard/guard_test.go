@@ -118,10 +118,16 @@ func startGuard(t *testing.T, policyYAML string, catalogFor func(c *pgtest.Clust
 	require.NoError(t, err)
 	g := guard.New(guard.Options{Policies: e.holder, Audit: al, Metrics: e.metrics, Logger: zaptest.NewLogger(t),
 		Catalog: catalogFn})
+	loops := 0 // TENANTGUARD_TEST_EVENT_LOOPS: see proxy's main_test.go
+	if v := os.Getenv("TENANTGUARD_TEST_EVENT_LOOPS"); v != "" {
+		loops, err = strconv.Atoi(v)
+		require.NoError(t, err, "TENANTGUARD_TEST_EVENT_LOOPS")
+	}
 	srv, err := proxy.NewServer(proxy.Config{
-		Upstream: proxy.UpstreamConfig{Host: c.Host, Port: c.Port, SSLMode: "disable"},
-		Logger:   zaptest.NewLogger(t),
-		Hooks:    g,
+		Upstream:   proxy.UpstreamConfig{Host: c.Host, Port: c.Port, SSLMode: "disable"},
+		Logger:     zaptest.NewLogger(t),
+		Hooks:      g,
+		EventLoops: loops,
 	})
 	require.NoError(t, err)
 	l, err := net.Listen("tcp", "127.0.0.1:0")

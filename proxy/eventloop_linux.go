@@ -1,0 +1,583 @@
+//go:build linux
+
+package proxy
+
+import (
+	"encoding/binary"
+	"io"
+	"net"
+	"os"
+	"runtime"
+	"sync"
+	"syscall"
+	"unsafe"
+
+	"go.uber.org/zap"
+)
+
+// The event loop relays established plain-socket sessions from one
+// goroutine per loop, blocked in epoll_wait, instead of two goroutines per
+// session parked on the runtime's poller.
+//
+// Why: under a request/response load the goroutine relay parks and wakes
+// two goroutines per round trip, and each park needs a read that fails
+// with EAGAIN first; measured under pgbench this scheduling cost about as
+// much CPU as the relaying itself. The loop waits on every socket at once
+// (level-triggered), reads what is there, runs the same message handlers
+// as the relay goroutines (hooks included) and writes without blocking.
+//
+// The loop only runs the common case. Anything else hands the session back
+// to its own goroutine, which rebuilds net.Conns on the same sockets and
+// continues with the goroutine relay for the rest of the session, where
+// every case is handled:
+//   - a message larger than the read buffer, or malformed, or Terminate;
+//   - a peer that does not take what is written (EAGAIN, or an error): what
+//     was not written is kept and goes out first after the hand-back, each
+//     direction from its own relay goroutine (the peer may be waiting for
+//     us to read before it reads);
+//   - end of stream or a read error (read again by the relay goroutines);
+//   - a hook ending the session, a drain, a terminate from elsewhere.
+//
+// The loop owns a session's sockets while it holds it: their net.Conns are
+// closed (after dup, which takes the sockets off the runtime's poller) and
+// nothing else reads, writes or closes them. terminate called meanwhile is
+// deferred (Session.deferTerminate).
+
+// eventLoopsAvailable: this platform has epoll.
+const eventLoopsAvailable = true
+
+// loopConn is a session's state in the event loop.
+type loopConn struct {
+	loop     *eventLoop
+	cfd, ufd int        // the duplicated sockets
+	cout     loopSocket // writes to the client
+	uout     loopSocket // writes to the upstream
+	handback chan struct{}
+
+	// Loop goroutine only while active; the handback channel publishes
+	// them to the session's goroutine.
+	active bool // in the loop
+	leave  bool // hand back after the current message
+	end    bool // ... and terminate the session with endErr
+	endErr error
+}
+
+// loopSocket writes to a socket without blocking. What the socket does not
+// take is kept in over and the session is handed back.
+type loopSocket struct {
+	lc   *loopConn
+	fd   int
+	over []byte
+}
+
+func (w *loopSocket) Write(p []byte) (int, error) {
+	n := len(p)
+	if len(w.over) == 0 {
+		for len(p) > 0 {
+			r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, uintptr(w.fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+			if e == syscall.EINTR {
+				continue
+			}
+			if e != 0 {
+				break // EAGAIN or an error: the relay goroutines write the rest, or see the error
+			}
+			p = p[r:]
+		}
+		if len(p) == 0 {
+			return n, nil
+		}
+	}
+	w.over = append(w.over, p...)
+	w.lc.leave = true
+	return n, nil
+}
+
+// eventLoop is one epoll loop. Its goroutine runs while it holds sessions.
+type eventLoop struct {
+	log *zap.Logger
+
+	mu      sync.Mutex
+	running bool
+	epf     *os.File // the epoll instance, on the runtime's poller
+	epfd    int      // its descriptor; set by start, before the goroutine that uses it
+	wakeR   int      // pipe: a byte written to wakeW wakes the loop for queue
+	wakeW   int
+	woken   bool
+	failed  bool // epoll_pwait failed: no more sessions are added
+	count   int  // sessions added and not yet handed back
+	queue   []loopRequest
+
+	fds map[int32]*Session // loop goroutine only
+}
+
+type loopRequest struct {
+	s   *Session
+	add bool // add the session; otherwise hand it back
+}
+
+func newEventLoops(n int, log *zap.Logger) []*eventLoop {
+	loops := make([]*eventLoop, n)
+	for i := range loops {
+		loops[i] = &eventLoop{log: log, fds: map[int32]*Session{}}
+	}
+	return loops
+}
+
+// request queues an add or a hand-back and wakes the loop, starting it if
+// needed. It reports false when the loop cannot run (no file descriptors).
+func (l *eventLoop) request(s *Session, add bool) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if add {
+		if l.failed {
+			return false
+		}
+		if !l.running {
+			if err := l.start(); err != nil {
+				l.log.Warn("event loop unavailable, relaying with goroutines", zap.Error(err))
+				return false
+			}
+		}
+		l.count++
+	}
+	l.queue = append(l.queue, loopRequest{s: s, add: add})
+	if !l.woken {
+		l.woken = true
+		var b = [1]byte{1}
+		for {
+			_, _, e := syscall.RawSyscall(syscall.SYS_WRITE, uintptr(l.wakeW), uintptr(unsafe.Pointer(&b[0])), 1)
+			if e != syscall.EINTR {
+				break
+			}
+		}
+	}
+	return true
+}
+
+// start creates the epoll instance and the wake pipe and starts the
+// goroutine; l.mu is held.
+//
+// The epoll descriptor is itself put on the runtime's poller: the loop
+// goroutine collects events with a non-blocking epoll_wait and, when there
+// are none, parks like any goroutine until the descriptor is readable.
+// Blocking in epoll_wait instead would hold a thread in a system call,
+// which keeps the runtime's monitor waking every 20 µs to take the
+// processor back (measured: slower than the goroutine relay).
+func (l *eventLoop) start() error {
+	epfd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+	if err != nil {
+		return os.NewSyscallError("epoll_create1", err)
+	}
+	if err := syscall.SetNonblock(epfd, true); err != nil {
+		syscall.Close(epfd)
+		return os.NewSyscallError("fcntl", err)
+	}
+	epf := os.NewFile(uintptr(epfd), "epoll")
+	rc, err := epf.SyscallConn()
+	if err != nil {
+		epf.Close()
+		return err
+	}
+	var p [2]int
+	if err := syscall.Pipe2(p[:], syscall.O_NONBLOCK|syscall.O_CLOEXEC); err != nil {
+		epf.Close()
+		return os.NewSyscallError("pipe2", err)
+	}
+	ev := syscall.EpollEvent{Events: syscall.EPOLLIN, Fd: int32(p[0])}
+	if err := syscall.EpollCtl(epfd, syscall.EPOLL_CTL_ADD, p[0], &ev); err != nil {
+		epf.Close()
+		syscall.Close(p[0])
+		syscall.Close(p[1])
+		return os.NewSyscallError("epoll_ctl", err)
+	}
+	l.epf, l.epfd, l.wakeR, l.wakeW = epf, epfd, p[0], p[1]
+	l.running, l.woken = true, false
+	go l.run(rc, epfd, p[0])
+	return nil
+}
+
+func (l *eventLoop) run(rc syscall.RawConn, epfd, wakeR int) {
+	events := make([]syscall.EpollEvent, 64)
+	var n, calls, busy int
+	var errno syscall.Errno
+	collect := func(fd uintptr) bool {
+		calls++
+		r, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_PWAIT, fd, uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
+		n, errno = int(r), e
+		return e != syscall.EINTR && (e != 0 || r > 0) // false: park until readable
+	}
+	for {
+		var err error
+		calls = 0
+		if rerr := rc.Read(collect); rerr != nil {
+			err = rerr
+		} else if errno != 0 {
+			err = os.NewSyscallError("epoll_pwait", errno)
+		}
+		// A loop that always finds work never parks: let the processor's
+		// other goroutines (new sessions, the audit writer) run now and then.
+		if calls == 1 {
+			if busy++; busy == 64 {
+				busy = 0
+				runtime.Gosched()
+			}
+		} else {
+			busy = 0
+		}
+		if err != nil {
+			l.mu.Lock()
+			l.failed = true // new sessions stay with the relay goroutines
+			l.mu.Unlock()
+			l.log.Error("event loop failed, handing its sessions back", zap.Error(err))
+			for _, s := range l.fds {
+				if s.lc.active {
+					l.handBack(s)
+				}
+			}
+			n = 0
+		}
+		wake, left := false, false
+		for i := 0; i < n; i++ {
+			fd := events[i].Fd
+			if int(fd) == wakeR {
+				wake = true
+				continue
+			}
+			s := l.fds[fd]
+			if s == nil || !s.lc.active {
+				continue // handed back earlier in this batch
+			}
+			if int(fd) == s.lc.cfd {
+				s.loopRead(s.cr, s.lc.cfd, s.loopFrontend)
+			} else {
+				s.loopRead(s.ur, s.lc.ufd, s.loopBackend)
+			}
+			if s.lc.leave {
+				l.handBack(s)
+				left = true
+			}
+		}
+		if wake {
+			// Requests last: a session added now may reuse a descriptor
+			// number seen above.
+			l.serveQueue(epfd, wakeR)
+		}
+		if (wake || left || err != nil) && l.stopIfEmpty(epfd, wakeR) {
+			return
+		}
+	}
+}
+
+// serveQueue serves the queued requests.
+func (l *eventLoop) serveQueue(epfd, wakeR int) {
+	var b [64]byte
+	for {
+		r, _, e := syscall.RawSyscall(syscall.SYS_READ, uintptr(wakeR), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+		if e == syscall.EINTR || (e == 0 && r == uintptr(len(b))) {
+			continue
+		}
+		break
+	}
+	l.mu.Lock()
+	queue := l.queue
+	l.queue, l.woken = nil, false
+	l.mu.Unlock()
+	for _, r := range queue {
+		s := r.s
+		switch {
+		case r.add:
+			l.add(epfd, s)
+		case s.lc.active:
+			l.handBack(s)
+		}
+	}
+}
+
+// stopIfEmpty stops the loop when it holds no session and nothing is
+// queued: it closes its descriptors and reports true (the goroutine ends;
+// the next session starts a new one).
+func (l *eventLoop) stopIfEmpty(epfd, wakeR int) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.count > 0 || len(l.queue) > 0 {
+		return false
+	}
+	l.running = false
+	l.epf.Close()
+	syscall.Close(wakeR)
+	syscall.Close(l.wakeW)
+	return true
+}
+
+// add registers a session's sockets and relays what it already buffered.
+func (l *eventLoop) add(epfd int, s *Session) {
+	lc := s.lc
+	lc.active = true
+	l.fds[int32(lc.cfd)] = s
+	l.fds[int32(lc.ufd)] = s
+	for _, fd := range [2]int{lc.cfd, lc.ufd} {
+		ev := syscall.EpollEvent{Events: syscall.EPOLLIN, Fd: int32(fd)}
+		if err := syscall.EpollCtl(epfd, syscall.EPOLL_CTL_ADD, fd, &ev); err != nil {
+			s.log.Warn("event loop: cannot watch a socket, relaying with goroutines", zap.Error(err))
+			lc.leave = true
+		}
+	}
+	if !lc.leave {
+		s.loopFrontend()
+	}
+	if !lc.leave {
+		s.loopBackend()
+	}
+	if lc.leave {
+		l.handBack(s)
+	}
+}
+
+// handBack takes a session out of the loop and wakes its goroutine.
+func (l *eventLoop) handBack(s *Session) {
+	lc := s.lc
+	for _, fd := range [2]int{lc.cfd, lc.ufd} {
+		_ = syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_DEL, fd, nil)
+		delete(l.fds, int32(fd))
+	}
+	lc.active = false
+	s.mu.Lock()
+	s.loopHeld = handedBack
+	s.mu.Unlock()
+	l.mu.Lock()
+	l.count--
+	l.mu.Unlock()
+	lc.handback <- struct{}{}
+}
+
+// loopRead reads what the socket has into cr and runs the handler; the end
+// of the stream, an error or a full buffer hands the session back.
+func (s *Session) loopRead(cr *connReader, fd int, handle func()) {
+	n, errno := cr.loopFill(fd)
+	switch {
+	case errno == syscall.EAGAIN:
+		return // nothing after all
+	case errno != 0 || n == 0:
+		s.lc.leave = true // the relay goroutines read it again and see the end
+		return
+	}
+	handle()
+}
+
+// loopFill reads once, without blocking, into the buffer.
+func (cr *connReader) loopFill(fd int) (int, syscall.Errno) {
+	cr.take()
+	if cr.r > 0 {
+		copy(cr.buf, cr.buf[cr.r:cr.w])
+		cr.w -= cr.r
+		cr.r = 0
+	}
+	if cr.w == len(cr.buf) {
+		return 0, syscall.ENOBUFS
+	}
+	for {
+		r, _, e := syscall.RawSyscall(syscall.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&cr.buf[cr.w])), uintptr(len(cr.buf)-cr.w))
+		if e == syscall.EINTR {
+			continue
+		}
+		if e != 0 {
+			cr.release()
+			return 0, e
+		}
+		cr.w += int(r)
+		cr.release()
+		return int(r), 0
+	}
+}
+
+// loopFrontend relays the whole client messages in the read buffer.
+func (s *Session) loopFrontend() {
+	cr, lc := s.cr, s.lc
+	limit := min(s.srv.cfg.MaxMessageSize, cr.size)
+	for !lc.leave && cr.w-cr.r >= 5 {
+		b := cr.buf[cr.r:cr.w]
+		typ := b[0]
+		n := int64(binary.BigEndian.Uint32(b[1:5]))
+		if n < 4 || n+1 > int64(limit) || !knownFrontend(typ) || typ == MsgTerminate {
+			lc.leave = true // the relay goroutines handle (or refuse) it
+			break
+		}
+		if int64(len(b)) < n+1 {
+			break // the rest is still on its way
+		}
+		cr.r += int(n) + 1
+		if !s.frontendMessage(typ, b[5:n+1]) {
+			lc.leave = true
+		}
+	}
+	cr.release()
+}
+
+// loopBackend relays the whole upstream messages in the read buffer.
+func (s *Session) loopBackend() {
+	ur, lc := s.ur, s.lc
+	for !lc.leave && ur.w-ur.r >= 5 {
+		b := ur.buf[ur.r:ur.w]
+		typ := b[0]
+		n := int64(binary.BigEndian.Uint32(b[1:5]))
+		if n < 4 || n+1 > int64(ur.size) {
+			lc.leave = true
+			break
+		}
+		if int64(len(b)) < n+1 {
+			break
+		}
+		ur.r += int(n) + 1
+		if !s.backendMessage(typ, b[5:n+1], s.interest[typ]) {
+			lc.leave = true
+		}
+	}
+	ur.release()
+}
+
+// enterLoop moves an authenticated plain-socket session into its event
+// loop; it reports false when the session stays with the relay goroutines.
+func (s *Session) enterLoop() bool {
+	loops := s.srv.loops
+	if len(loops) == 0 || s.cr.raw == nil || s.ur.raw == nil {
+		return false
+	}
+	cfd, err := dupSocket(s.client)
+	if err != nil {
+		return false
+	}
+	ufd, err := dupSocket(s.upstream)
+	if err != nil {
+		syscall.Close(cfd)
+		return false
+	}
+	lc := &loopConn{loop: loops[s.ID%uint64(len(loops))], cfd: cfd, ufd: ufd, handback: make(chan struct{}, 1)}
+	lc.cout = loopSocket{lc: lc, fd: cfd}
+	lc.uout = loopSocket{lc: lc, fd: ufd}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing || s.termPending {
+		syscall.Close(cfd)
+		syscall.Close(ufd)
+		return false
+	}
+	s.lc = lc
+	// Off the runtime's poller: closing the net.Conns removes the sockets
+	// from its epoll set; the duplicates keep them open.
+	s.client.Close()
+	s.upstream.Close()
+	s.cw.dst, s.uw.dst = &lc.cout, &lc.uout
+	s.loopHeld = heldByLoop
+	if !lc.loop.request(s, true) {
+		s.loopHeld = handedBack
+		lc.handback <- struct{}{}
+	}
+	return true
+}
+
+// leaveLoop takes the session back from the loop after the hand-back:
+// net.Conns on the same sockets, what the loop could not write written
+// first. It reports false when the session is over.
+func (s *Session) leaveLoop() bool {
+	lc := s.lc
+	client, cerr := socketConn(lc.cfd)
+	upstream, uerr := socketConn(lc.ufd)
+	s.mu.Lock()
+	if client != nil {
+		s.client = client
+	}
+	if upstream != nil {
+		s.upstream = upstream
+	}
+	s.loopHeld = heldByRelay
+	pending, perr := s.termPending, s.termErr
+	s.mu.Unlock()
+	if cerr != nil || uerr != nil {
+		s.log.Warn("cannot resume the session after the event loop", zap.NamedError("client", cerr), zap.NamedError("upstream", uerr))
+		if client != nil {
+			client.Close()
+		}
+		if upstream != nil {
+			upstream.Close()
+		}
+		s.terminate(nil)
+		return false
+	}
+	cio, uio := newSocketIO(client), newSocketIO(upstream)
+	s.cr.resume(cio)
+	s.ur.resume(uio)
+	s.cwMu.Lock()
+	s.cw.resume(cio, lc.cout.over)
+	s.cwMu.Unlock()
+	s.uwMu.Lock()
+	s.uw.resume(uio, lc.uout.over)
+	s.uwMu.Unlock()
+	lc.cout.over, lc.uout.over = nil, nil
+	switch {
+	case pending:
+		s.terminate(perr)
+		return false
+	case lc.end:
+		s.terminate(lc.endErr)
+		return false
+	}
+	return true
+}
+
+// resume reads from src again after the event loop.
+func (cr *connReader) resume(src io.Reader) {
+	cr.src = src
+	cr.raw, _ = src.(*rawSocket)
+	cr.drained = true
+}
+
+// resume writes to dst again after the event loop; over, what the loop
+// could not write, goes out first (with the next write or flush: the relay
+// goroutine of each direction flushes as it starts, so that neither
+// direction waits for the other).
+func (cw *connWriter) resume(dst io.Writer, over []byte) {
+	cw.dst = dst
+	if len(over) > 0 {
+		cw.pre = over
+	}
+}
+
+// dupSocket duplicates a connection's socket (close-on-exec).
+func dupSocket(c net.Conn) (int, error) {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return -1, syscall.EINVAL
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd := -1
+	var derr error
+	if err := raw.Control(func(s uintptr) {
+		r, _, e := syscall.Syscall(syscall.SYS_FCNTL, s, syscall.F_DUPFD_CLOEXEC, 0)
+		if e != 0 {
+			derr = os.NewSyscallError("fcntl", e)
+			return
+		}
+		fd = int(r)
+	}); err != nil {
+		return -1, err
+	}
+	return fd, derr
+}
+
+// socketConn makes a net.Conn of a socket descriptor, which it closes (the
+// conn has a duplicate).
+func socketConn(fd int) (net.Conn, error) {
+	f := os.NewFile(uintptr(fd), "socket")
+	defer f.Close()
+	return net.FileConn(f)
+}
+
+// sessions is the number of sessions the loop holds (tests).
+func (l *eventLoop) sessions() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.count
+}

@@ -1,0 +1,30 @@
+//go:build !linux
+
+package proxy
+
+import "go.uber.org/zap"
+
+// eventLoopsAvailable: no event loop outside Linux; every session is
+// relayed by its own goroutines.
+const eventLoopsAvailable = false
+
+type loopConn struct {
+	loop     *eventLoop
+	handback chan struct{}
+	active   bool
+	leave    bool
+	end      bool
+	endErr   error
+}
+
+type eventLoop struct{}
+
+func newEventLoops(int, *zap.Logger) []*eventLoop { return nil }
+
+func (l *eventLoop) request(*Session, bool) bool { return false }
+
+func (s *Session) enterLoop() bool { return false }
+
+func (s *Session) leaveLoop() bool { return true }
+
+func (l *eventLoop) sessions() int { return 0 }

@@ -1,0 +1,191 @@
+package proxy_test
+
+import (
+	"net"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tenantguard/tenantguard/proxy/pgtest"
+)
+
+// loopsOn reports whether this run relays sessions in event loops (Linux,
+// unless TENANTGUARD_TEST_EVENT_LOOPS=-1).
+func loopsOn(t *testing.T, p *testProxy) bool {
+	on := runtime.GOOS == "linux" && testEventLoops(t) >= 0
+	require.Equal(t, on, p.srv.EventLoops() > 0, "event loops configured")
+	return on
+}
+
+// An established plain-TCP session is relayed by the event loop and stays
+// there through ordinary traffic; it leaves it when it ends.
+func TestEventLoopHoldsEstablishedSessions(t *testing.T) {
+	p := startProxy(t, nil)
+	on := loopsOn(t, p)
+	ctx := testCtx(t)
+	conn := p.connect(t, pgtest.SuperUser, "", "postgres")
+	want := 0
+	if on {
+		want = 1
+	}
+	waitFor(t, 10*time.Second, "the session to be in the event loop", func() bool { return p.srv.LoopSessions() == want })
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeCacheStatement, pgx.QueryExecModeExec, pgx.QueryExecModeSimpleProtocol} {
+		var sum int
+		require.NoError(t, conn.QueryRow(ctx, "select sum(g)::int from generate_series(1, $1::int) g", mode, 100).Scan(&sum))
+		assert.Equal(t, 5050, sum)
+		rows, err := conn.Query(ctx, "select g, 'row ' || g from generate_series(1, 2000) g", mode)
+		require.NoError(t, err)
+		n := 0
+		for rows.Next() {
+			var g int
+			var s string
+			require.NoError(t, rows.Scan(&g, &s))
+			n++
+			require.Equal(t, n, g)
+			require.Equal(t, "row "+strconv.Itoa(g), s)
+		}
+		require.NoError(t, rows.Err())
+		assert.Equal(t, 2000, n)
+	}
+	_, err := conn.Exec(ctx, "select 1/0")
+	require.Error(t, err)
+	assert.Equal(t, want, p.srv.LoopSessions(), "results, errors and pipelines stay in the loop")
+	require.NoError(t, conn.Close(ctx))
+	waitFor(t, 10*time.Second, "the session to leave the loop", func() bool { return p.srv.LoopSessions() == 0 })
+}
+
+// Messages larger than the loop's read buffer, either way, hand the session
+// to the relay goroutines, which carry on without losing a byte.
+func TestEventLoopHandsBackLargeMessages(t *testing.T) {
+	p := startProxy(t, nil)
+	on := loopsOn(t, p)
+	ctx := testCtx(t)
+	big := strings.Repeat("abcdefgh", 40_000) // 320 kB
+	cases := []struct {
+		name  string
+		query string
+		args  []any
+	}{
+		{"client message", "select length($1::text)", []any{big}},
+		{"simple query", "select length('" + big + "')", []any{pgx.QueryExecModeSimpleProtocol}},
+		{"upstream message", "select length(repeat('x', 320000) || $1::text)", []any{""}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			conn := p.connect(t, pgtest.SuperUser, "", "postgres")
+			if on {
+				waitFor(t, 10*time.Second, "the session to be in the event loop", func() bool { return p.srv.LoopSessions() == 1 })
+			}
+			var n int
+			require.NoError(t, conn.QueryRow(ctx, c.query, c.args...).Scan(&n))
+			assert.Equal(t, 320000, n)
+			var got string
+			require.NoError(t, conn.QueryRow(ctx, "select repeat($1::text, 2)", big).Scan(&got))
+			assert.Equal(t, big+big, got)
+			assert.Zero(t, p.srv.LoopSessions(), "the session left the loop")
+			require.NoError(t, conn.Close(ctx))
+		})
+	}
+}
+
+// A client that stops reading makes the loop's writes fail with EAGAIN:
+// the session goes to the relay goroutines with what was not written, and
+// the client gets every row, in order, once it reads again.
+func TestEventLoopSlowClientLosesNothing(t *testing.T) {
+	p := startProxy(t, nil)
+	on := loopsOn(t, p)
+	nc, fe := p.rawSession(t)
+	// A fixed receive buffer (no autotuning): 22 MB of rows cannot all
+	// sit in the kernel's buffers on the way.
+	require.NoError(t, nc.(*net.TCPConn).SetReadBuffer(128<<10))
+	if on {
+		waitFor(t, 10*time.Second, "the session to be in the event loop", func() bool { return p.srv.LoopSessions() == 1 })
+	}
+	const rows = 200_000
+	fe.Send(&pgproto3.Query{String: "select g, repeat('x', 100) from generate_series(1, " + strconv.Itoa(rows) + ") g"})
+	require.NoError(t, fe.Flush())
+	if on {
+		waitFor(t, 10*time.Second, "a write to the client to block", func() bool { return p.srv.LoopSessions() == 0 })
+	}
+	n := 0
+	for {
+		m, err := fe.Receive()
+		require.NoError(t, err)
+		switch m := m.(type) {
+		case *pgproto3.DataRow:
+			n++
+			require.Equal(t, strconv.Itoa(n), string(m.Values[0]))
+			require.Len(t, m.Values[1], 100)
+		case *pgproto3.CommandComplete:
+			assert.Equal(t, "SELECT "+strconv.Itoa(rows), string(m.CommandTag))
+		case *pgproto3.ErrorResponse:
+			t.Fatalf("error %s: %s", m.Code, m.Message)
+		case *pgproto3.ReadyForQuery:
+			assert.Equal(t, rows, n)
+			// The session still works on the relay goroutines.
+			fe.Send(&pgproto3.Query{String: "select 42"})
+			require.NoError(t, fe.Flush())
+			var got []string
+			for {
+				m, err := fe.Receive()
+				require.NoError(t, err)
+				if d, ok := m.(*pgproto3.DataRow); ok {
+					got = append(got, string(d.Values[0]))
+				}
+				if _, ok := m.(*pgproto3.ReadyForQuery); ok {
+					assert.Equal(t, []string{"42"}, got)
+					return
+				}
+			}
+		}
+	}
+}
+
+// A client that pipelines many queries from one goroutine and reads the
+// results from another, slowly: the results back up into a hand-back while
+// queries keep coming (and the server stops reading once its own output is
+// stuck, when the batch outgrows the socket buffers). Nothing may be lost
+// or reordered, and nothing may wait on the other direction.
+func TestEventLoopBothDirectionsBackedUp(t *testing.T) {
+	p := startProxy(t, nil)
+	loopsOn(t, p)
+	nc, fe := p.rawSession(t)
+	require.NoError(t, nc.(*net.TCPConn).SetReadBuffer(128<<10))
+	const queries = 20_000
+	var batch []byte
+	for i := 1; i <= queries; i++ {
+		var err error
+		batch, err = (&pgproto3.Query{String: "select " + strconv.Itoa(i) + ", repeat('y', 2000)"}).Encode(batch)
+		require.NoError(t, err)
+	}
+	writeErr := make(chan error, 1)
+	go func() {
+		_, err := nc.Write(batch)
+		writeErr <- err
+	}()
+	time.Sleep(300 * time.Millisecond) // let both directions fill up
+	next, rfq := 1, 0
+	for rfq < queries {
+		m, err := fe.Receive()
+		require.NoError(t, err)
+		switch m := m.(type) {
+		case *pgproto3.DataRow:
+			require.Equal(t, strconv.Itoa(next), string(m.Values[0]))
+			require.Len(t, m.Values[1], 2000)
+			next++
+		case *pgproto3.ErrorResponse:
+			t.Fatalf("error %s: %s", m.Code, m.Message)
+		case *pgproto3.ReadyForQuery:
+			rfq++
+		}
+	}
+	assert.Equal(t, queries+1, next)
+	require.NoError(t, <-writeErr)
+}
