@@ -140,6 +140,9 @@ func (l *eventLoop) request(s *Session, add bool) bool {
 		}
 		l.count++
 	}
+	if !l.running {
+		return false // failed: its sessions were all handed back
+	}
 	l.queue = append(l.queue, loopRequest{s: s, add: add})
 	if !l.woken {
 		l.woken = true
@@ -202,9 +205,14 @@ func (l *eventLoop) run(rc syscall.RawConn, epfd, wakeR int) {
 	var errno syscall.Errno
 	collect := func(fd uintptr) bool {
 		calls++
-		r, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_PWAIT, fd, uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
-		n, errno = int(r), e
-		return e != syscall.EINTR && (e != 0 || r > 0) // false: park until readable
+		for {
+			r, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_PWAIT, fd, uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
+			if e == syscall.EINTR {
+				continue
+			}
+			n, errno = int(r), e
+			return e != 0 || r > 0 // false: park until readable
+		}
 	}
 	for {
 		var err error
@@ -225,16 +233,8 @@ func (l *eventLoop) run(rc syscall.RawConn, epfd, wakeR int) {
 			busy = 0
 		}
 		if err != nil {
-			l.mu.Lock()
-			l.failed = true // new sessions stay with the relay goroutines
-			l.mu.Unlock()
-			l.log.Error("event loop failed, handing its sessions back", zap.Error(err))
-			for _, s := range l.fds {
-				if s.lc.active {
-					l.handBack(s)
-				}
-			}
-			n = 0
+			l.fail(epfd, wakeR, err)
+			return
 		}
 		wake, left := false, false
 		for i := 0; i < n; i++ {
@@ -262,10 +262,38 @@ func (l *eventLoop) run(rc syscall.RawConn, epfd, wakeR int) {
 			// number seen above.
 			l.serveQueue(epfd, wakeR)
 		}
-		if (wake || left || err != nil) && l.stopIfEmpty(epfd, wakeR) {
+		if (wake || left) && l.stopIfEmpty(epfd, wakeR) {
 			return
 		}
 	}
+}
+
+// fail stops a loop whose epoll_pwait failed: every session it holds or
+// was asked to add goes back to its goroutine, and no session is added to
+// it again.
+func (l *eventLoop) fail(epfd, wakeR int, err error) {
+	l.log.Error("event loop failed, handing its sessions back", zap.Error(err))
+	l.mu.Lock()
+	l.failed = true
+	queue := l.queue
+	l.queue = nil
+	l.mu.Unlock()
+	for _, s := range l.fds {
+		if s.lc.active {
+			l.handBack(s)
+		}
+	}
+	for _, r := range queue {
+		if r.add {
+			l.handBack(r.s) // counted, never added
+		}
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.running = false
+	l.epf.Close()
+	syscall.Close(wakeR)
+	syscall.Close(l.wakeW)
 }
 
 // serveQueue serves the queued requests.
@@ -341,6 +369,9 @@ func (l *eventLoop) handBack(s *Session) {
 		delete(l.fds, int32(fd))
 	}
 	lc.active = false
+	// The session's goroutine closes the descriptors; a stray write must
+	// not reach a reused number.
+	lc.cout.fd, lc.uout.fd = -1, -1
 	s.mu.Lock()
 	s.loopHeld = handedBack
 	s.mu.Unlock()
@@ -466,7 +497,12 @@ func (s *Session) enterLoop() bool {
 	// from its epoll set; the duplicates keep them open.
 	s.client.Close()
 	s.upstream.Close()
-	s.cw.dst, s.uw.dst = &lc.cout, &lc.uout
+	s.cwMu.Lock()
+	s.cw.dst = &lc.cout
+	s.cwMu.Unlock()
+	s.uwMu.Lock()
+	s.uw.dst = &lc.uout
+	s.uwMu.Unlock()
 	s.loopHeld = heldByLoop
 	if !lc.loop.request(s, true) {
 		s.loopHeld = handedBack
@@ -477,11 +513,28 @@ func (s *Session) enterLoop() bool {
 
 // leaveLoop takes the session back from the loop after the hand-back:
 // net.Conns on the same sockets, what the loop could not write written
-// first. It reports false when the session is over.
+// first. A terminate stays deferred until all of that is done. It reports
+// false when the session is over.
 func (s *Session) leaveLoop() bool {
 	lc := s.lc
-	client, cerr := socketConn(lc.cfd)
+	client, cerr := socketConn(lc.cfd) // closes lc.cfd (the conn has a duplicate)
 	upstream, uerr := socketConn(lc.ufd)
+	var cio, uio io.ReadWriter = closedSocket{}, closedSocket{}
+	if client != nil {
+		cio = newSocketIO(client)
+	}
+	if upstream != nil {
+		uio = newSocketIO(upstream)
+	}
+	s.cr.resume(cio)
+	s.ur.resume(uio)
+	s.cwMu.Lock()
+	s.cw.resume(cio, lc.cout.over)
+	s.cwMu.Unlock()
+	s.uwMu.Lock()
+	s.uw.resume(uio, lc.uout.over)
+	s.uwMu.Unlock()
+	lc.cout.over, lc.uout.over = nil, nil
 	s.mu.Lock()
 	if client != nil {
 		s.client = client
@@ -492,28 +545,20 @@ func (s *Session) leaveLoop() bool {
 	s.loopHeld = heldByRelay
 	pending, perr := s.termPending, s.termErr
 	s.mu.Unlock()
-	if cerr != nil || uerr != nil {
+	switch {
+	case cerr != nil || uerr != nil:
 		s.log.Warn("cannot resume the session after the event loop", zap.NamedError("client", cerr), zap.NamedError("upstream", uerr))
-		if client != nil {
-			client.Close()
+		if !pending {
+			perr = &ProtocolError{Code: CodeConnectionFailure, Message: "the proxy could not resume the session"}
+		}
+		if client == nil {
+			perr = nil // nobody to tell
 		}
 		if upstream != nil {
 			upstream.Close()
 		}
-		s.terminate(nil)
+		s.terminate(perr)
 		return false
-	}
-	cio, uio := newSocketIO(client), newSocketIO(upstream)
-	s.cr.resume(cio)
-	s.ur.resume(uio)
-	s.cwMu.Lock()
-	s.cw.resume(cio, lc.cout.over)
-	s.cwMu.Unlock()
-	s.uwMu.Lock()
-	s.uw.resume(uio, lc.uout.over)
-	s.uwMu.Unlock()
-	lc.cout.over, lc.uout.over = nil, nil
-	switch {
 	case pending:
 		s.terminate(perr)
 		return false
@@ -523,6 +568,12 @@ func (s *Session) leaveLoop() bool {
 	}
 	return true
 }
+
+// closedSocket stands for a socket that could not be resumed.
+type closedSocket struct{}
+
+func (closedSocket) Read([]byte) (int, error)  { return 0, net.ErrClosed }
+func (closedSocket) Write([]byte) (int, error) { return 0, net.ErrClosed }
 
 // resume reads from src again after the event loop.
 func (cr *connReader) resume(src io.Reader) {

@@ -200,12 +200,16 @@ func lingeringClose(conn net.Conn) {
 }
 
 // deferTerminate records a terminate while the event loop holds the
-// session's sockets and asks the loop to hand them back; it reports false
-// when the caller may terminate at once.
+// session's sockets (or is handing them back) and asks the loop to hand
+// them back; it reports false, having marked the session closing, when the
+// caller may terminate at once.
 func (s *Session) deferTerminate(err error) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.loopHeld == heldByRelay {
+		// Decided under the same lock as enterLoop's check: a session
+		// being closed does not enter the loop.
+		s.closing = true
 		return false
 	}
 	if !s.termPending {

@@ -52,7 +52,9 @@ func (s *Session) startup(ctx context.Context) error {
 		zap.String("database", s.Params["database"]), zap.Bool("client_tls", s.ClientTLS))
 	cio := newSocketIO(s.client)
 	s.cr = newConnReader(cio)
+	s.cwMu.Lock() // terminate (Shutdown, from another goroutine) writes through it
 	s.cw = newConnWriter(cio)
+	s.cwMu.Unlock()
 
 	first, err := s.connectUpstream(ctx, deadline)
 	if err != nil {

@@ -277,6 +277,8 @@ start_tg audit "$work/audit.jsonl"
 tg_audit_port=$tg_port
 tg_procs=$(sed -n 's/.*"msg":"tenantguard serving".*"procs":\([0-9]*\).*/\1/p' "$work/tenantguard-audit.log" | head -n1)
 tg_procs=${tg_procs:-unknown}
+tg_loops=$(sed -n 's/.*"msg":"tenantguard serving".*"event_loops":\([0-9]*\).*/\1/p' "$work/tenantguard-audit.log" | head -n1)
+tg_loops=${tg_loops:-unknown}
 tg_audit_pid=$tg_pid
 targets="direct pgbouncer tg"
 if [ "$audit_null" = 1 ]; then
@@ -422,7 +424,7 @@ report() {
   echo "### tenantguard benchmark — $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo
   echo "Machine: $(nproc) CPUs ($cpu), $mem RAM, $(uname -sr). $pgv, $pgb_version (session pooling), $(go version 2>/dev/null | cut -d' ' -f3)."
-  echo "Commit $commit; tenantguard enforcement **$enforcement**, SQL through tenantguard: $tg_sql$( [ "$tg_sql" = unscoped ] && echo " (tenant set with PGOPTIONS='-c app.clinic_id=$tenant')"); audit to a file on disk; tenantguard procs (GOMAXPROCS): $tg_procs${BENCH_TG_ENV:+ (environment: $BENCH_TG_ENV)}."
+  echo "Commit $commit; tenantguard enforcement **$enforcement**, SQL through tenantguard: $tg_sql$( [ "$tg_sql" = unscoped ] && echo " (tenant set with PGOPTIONS='-c app.clinic_id=$tenant')"); audit to a file on disk; tenantguard procs (GOMAXPROCS): $tg_procs, event loops: $tg_loops${BENCH_TG_ENV:+ (environment: $BENCH_TG_ENV)}."
   echo "Load average (1/5/15 min) before the measured runs: $load_before; after: $load_after (other work on the machine skews the ratios)."
   echo "Data: 200 clinics, $patients patients. pgbench -n -c $clients -j $threads -T $duration per run; direct, PgBouncer and tenantguard back to back per row$([ "$rounds" -gt 1 ] && echo ", $rounds rounds, medians shown")."
   echo
