@@ -20,6 +20,14 @@
 //     nobody inspects (DataRow, CopyData, ...), so result rows are never
 //     decoded or copied into a message buffer.
 //
+//   - eventloop_linux.go: on Linux, an established plain-socket session is
+//     relayed by an epoll loop (one goroutine per loop, Config.EventLoops)
+//     running the same message handlers as relay.go. Anything the loop does
+//     not handle (a message larger than its buffer, a peer not reading,
+//     end of stream, drain, terminate) hands the session back to its own
+//     goroutine, which carries on with the relay loops for the rest of the
+//     session.
+//
 //   - rawsock.go, buffers.go: plain TCP and Unix sockets are read and
 //     written with raw non-blocking system calls on the runtime's poller
 //     (TLS connections through crypto/tls); read and write buffers are

@@ -46,7 +46,9 @@ const (
 // Hooks intercept a session's traffic; the enforcement layer implements
 // them. OnFrontend runs on the session's client-reading goroutine and
 // OnBackend on its upstream-reading goroutine, so they may run concurrently
-// for one session: state shared between them needs synchronisation.
+// for one session: state shared between them needs synchronisation. While
+// an event loop relays the session, both run on the loop's goroutine, one
+// at a time, between other sessions' messages: they must not block.
 // A returned error ends the session with a FATAL ErrorResponse to the
 // client (a *ClientError's response is sent as is).
 type Hooks interface {
