@@ -375,6 +375,7 @@ func (l *eventLoop) handBack(s *Session) {
 	s.mu.Lock()
 	s.loopHeld = handedBack
 	s.mu.Unlock()
+	s.srv.handBacks.Add(1) // before the count: whoever sees one sees the other
 	l.mu.Lock()
 	l.count--
 	l.mu.Unlock()

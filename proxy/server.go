@@ -36,6 +36,7 @@ type Server struct {
 	wg        sync.WaitGroup // connection goroutines
 	idle      chan struct{}  // signalled when a session ends during drain
 	loops     []*eventLoop   // empty: no event loop
+	handBacks atomic.Uint64
 }
 
 // NewServer validates cfg, fills defaults and loads certificates.
@@ -269,6 +270,19 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // EventLoops returns the number of event loops relaying sessions (0: every
 // session is relayed by goroutines of its own).
 func (s *Server) EventLoops() int { return len(s.loops) }
+
+// LoopSessions returns the number of sessions the event loops hold now.
+func (s *Server) LoopSessions() int {
+	n := 0
+	for _, l := range s.loops {
+		n += l.sessions()
+	}
+	return n
+}
+
+// HandBacks returns how many sessions left an event loop for goroutines of
+// their own since the server started.
+func (s *Server) HandBacks() uint64 { return s.handBacks.Load() }
 
 // Addr returns the address of the most recent listener, or nil before Serve.
 func (s *Server) Addr() net.Addr {

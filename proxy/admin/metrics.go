@@ -93,3 +93,19 @@ func NewMetrics() *Metrics {
 	}
 	return m
 }
+
+// RegisterRelay adds the relay's own gauges, read at scrape time: sessions
+// relayed by the event loops, and sessions handed back from a loop to
+// goroutines of their own (a hand-back lasts for the rest of the session).
+func (m *Metrics) RegisterRelay(loopSessions func() int, handBacks func() uint64) {
+	m.Registry.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "tenantguard_event_loop_sessions",
+			Help: "Sessions relayed by the event loops now.",
+		}, func() float64 { return float64(loopSessions()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "tenantguard_event_loop_handbacks_total",
+			Help: "Sessions that left an event loop for goroutines of their own (large message, slow peer, end, drain).",
+		}, func() float64 { return float64(handBacks()) }),
+	)
+}
