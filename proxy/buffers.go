@@ -50,6 +50,11 @@ type connReader struct {
 	// socket had nothing more; the next fill waits without a buffer.
 	drained bool
 	err     error
+	// big: buf is a larger buffer of its own (the event loop holding a
+	// message over bufSize), dropped rather than pooled once empty; want is
+	// the size of the message at its head the loop is waiting for.
+	big  bool
+	want int
 }
 
 func newConnReader(src io.Reader) *connReader {
@@ -85,7 +90,13 @@ func (cr *connReader) take() {
 
 // release gives the buffer back when it holds nothing.
 func (cr *connReader) release() {
-	if cr.buf != nil && cr.r == cr.w && cr.raw != nil {
+	if cr.buf == nil || cr.r != cr.w {
+		return
+	}
+	switch {
+	case cr.big:
+		cr.buf, cr.r, cr.w, cr.big = nil, 0, 0, false
+	case cr.raw != nil:
 		putBuf(cr.buf)
 		cr.buf, cr.r, cr.w = nil, 0, 0
 	}

@@ -23,7 +23,7 @@
 //   - eventloop_linux.go: on Linux, an established plain-socket session is
 //     relayed by an epoll loop (one goroutine per loop, Config.EventLoops)
 //     running the same message handlers as relay.go. Anything the loop does
-//     not handle (a message larger than its buffer, a peer not reading,
+//     not handle (a message over 64 KiB, a peer not reading,
 //     end of stream, drain, terminate) hands the session back to its own
 //     goroutine, which carries on with the relay loops for the rest of the
 //     session.

@@ -30,7 +30,7 @@ import (
 // to its own goroutine, which rebuilds net.Conns on the same sockets and
 // continues with the goroutine relay for the rest of the session, where
 // every case is handled:
-//   - a message larger than the read buffer, or malformed, or Terminate;
+//   - a message over 64 KiB (loopMaxMessage), or malformed, or Terminate;
 //   - a peer that does not take what is written (EAGAIN, or an error): what
 //     was not written is kept and goes out first after the hand-back, each
 //     direction from its own relay goroutine (the peer may be waiting for
@@ -396,13 +396,27 @@ func (s *Session) loopRead(cr *connReader, fd int, handle func()) {
 	handle()
 }
 
-// loopFill reads once, without blocking, into the buffer.
+// loopMaxMessage is the largest message the event loop relays itself, in
+// a buffer of that size while it arrives; a larger one hands the session
+// back (the relay goroutines stream large results without holding them).
+const loopMaxMessage = 64 << 10
+
+// loopFill reads once, without blocking, into the buffer, growing it first
+// when the message at its head needs more room.
 func (cr *connReader) loopFill(fd int) (int, syscall.Errno) {
 	cr.take()
 	if cr.r > 0 {
 		copy(cr.buf, cr.buf[cr.r:cr.w])
 		cr.w -= cr.r
 		cr.r = 0
+	}
+	if cr.want > len(cr.buf) {
+		big := make([]byte, cr.want)
+		copy(big, cr.buf[:cr.w])
+		if !cr.big && cr.raw != nil {
+			putBuf(cr.buf)
+		}
+		cr.buf, cr.big = big, true
 	}
 	if cr.w == len(cr.buf) {
 		return 0, syscall.ENOBUFS
@@ -425,7 +439,7 @@ func (cr *connReader) loopFill(fd int) (int, syscall.Errno) {
 // loopFrontend relays the whole client messages in the read buffer.
 func (s *Session) loopFrontend() {
 	cr, lc := s.cr, s.lc
-	limit := min(s.srv.cfg.MaxMessageSize, cr.size)
+	limit := min(s.srv.cfg.MaxMessageSize, loopMaxMessage)
 	for !lc.leave && cr.w-cr.r >= 5 {
 		b := cr.buf[cr.r:cr.w]
 		typ := b[0]
@@ -435,8 +449,10 @@ func (s *Session) loopFrontend() {
 			break
 		}
 		if int64(len(b)) < n+1 {
-			break // the rest is still on its way
+			cr.want = int(n) + 1 // the rest is still on its way
+			break
 		}
+		cr.want = 0
 		cr.r += int(n) + 1
 		if !s.frontendMessage(typ, b[5:n+1]) {
 			lc.leave = true
@@ -452,13 +468,15 @@ func (s *Session) loopBackend() {
 		b := ur.buf[ur.r:ur.w]
 		typ := b[0]
 		n := int64(binary.BigEndian.Uint32(b[1:5]))
-		if n < 4 || n+1 > int64(ur.size) {
+		if n < 4 || n+1 > loopMaxMessage {
 			lc.leave = true
 			break
 		}
 		if int64(len(b)) < n+1 {
+			ur.want = int(n) + 1
 			break
 		}
+		ur.want = 0
 		ur.r += int(n) + 1
 		if !s.backendMessage(typ, b[5:n+1], s.interest[typ]) {
 			lc.leave = true

@@ -65,8 +65,44 @@ func TestEventLoopHoldsEstablishedSessions(t *testing.T) {
 	waitFor(t, 10*time.Second, "the session to leave the loop", func() bool { return p.srv.LoopSessions() == 0 })
 }
 
-// Messages larger than the loop's read buffer, either way, hand the session
-// to the relay goroutines, which carry on without losing a byte.
+// Messages over the read buffer but within the loop's limit (8–64 KiB),
+// either way, alone and pipelined, stay in the loop.
+func TestEventLoopRelaysMidSizeMessages(t *testing.T) {
+	p := startProxy(t, nil)
+	on := loopsOn(t, p)
+	ctx := testCtx(t)
+	conn := p.connect(t, pgtest.SuperUser, "", "postgres")
+	want := 0
+	if on {
+		want = 1
+	}
+	waitFor(t, 10*time.Second, "the session to be in the event loop", func() bool { return p.srv.LoopSessions() == want })
+	before := p.srv.HandBacks()
+	for _, size := range []int{8187, 8188, 9000, 40_000, 65_000} {
+		in := strings.Repeat("q", size)
+		for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeCacheStatement, pgx.QueryExecModeSimpleProtocol} {
+			var got string
+			require.NoError(t, conn.QueryRow(ctx, "select $1::text", mode, in).Scan(&got), "size %d", size)
+			require.Equal(t, in, got, "size %d", size)
+		}
+		batch := &pgx.Batch{}
+		for i := 0; i < 3; i++ {
+			batch.Queue("select $1::text || $2::text", in, strconv.Itoa(i))
+		}
+		br := conn.SendBatch(ctx, batch)
+		for i := 0; i < 3; i++ {
+			var got string
+			require.NoError(t, br.QueryRow().Scan(&got))
+			require.Equal(t, in+strconv.Itoa(i), got, "size %d batch %d", size, i)
+		}
+		require.NoError(t, br.Close())
+	}
+	assert.Equal(t, before, p.srv.HandBacks(), "no hand-back")
+	assert.Equal(t, want, p.srv.LoopSessions())
+}
+
+// Messages larger than the loop's limit (64 KiB), either way, hand the
+// session to the relay goroutines, which carry on without losing a byte.
 func TestEventLoopHandsBackLargeMessages(t *testing.T) {
 	p := startProxy(t, nil)
 	on := loopsOn(t, p)
@@ -108,17 +144,24 @@ func TestEventLoopHandsBackLargeMessages(t *testing.T) {
 // the session goes to the relay goroutines with what was not written, and
 // the client gets every row, in order, once it reads again.
 func TestEventLoopSlowClientLosesNothing(t *testing.T) {
+	// Small rows, and rows over the read buffer (which the loop holds in a
+	// larger one, possibly half-read at the hand-back).
+	for _, c := range []struct{ rows, width int }{{200_000, 100}, {1_500, 20_000}} {
+		t.Run(strconv.Itoa(c.width), func(t *testing.T) { slowClient(t, c.rows, c.width) })
+	}
+}
+
+func slowClient(t *testing.T, rows, width int) {
 	p := startProxy(t, nil)
 	on := loopsOn(t, p)
 	nc, fe := p.rawSession(t)
-	// A fixed receive buffer (no autotuning): 22 MB of rows cannot all
+	// A fixed receive buffer (no autotuning): 20–30 MB of rows cannot all
 	// sit in the kernel's buffers on the way.
 	require.NoError(t, nc.(*net.TCPConn).SetReadBuffer(128<<10))
 	if on {
 		waitFor(t, 10*time.Second, "the session to be in the event loop", func() bool { return p.srv.LoopSessions() == 1 })
 	}
-	const rows = 200_000
-	fe.Send(&pgproto3.Query{String: "select g, repeat('x', 100) from generate_series(1, " + strconv.Itoa(rows) + ") g"})
+	fe.Send(&pgproto3.Query{String: "select g, repeat('x', " + strconv.Itoa(width) + ") from generate_series(1, " + strconv.Itoa(rows) + ") g"})
 	require.NoError(t, fe.Flush())
 	if on {
 		waitFor(t, 10*time.Second, "a write to the client to block", func() bool { return p.srv.LoopSessions() == 0 })
@@ -131,7 +174,7 @@ func TestEventLoopSlowClientLosesNothing(t *testing.T) {
 		case *pgproto3.DataRow:
 			n++
 			require.Equal(t, strconv.Itoa(n), string(m.Values[0]))
-			require.Len(t, m.Values[1], 100)
+			require.Len(t, m.Values[1], width)
 		case *pgproto3.CommandComplete:
 			assert.Equal(t, "SELECT "+strconv.Itoa(rows), string(m.CommandTag))
 		case *pgproto3.ErrorResponse:

@@ -392,7 +392,7 @@ func (s *Session) streamMessage(n int) error {
 		if k == 0 {
 			k = min(rem, ur.Size())
 		} else {
-			k = min(k, rem)
+			k = min(k, rem, ur.Size()) // the event loop may have left more in a larger buffer
 		}
 		b, err := ur.Peek(k)
 		if len(b) > 0 {

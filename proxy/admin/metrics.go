@@ -105,7 +105,7 @@ func (m *Metrics) RegisterRelay(loopSessions func() int, handBacks func() uint64
 		}, func() float64 { return float64(loopSessions()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "tenantguard_event_loop_handbacks_total",
-			Help: "Sessions that left an event loop for goroutines of their own (large message, slow peer, end, drain).",
+			Help: "Sessions that left an event loop for goroutines of their own (message over 64 KiB, slow peer, end, drain).",
 		}, func() float64 { return float64(handBacks()) }),
 	)
 }
