@@ -178,3 +178,34 @@ func TestConnReaderWaitsWithoutBuffer(t *testing.T) {
 	assert.ErrorIs(t, err, io.EOF)
 	assert.Equal(t, base, borrowed.Load(), "the buffer goes back when the peer is gone")
 }
+
+// After a hand-back the event loop may leave more than bufSize bytes in a
+// larger buffer of its own: the relay streams them out exactly.
+func TestStreamMessageFromALargerBuffer(t *testing.T) {
+	var stream []byte
+	for i := 0; i < 3; i++ {
+		msg := make([]byte, 5+20_000)
+		msg[0] = MsgDataRow
+		msg[1], msg[2], msg[3], msg[4] = 0, 0, 0x4e, 0x24 // 20004
+		for j := 5; j < len(msg); j++ {
+			msg[j] = byte(i + j)
+		}
+		stream = append(stream, msg...)
+	}
+	half := len(stream) - 7_000 // the last message only partly read
+	ur := newConnReader(bytes.NewReader(stream[half:]))
+	ur.buf, ur.w, ur.big = append([]byte(nil), stream[:half]...), half, true
+	var out bytes.Buffer
+	s := &Session{ur: ur, cw: newConnWriter(&out)}
+	before := BuffersBorrowed()
+	for i := 0; i < 3; i++ {
+		hdr, err := ur.Peek(5)
+		require.NoError(t, err)
+		require.NoError(t, s.streamMessage(int(hdr[1])<<24|int(hdr[2])<<16|int(hdr[3])<<8|int(hdr[4])), "message %d", i)
+	}
+	require.NoError(t, s.cw.Flush())
+	require.Equal(t, stream, out.Bytes())
+	assert.Equal(t, before, BuffersBorrowed(), "the writer gave its buffer back")
+	ur.release()
+	assert.True(t, ur.buf == nil && !ur.big, "an empty larger buffer is dropped")
+}
