@@ -21,8 +21,13 @@ import (
 // set moves in few system calls.
 const bufSize = 8192
 
+// bigBufSize is the size of the pooled buffers the event loop holds a
+// message over bufSize in (loopMaxMessage).
+const bigBufSize = 64 << 10
+
 var (
-	bufPool = sync.Pool{New: func() any { return new([bufSize]byte) }}
+	bufPool    = sync.Pool{New: func() any { return new([bufSize]byte) }}
+	bigBufPool = sync.Pool{New: func() any { return new([bigBufSize]byte) }}
 	// borrowed counts the pooled buffers in use (tests check idle sessions).
 	borrowed atomic.Int64
 )
@@ -38,6 +43,16 @@ func putBuf(b []byte) {
 	bufPool.Put((*[bufSize]byte)(b[:bufSize]))
 }
 
+func getBigBuf() []byte {
+	borrowed.Add(1)
+	return bigBufPool.Get().(*[bigBufSize]byte)[:]
+}
+
+func putBigBuf(b []byte) {
+	borrowed.Add(-1)
+	bigBufPool.Put((*[bigBufSize]byte)(b[:bigBufSize]))
+}
+
 // connReader is a buffered reader (the part of bufio.Reader the relay uses)
 // whose buffer is released while the connection has nothing to read.
 type connReader struct {
@@ -50,11 +65,13 @@ type connReader struct {
 	// socket had nothing more; the next fill waits without a buffer.
 	drained bool
 	err     error
-	// big: buf is a larger buffer of its own (the event loop holding a
-	// message over bufSize), dropped rather than pooled once empty; want is
-	// the size of the message at its head the loop is waiting for.
-	big  bool
-	want int
+	// Where buf comes from: pooled (getBuf), big (getBigBuf: the event
+	// loop holding a message over bufSize), or neither (owned, for TLS and
+	// tests). want is the size of the message at the buffer's head the
+	// event loop is waiting for.
+	pooled bool
+	big    bool
+	want   int
 }
 
 func newConnReader(src io.Reader) *connReader {
@@ -81,7 +98,7 @@ func (cr *connReader) take() {
 		return
 	}
 	if cr.raw != nil {
-		cr.buf = getBuf()
+		cr.buf, cr.pooled = getBuf(), true
 	} else {
 		// TLS (whose conn keeps buffers of its own) and tests: owned.
 		cr.buf = make([]byte, cr.size)
@@ -95,11 +112,13 @@ func (cr *connReader) release() {
 	}
 	switch {
 	case cr.big:
-		cr.buf, cr.r, cr.w, cr.big = nil, 0, 0, false
-	case cr.raw != nil:
+		putBigBuf(cr.buf)
+	case cr.pooled:
 		putBuf(cr.buf)
-		cr.buf, cr.r, cr.w = nil, 0, 0
+	default:
+		return // owned: kept
 	}
+	cr.buf, cr.r, cr.w, cr.pooled, cr.big = nil, 0, 0, false, false
 }
 
 // fill reads once more into the buffer.
@@ -111,7 +130,7 @@ func (cr *connReader) fill() {
 		// Nothing buffered and nothing in the socket: wait without a buffer.
 		cr.release()
 		buf, n, err := cr.raw.readBorrowed()
-		cr.buf, cr.r, cr.w = buf, 0, n
+		cr.buf, cr.r, cr.w, cr.pooled = buf, 0, n, buf != nil
 		cr.drained = n < cr.size
 		if err != nil {
 			cr.err = err

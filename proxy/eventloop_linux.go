@@ -399,7 +399,7 @@ func (s *Session) loopRead(cr *connReader, fd int, handle func()) {
 // loopMaxMessage is the largest message the event loop relays itself, in
 // a buffer of that size while it arrives; a larger one hands the session
 // back (the relay goroutines stream large results without holding them).
-const loopMaxMessage = 64 << 10
+const loopMaxMessage = bigBufSize
 
 // loopFill reads once, without blocking, into the buffer, growing it first
 // when the message at its head needs more room.
@@ -410,13 +410,14 @@ func (cr *connReader) loopFill(fd int) (int, syscall.Errno) {
 		cr.w -= cr.r
 		cr.r = 0
 	}
-	if cr.want > len(cr.buf) {
-		big := make([]byte, cr.want)
+	if cr.want > len(cr.buf) && !cr.big {
+		// Kept until it is empty: it takes the next messages too.
+		big := getBigBuf()
 		copy(big, cr.buf[:cr.w])
-		if !cr.big && cr.raw != nil {
+		if cr.pooled {
 			putBuf(cr.buf)
 		}
-		cr.buf, cr.big = big, true
+		cr.buf, cr.pooled, cr.big = big, false, true
 	}
 	if cr.w == len(cr.buf) {
 		return 0, syscall.ENOBUFS

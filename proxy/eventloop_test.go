@@ -99,6 +99,9 @@ func TestEventLoopRelaysMidSizeMessages(t *testing.T) {
 	}
 	assert.Equal(t, before, p.srv.HandBacks(), "no hand-back")
 	assert.Equal(t, want, p.srv.LoopSessions())
+	// Idle again, the session holds no buffer, large or small (no test runs
+	// in parallel: the count is the process's).
+	waitFor(t, 10*time.Second, "the idle session to give its buffers back", func() bool { return proxy.BuffersBorrowed() == 0 })
 }
 
 // Messages larger than the loop's limit (64 KiB), either way, hand the
