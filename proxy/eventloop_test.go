@@ -28,18 +28,24 @@ func loopsOn(t *testing.T, p *testProxy) bool {
 	return on
 }
 
+// loopSession starts a proxy and one pgx session through it, and waits
+// until the event loop holds the session when loops are on; want is the
+// number of sessions the loops should hold while it is open (1 or 0).
+func loopSession(t *testing.T) (p *testProxy, conn *pgx.Conn, want int) {
+	p = startProxy(t, nil)
+	if loopsOn(t, p) {
+		want = 1
+	}
+	conn = p.connect(t, pgtest.SuperUser, "", "postgres")
+	waitFor(t, 10*time.Second, "the session to be in the event loop", func() bool { return p.srv.LoopSessions() == want })
+	return p, conn, want
+}
+
 // An established plain-TCP session is relayed by the event loop and stays
 // there through ordinary traffic; it leaves it when it ends.
 func TestEventLoopHoldsEstablishedSessions(t *testing.T) {
-	p := startProxy(t, nil)
-	on := loopsOn(t, p)
+	p, conn, want := loopSession(t)
 	ctx := testCtx(t)
-	conn := p.connect(t, pgtest.SuperUser, "", "postgres")
-	want := 0
-	if on {
-		want = 1
-	}
-	waitFor(t, 10*time.Second, "the session to be in the event loop", func() bool { return p.srv.LoopSessions() == want })
 	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeCacheStatement, pgx.QueryExecModeExec, pgx.QueryExecModeSimpleProtocol} {
 		var sum int
 		require.NoError(t, conn.QueryRow(ctx, "select sum(g)::int from generate_series(1, $1::int) g", mode, 100).Scan(&sum))
@@ -68,15 +74,8 @@ func TestEventLoopHoldsEstablishedSessions(t *testing.T) {
 // Messages over the read buffer but within the loop's limit (8–64 KiB),
 // either way, alone and pipelined, stay in the loop.
 func TestEventLoopRelaysMidSizeMessages(t *testing.T) {
-	p := startProxy(t, nil)
-	on := loopsOn(t, p)
+	p, conn, want := loopSession(t)
 	ctx := testCtx(t)
-	conn := p.connect(t, pgtest.SuperUser, "", "postgres")
-	want := 0
-	if on {
-		want = 1
-	}
-	waitFor(t, 10*time.Second, "the session to be in the event loop", func() bool { return p.srv.LoopSessions() == want })
 	before := p.srv.HandBacks()
 	for _, size := range []int{8187, 8188, 9000, 40_000, 65_000} {
 		in := strings.Repeat("q", size)
