@@ -16,15 +16,17 @@ import (
 )
 
 // The event loop relays established plain-socket sessions from one
-// goroutine per loop, blocked in epoll_wait, instead of two goroutines per
-// session parked on the runtime's poller.
+// goroutine per loop, waiting on one epoll set, instead of two goroutines
+// per session parked on the runtime's poller.
 //
 // Why: under a request/response load the goroutine relay parks and wakes
 // two goroutines per round trip, and each park needs a read that fails
-// with EAGAIN first; measured under pgbench this scheduling cost about as
-// much CPU as the relaying itself. The loop waits on every socket at once
-// (level-triggered), reads what is there, runs the same message handlers
-// as the relay goroutines (hooks included) and writes without blocking.
+// with EAGAIN first. Measured under pgbench (prepared lookups): 6–7 system
+// calls per transaction with the goroutine relay, 4.4–5.1 with the loop
+// (PgBouncer 4.3), and 2–3 µs less CPU per transaction. The loop waits on
+// every socket at once (level-triggered), reads what is there, runs the
+// same message handlers as the relay goroutines (hooks included) and
+// writes without blocking.
 //
 // The loop only runs the common case. Anything else hands the session back
 // to its own goroutine, which rebuilds net.Conns on the same sockets and
