@@ -513,7 +513,11 @@ func auditVerdict(d *rewriter.Decision) string { return d.Verdict }
 // countDecision counts a decision in the metrics. Callers hold c.mu.
 func (g *Guard) countDecision(c *conn, d *rewriter.Decision) {
 	c.nStatements++
-	g.opts.Metrics.Statements.WithLabelValues(d.Verdict, d.Kind).Inc()
+	if c.stmtCounter == nil || c.stmtVerdict != d.Verdict || c.stmtKind != d.Kind {
+		c.stmtCounter = g.opts.Metrics.Statements.WithLabelValues(d.Verdict, d.Kind)
+		c.stmtVerdict, c.stmtKind = d.Verdict, d.Kind
+	}
+	c.stmtCounter.Inc()
 	if d.Verdict == rewriter.VerdictRejected {
 		c.nRejected++
 		g.opts.Metrics.Rejections.WithLabelValues(d.Reason).Inc()

@@ -25,6 +25,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/tenantguard/tenantguard/policy"
@@ -166,6 +167,10 @@ type conn struct {
 	connectLogged bool
 
 	nStatements, nRejected int64
+	// The statements counter of the last (verdict, kind) counted: a
+	// session's statements mostly repeat it, and the label lookup hashes.
+	stmtCounter           prometheus.Counter
+	stmtVerdict, stmtKind string
 }
 
 // prepared is a statement the client prepared (Parse).

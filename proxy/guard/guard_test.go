@@ -568,6 +568,10 @@ func TestMetricsCountDecisions(t *testing.T) {
 	for i := 0; i < 3; i++ {
 		_, err := conn.Exec(ctx(t), "SELECT full_name FROM patients WHERE id = "+strconv.Itoa(i+1)+" LIMIT 1", pgx.QueryExecModeSimpleProtocol)
 		require.NoError(t, err)
+		if i == 1 { // another kind in between: each label keeps its own count
+			_, err = conn.Exec(ctx(t), "UPDATE patients SET full_name = full_name WHERE id = 1", pgx.QueryExecModeSimpleProtocol)
+			require.NoError(t, err)
+		}
 	}
 	_, err := conn.Exec(ctx(t), "SELECT full_name FROM patients")
 	require.Error(t, err)
@@ -584,6 +588,8 @@ func TestMetricsCountDecisions(t *testing.T) {
 		}
 	}
 	require.GreaterOrEqual(t, found["tenantguard_statements_total,decision=rewritten,kind=select"], 3.0)
+	require.Equal(t, 1.0, found["tenantguard_statements_total,decision=rewritten,kind=update"])
+	require.Equal(t, 1.0, found["tenantguard_statements_total,decision=rejected,kind=select"])
 	require.Equal(t, 1.0, found["tenantguard_rejections_total,reason=unbounded"])
 	require.Equal(t, 1.0, found["tenantguard_client_connections"])
 }
