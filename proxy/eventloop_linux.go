@@ -422,6 +422,9 @@ func (cr *connReader) loopFill(fd int) (int, syscall.Errno) {
 		cr.buf, cr.pooled, cr.big = big, false, true
 	}
 	if cr.w == len(cr.buf) {
+		// Not reached (a whole message is consumed before the next read,
+		// and the buffer grows for a partial one), but a read into no
+		// room would index past the buffer: hand the session back.
 		return 0, syscall.ENOBUFS
 	}
 	for {

@@ -198,7 +198,7 @@ func (s *Session) upstreamGone(err error) {
 // ReadyForQuery, ErrorResponse and BackendKeyData are read whole because the
 // session tracks them, and so are types a hook inspects.
 func (s *Session) backendLoop() {
-	if err := s.flushClient(); err != nil { // what the event loop left unwritten
+	if err := s.writeClientFlush(nil); err != nil { // what the event loop left unwritten
 		s.clientWriteFailed(err)
 		return
 	}
@@ -365,13 +365,6 @@ func (s *Session) writeClient(raw, body []byte, typ byte, flushNow bool) error {
 		err = s.cw.Flush()
 	}
 	return err
-}
-
-// flushClient flushes the client writer.
-func (s *Session) flushClient() error {
-	s.cwMu.Lock()
-	defer s.cwMu.Unlock()
-	return s.cw.Flush()
 }
 
 // errClientWrite marks a failed write to the client inside streamMessage.
