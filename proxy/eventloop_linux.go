@@ -21,9 +21,9 @@ import (
 //
 // Why: under a request/response load the goroutine relay parks and wakes
 // two goroutines per round trip, and each park needs a read that fails
-// with EAGAIN first. Measured under pgbench (prepared lookups): 6–7 system
-// calls per transaction with the goroutine relay, 4.4–5.1 with the loop
-// (PgBouncer 4.3), and 2–3 µs less CPU per transaction. The loop waits on
+// with EAGAIN first. Measured under pgbench (prepared lookups): 5.8–6.2
+// system calls per transaction with the goroutine relay, 4.5–5.1 with the
+// loop (PgBouncer 4.2–4.3), and 1–2 µs less CPU per transaction. The loop waits on
 // every socket at once (level-triggered), reads what is there, runs the
 // same message handlers as the relay goroutines (hooks included) and
 // writes without blocking.
