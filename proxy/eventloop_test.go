@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -65,7 +66,20 @@ func TestEventLoopHoldsEstablishedSessions(t *testing.T) {
 		assert.Equal(t, 2000, n)
 	}
 	_, err := conn.Exec(ctx, "select 1/0")
-	require.Error(t, err)
+	var pgErr *pgconn.PgError
+	require.ErrorAs(t, err, &pgErr)
+	assert.Equal(t, "22012", pgErr.Code)
+	batch := &pgx.Batch{}
+	for i := 0; i < 5; i++ {
+		batch.Queue("select $1::int * 2", i)
+	}
+	br := conn.SendBatch(ctx, batch)
+	for i := 0; i < 5; i++ {
+		var got int
+		require.NoError(t, br.QueryRow().Scan(&got))
+		assert.Equal(t, 2*i, got)
+	}
+	require.NoError(t, br.Close())
 	assert.Equal(t, want, p.srv.LoopSessions(), "results, errors and pipelines stay in the loop")
 	require.NoError(t, conn.Close(ctx))
 	waitFor(t, 10*time.Second, "the session to leave the loop", func() bool { return p.srv.LoopSessions() == 0 })
