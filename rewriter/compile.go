@@ -150,9 +150,11 @@ func (r *Rewriter) compileStmt(version int32, raw *pg.RawStmt, text string, exte
 	} else {
 		st.segments = []string{out}
 	}
-	// A cursor runs its query at FETCH, possibly after a tenant switch: it
-	// keeps the expression, read when it runs (as RLS would).
-	if r.tenantSetting && c.settingExprs > 0 && !c.dynamicSetting && raw.Stmt.GetDeclareCursorStmt() == nil {
+	// Only a statement that runs once, now, may take the literal: a cursor
+	// runs its query at FETCH, possibly after a tenant switch, and a view,
+	// materialized view or rule stores its query for later runs under any
+	// tenant. They keep the expression, read when they run (as RLS would).
+	if r.tenantSetting && c.settingExprs > 0 && !c.dynamicSetting && runsNow(raw.Stmt) {
 		st.settingExprs = c.settingExprs
 		if !extended && r.settingText != "" {
 			// Exactly the injected expressions, or none: an identical text
@@ -164,6 +166,21 @@ func (r *Rewriter) compileStmt(version int32, raw *pg.RawStmt, text string, exte
 		}
 	}
 	return st
+}
+
+// runsNow reports whether stmt is a query that runs when it is sent and is
+// not kept for later: SELECT, INSERT, UPDATE, DELETE, MERGE, COPY, or EXPLAIN
+// of one of them.
+func runsNow(stmt *pg.Node) bool {
+	if e := stmt.GetExplainStmt(); e != nil {
+		stmt = e.Query
+	}
+	switch stmt.GetNode().(type) {
+	case *pg.Node_SelectStmt, *pg.Node_InsertStmt, *pg.Node_UpdateStmt, *pg.Node_DeleteStmt,
+		*pg.Node_MergeStmt, *pg.Node_CopyStmt:
+		return true
+	}
+	return false
 }
 
 // splitAtParam splits deparsed SQL at the tenant placeholder $n, found with

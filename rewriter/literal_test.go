@@ -185,3 +185,61 @@ func TestTenantLiteralIsLiteralMode(t *testing.T) {
 	}
 	t.Logf("%d statements rendered as in literal mode (%d of them with a literal tenant where the setting expression was), %d kept the setting expression", same, literal, kept)
 }
+
+// TestTenantLiteralOnlyForStatementsThatRunNow: a pinned session's literal
+// tenant goes only into statements that run once, now, with no tenant change
+// before them in the string. A cursor (run at FETCH), a materialized view
+// (stored, refreshed by any session), SQL PREPARE (run at EXECUTE), and
+// statements after SET, SET LOCAL, RESET, set_config or DISCARD keep the
+// expression, read when they run.
+func TestTenantLiteralOnlyForStatementsThatRunNow(t *testing.T) {
+	rs := New(testPolicy("default"), testCatalog(), WithTenantSetting())
+	const lit = "clinic_id = 7"
+	base := Session{Tenant: "7", HasTenant: true, StartupTenant: "7", HasStartupTenant: true, TenantLiteral: true}
+	admin := base
+	admin.User = "admin"
+	reporter := base
+	reporter.User = "reporter"
+	cases := []struct {
+		name    string
+		sql     string
+		s       Session
+		literal []bool // per statement: the literal, or the expression
+	}{
+		{"select", "SELECT full_name FROM patients WHERE id = 1 LIMIT 1", base, []bool{true}},
+		{"update", "UPDATE patients SET full_name = 'x' WHERE id = 1", base, []bool{true}},
+		{"explain", "EXPLAIN SELECT full_name FROM patients WHERE id = 1 LIMIT 1", base, []bool{true}},
+		{"cursor", "BEGIN; DECLARE c CURSOR WITH HOLD FOR SELECT full_name FROM patients LIMIT 5", base, []bool{false, false}},
+		{"prepare", "PREPARE p AS SELECT full_name FROM patients WHERE id = $1 LIMIT 1", base, []bool{false}},
+		{"after set", "SET app.clinic_id = '7'; SELECT full_name FROM patients WHERE id = 1 LIMIT 1", base, []bool{false, false}},
+		{"after set local", "BEGIN; SET LOCAL app.clinic_id = '7'; SELECT full_name FROM patients WHERE id = 1 LIMIT 1", base, []bool{false, false, false}},
+		{"after reset", "RESET app.clinic_id; SELECT full_name FROM patients WHERE id = 1 LIMIT 1", base, []bool{false, false}},
+		{"after set_config", "SELECT set_config('app.clinic_id', '7', false); SELECT full_name FROM patients WHERE id = 1 LIMIT 1", reporter, []bool{false, false}},
+		{"after discard", "DISCARD ALL; SELECT full_name FROM patients WHERE id = 1 LIMIT 1", base, []bool{false, false}},
+		{"materialized view", "CREATE MATERIALIZED VIEW mv AS SELECT full_name FROM patients WITH NO DATA", admin, []bool{false}},
+		{"explain materialized view", "EXPLAIN ANALYZE CREATE MATERIALIZED VIEW mv AS SELECT full_name FROM patients", admin, []bool{false}},
+	}
+	for _, c := range cases {
+		for round := 0; round < 2; round++ { // fresh, then a cache hit
+			d := rs.Decide(c.sql, c.s)
+			if len(d.Statements) != len(c.literal) {
+				t.Fatalf("%s: %d statements, want %d", c.name, len(d.Statements), len(c.literal))
+			}
+			for i, want := range c.literal {
+				st := d.Statements[i]
+				if st.Verdict == VerdictRejected {
+					t.Fatalf("%s [%d]: rejected (%s): the case proves nothing", c.name, i, st.Reason)
+				}
+				if !strings.Contains(st.SQL, "patients") {
+					continue // no tenant table in this statement (BEGIN, SET, ...)
+				}
+				if got := strings.Contains(st.SQL, lit); got != want {
+					t.Errorf("%s [%d] round %d: literal %v, want %v: %s", c.name, i, round, got, want, st.SQL)
+				}
+				if !want && !strings.Contains(st.SQL, "current_setting(") {
+					t.Errorf("%s [%d]: neither the literal nor the expression: %s", c.name, i, st.SQL)
+				}
+			}
+		}
+	}
+}
