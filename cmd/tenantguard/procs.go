@@ -12,8 +12,10 @@ import (
 // CPUs, at least one: a sidecar shares the machine with the application and
 // often the database, and on a 2-core machine one processor measured
 // 0.80 -> 0.82 (prepared) and 0.74 -> 0.87 (simple) of PgBouncer's lookup
-// throughput, with less latency added (testdata/bench/README.md): idle
-// processors cost a proxy thread wake-ups on every round trip.
+// throughput, with less latency added (a 3-round A/B of make bench's lookup
+// with GOMAXPROCS=2 and 1, figures in the README's Benchmarks section; the
+// raw runs are not kept): idle processors cost a proxy thread wake-ups on
+// every round trip.
 func procsFor(configured, current, numCPU int, envSet bool) int {
 	switch {
 	case configured > 0:
