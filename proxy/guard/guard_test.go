@@ -406,6 +406,9 @@ func TestStartupParserDifferentialsRefused(t *testing.T) {
 		// Every value is checked, not only the one the server keeps.
 		"scs off in options, on as a parameter": {"options", "-c standard_conforming_strings=off", "standard_conforming_strings", "on"},
 		"bad tenant in options, good parameter": {"options", "-c app.clinic_id=1x", "app.clinic_id", "1"},
+		// Names differing in case are one setting to the server.
+		"tenant twice in two cases": {"app.clinic_id", "1", "APP.CLINIC_ID", "2"},
+		"scs twice in two cases":    {"standard_conforming_strings", "on", "STANDARD_CONFORMING_STRINGS", "off"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := pgx.Connect(ctx(t), e.url(pgtest.AppUser, params...))

@@ -59,7 +59,14 @@ func (g *Guard) OnStartup(s *proxy.Session) error {
 		case "user", "database", "options", "application_name", "replication":
 			continue
 		}
-		params[strings.ToLower(k)] = v
+		lk := strings.ToLower(k)
+		if prev, dup := params[lk]; dup && prev != v && !c.bypass {
+			// The server keeps the later one in the packet; a map cannot
+			// tell which that is, so neither is trusted.
+			return g.refuseStartup(c, "42501", "tenantguard: the startup parameter "+lk+" is set twice with different values",
+				"set each parameter once")
+		}
+		params[lk] = v
 	}
 	opts, err := parseOptions(s.Params["options"])
 	if err != nil && !c.bypass {
