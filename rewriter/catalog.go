@@ -19,6 +19,16 @@ type Catalog struct {
 	// ("schema.name") of the casts to it that are implemented by a function
 	// outside pg_catalog.
 	Casts map[string][]string `json:"casts,omitempty" yaml:"casts,omitempty"`
+	// Complete says Relations lists every table, view, materialized view and
+	// foreign table of every user schema of the upstream, as the proxy loads
+	// it. A complete catalog makes a relation it does not know an unknown
+	// one: a statement that reads or writes it is refused (it may be a view
+	// over tenant tables created since the catalog was loaded), instead of
+	// being taken for a non-tenant relation.
+	Complete bool `json:"complete,omitempty" yaml:"complete,omitempty"`
+	// SystemRelations are the relation names of pg_catalog, which an
+	// unqualified name reaches first (with a complete catalog).
+	SystemRelations map[string]bool `json:"system_relations,omitempty" yaml:"system_relations,omitempty"`
 }
 
 // RelKind is the kind of a relation, after pg_class.relkind.

@@ -86,6 +86,7 @@ func (r *Rewriter) compileStmt(version int32, raw *pg.RawStmt, text string, exte
 		}
 	}()
 	st = &stmtTemplate{orig: text, bypassable: true}
+	c.root = raw.Stmt
 	kind = c.statement(raw.Stmt, st)
 	st.d.Kind = kind
 	st.d.Relations = c.relations
@@ -474,13 +475,17 @@ func txOp(t *pg.TransactionStmt) *TxOp {
 }
 
 // relationsRight refuses TRUNCATE/LOCK of tenant relations unless the role
-// has the right.
+// has the right, and of relations a complete catalog does not know.
 func (c *stmtCtx) relationsRight(rels []*pg.Node, allowed bool, what string, st *stmtTemplate) {
 	tenant := false
 	for _, n := range rels {
 		if rv := n.GetRangeVar(); rv != nil {
 			c.handled[rv] = true
-			c.checkRelation(rv)
+			if allowed {
+				c.checkRelation(rv)
+			} else {
+				c.checkScan(rv) // an unknown relation may be a new tenant table
+			}
 			if c.r.rels.lookup(rv) != nil {
 				tenant = true
 				if !c.relSeen[relDisplay(rv)] {
@@ -545,7 +550,7 @@ func (c *stmtCtx) copyStmt(cp *pg.CopyStmt, st *stmtTemplate) {
 		c.writeTarget(rv, true)
 	}
 	c.handled[rv] = true
-	c.checkRelation(rv)
+	c.checkScan(rv)
 	tr := c.r.rels.lookup(rv)
 	if tr == nil {
 		c.visit(cp.WhereClause)

@@ -36,6 +36,10 @@
 //     (42501 cross_tenant_write); inside PREPARE also literals and parameters.
 //   - Views in the catalog that read tenant relations without exposing the
 //     tenant column.
+//   - With a complete catalog (Catalog.Complete, as the proxy loads it), a
+//     relation read or written that the catalog does not list, outside
+//     pg_catalog and information_schema and not a CTE (unknown_relation): it
+//     may be a view over tenant tables created since the catalog was loaded.
 //   - In verify mode: anything not constrained by a top-level conjunct at its
 //     own level (a FULL JOIN side, a MERGE source table, a nullable side
 //     constrained only in WHERE), INSERT ... SELECT with a set operation.

@@ -56,6 +56,10 @@ type stmtCtx struct {
 	doneSel        map[*pg.SelectStmt]bool
 	rejReason      string
 	rejSubject     string
+	// root is the statement; ctes the names of its CTEs, collected when a
+	// relation is first found unknown.
+	root *pg.Node
+	ctes map[string]bool
 }
 
 func newStmtCtx(r *Rewriter, role policy.Role, extended bool, sentinel int32) *stmtCtx {
@@ -225,6 +229,34 @@ func (c *stmtCtx) visitMsg(x proto.Message) {
 	}
 }
 
+// checkScan is checkRelation for a relation whose rows the statement reads
+// or writes: with a complete catalog, a relation it does not list is refused
+// (unless the name is a CTE's).
+func (c *stmtCtx) checkScan(rv *pg.RangeVar) {
+	c.checkRelation(rv)
+	if !c.r.rels.unknown(rv) {
+		return
+	}
+	if rv.Schemaname == "" && c.root != nil {
+		if c.ctes == nil {
+			c.ctes = map[string]bool{}
+			collectCTEs(c.root, c.ctes)
+		}
+		if c.ctes[rv.Relname] {
+			return
+		}
+	}
+	c.reject(ReasonUnknownRelation, relDisplay(rv))
+}
+
+// collectCTEs adds the names of every CTE in m to into.
+func collectCTEs(m proto.Message, into map[string]bool) {
+	if ce, ok := m.(*pg.CommonTableExpr); ok {
+		into[ce.Ctename] = true
+	}
+	eachChild(m.ProtoReflect(), func(x proto.Message) { collectCTEs(x, into) })
+}
+
 // checkRelation refuses system views and views that cannot be scoped.
 func (c *stmtCtx) checkRelation(rv *pg.RangeVar) {
 	if (rv.Schemaname == "" || rv.Schemaname == "pg_catalog" || rv.Schemaname == "public") && deniedRelations[rv.Relname] {
@@ -384,7 +416,7 @@ func (c *stmtCtx) leaf(n *pg.Node, rv *pg.RangeVar, target *sink, cands []**pg.N
 		return
 	}
 	c.handled[rv] = true
-	c.checkRelation(rv)
+	c.checkScan(rv)
 	tr := c.r.rels.lookup(rv)
 	if tr == nil {
 		return
@@ -693,7 +725,7 @@ func (c *stmtCtx) insertStmt(ins *pg.InsertStmt) {
 	c.withClause(ins.WithClause)
 	rv := ins.Relation
 	c.handled[rv] = true
-	c.checkRelation(rv)
+	c.checkScan(rv)
 	tr := c.r.rels.lookup(rv)
 	if tr == nil {
 		c.visit(ins.SelectStmt)
@@ -826,7 +858,7 @@ func (c *stmtCtx) insertStmt(ins *pg.InsertStmt) {
 
 func (c *stmtCtx) targetScope(rv *pg.RangeVar, where **pg.Node, sole bool, sinks *[]*sink) (*tenantRel, string) {
 	c.handled[rv] = true
-	c.checkRelation(rv)
+	c.checkScan(rv)
 	tr := c.r.rels.lookup(rv)
 	if tr == nil {
 		return nil, ""
@@ -888,7 +920,7 @@ func (c *stmtCtx) mergeStmt(m *pg.MergeStmt) {
 	c.withClause(m.WithClause)
 	rv := m.Relation
 	c.handled[rv] = true
-	c.checkRelation(rv)
+	c.checkScan(rv)
 	sinks := []*sink{}
 	// The source is joined so that its unmatched rows drive INSERT actions:
 	// a filter in the join condition would turn another tenant's source

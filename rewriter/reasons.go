@@ -26,6 +26,7 @@ const (
 	ReasonDeniedStatement   = "denied_statement"   // statement the role may not run
 	ReasonDeniedFunction    = "denied_function"    // function the role may not call
 	ReasonDeniedRelation    = "denied_relation"    // system view that leaks other sessions or statistics
+	ReasonUnknownRelation   = "unknown_relation"   // relation the (complete) catalog does not list
 	ReasonDeniedSetting     = "denied_setting"     // setting that changes roles or the parser's reading
 	ReasonTenantTamper      = "tenant_tamper"      // tenant setting changed from inside another statement
 	ReasonInvalidTenant     = "invalid_tenant"     // SET of a value that is not of the tenant type
@@ -91,6 +92,10 @@ func rejection(reason, subject string, pol *policy.Policy) *Error {
 		return &Error{stateInsufficientPrivilege,
 			"tenantguard: function " + s + " is not allowed for this role",
 			"list it under roles.<user>.functions in the policy if it is safe, or use database row-level security inside it"}
+	case ReasonUnknownRelation:
+		return &Error{stateFeatureNotSupported,
+			"tenantguard: relation " + s + " is not in tenantguard's catalog of the upstream",
+			"a relation created since the catalog was loaded (or a temporary one) may read tenant data and is refused until the catalog lists it; tenantguard reloads it now: retry in a moment"}
 	case ReasonDeniedRelation:
 		return &Error{stateInsufficientPrivilege,
 			"tenantguard: relation " + s + " is not allowed for this role",

@@ -33,8 +33,11 @@ type relationIndex struct {
 	kinds map[string]RelKind
 	// catalogLoaded is true when the catalog knows any function.
 	catalogLoaded bool
-	funcs         map[string][]*Function // by bare name
-	funcByKey     map[string]*Function   // by "schema.name"
+	// complete and system: Catalog.Complete and Catalog.SystemRelations.
+	complete  bool
+	system    map[string]bool
+	funcs     map[string][]*Function // by bare name
+	funcByKey map[string]*Function   // by "schema.name"
 	// tenantNames are the bare names of all tenant relations, for function
 	// bodies.
 	tenantNames []string
@@ -56,6 +59,7 @@ func buildRelationIndex(p *policy.Policy, c *Catalog) *relationIndex {
 	if c == nil {
 		return ix
 	}
+	ix.complete, ix.system = c.Complete, c.SystemRelations
 	// Resolve catalog relations to a fixed point: parents make children
 	// tenant, reads make views tenant or refused.
 	var resolve func(key string, depth int) *tenantRel
@@ -197,6 +201,26 @@ func (ix *relationIndex) lookup(rv *pg.RangeVar) *tenantRel {
 		return ix.bySchemaName[rv.Schemaname+"."+rv.Relname]
 	}
 	return ix.byName[rv.Relname]
+}
+
+// unknown reports a relation that a complete catalog does not list: not a
+// policy table, not in the catalog, not a system relation. It may be a view
+// over tenant tables created since the catalog was loaded, or a temporary
+// relation, so it is not taken for a non-tenant relation. Names of CTEs are
+// the caller's to exclude.
+func (ix *relationIndex) unknown(rv *pg.RangeVar) bool {
+	if !ix.complete || tableForPolicy(ix.pol, rv.Schemaname, rv.Relname) != nil {
+		return false
+	}
+	switch rv.Schemaname {
+	case "pg_catalog", "information_schema":
+		return false
+	case "":
+		_, ok := ix.kinds[rv.Relname]
+		return !ok && !ix.system[rv.Relname]
+	}
+	_, ok := ix.kinds[rv.Schemaname+"."+rv.Relname]
+	return !ok
 }
 
 // refusedView reports a view that reads tenant relations but does not expose

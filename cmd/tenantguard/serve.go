@@ -137,10 +137,13 @@ func serve(ctx context.Context, cfg *config.Config) error {
 		Hooks: guard.New(guard.Options{
 			Policies: holder,
 			Catalog:  refresher.Current,
-			Database: catalogDatabase(upstream),
-			Audit:    auditLog,
-			Metrics:  metrics,
-			Logger:   log,
+			// A relation the catalog does not list is refused; reload it
+			// now in case the relation was just created.
+			ReloadCatalog: refresher.Trigger,
+			Database:      catalogDatabase(upstream),
+			Audit:         auditLog,
+			Metrics:       metrics,
+			Logger:        log,
 		}),
 	})
 	if err != nil {

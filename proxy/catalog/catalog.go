@@ -39,6 +39,11 @@ const nsFilter = `n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toas
   AND n.nspname !~ '^pg_(toast_)?temp_'
   AND (cardinality($1::text[]) = 0 OR n.nspname = ANY($1::text[]))`
 
+// systemRelationsSQL lists the relations an unqualified name finds in
+// pg_catalog (searched first unless search_path names it later).
+const systemRelationsSQL = `SELECT c.relname FROM pg_catalog.pg_class c
+WHERE c.relnamespace = 'pg_catalog'::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm', 'f')`
+
 const relationsSQL = `SELECT c.oid, n.nspname, c.relname, c.relkind::text, c.relrowsecurity, c.relforcerowsecurity
 FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -186,7 +191,23 @@ func Load(ctx context.Context, q Querier, opts Options) (*rewriter.Catalog, erro
 	byOID := map[uint32]*rewriter.Relation{}
 	var oids []uint32
 
-	rows, err := q.Query(ctx, relationsSQL, schemas)
+	// Every user schema loaded: a relation not found is one created since
+	// (or in a temporary schema), and the rewriter refuses it.
+	cat.Complete = len(schemas) == 0
+	cat.SystemRelations = map[string]bool{}
+	rows, err := q.Query(ctx, systemRelationsSQL)
+	if err != nil {
+		return nil, fmt.Errorf("catalog: system relations: %w", err)
+	}
+	var sysName string
+	if _, err := pgx.ForEachRow(rows, []any{&sysName}, func() error {
+		cat.SystemRelations[sysName] = true
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("catalog: system relations: %w", err)
+	}
+
+	rows, err = q.Query(ctx, relationsSQL, schemas)
 	if err != nil {
 		return nil, fmt.Errorf("catalog: relations: %w", err)
 	}

@@ -46,6 +46,11 @@ type Options struct {
 	Audit   *audit.Logger
 	Metrics *admin.Metrics
 	Logger  *zap.Logger
+	// ReloadCatalog, when set, asks for a catalog reload without waiting for
+	// it. It is called when a statement is refused for a relation the
+	// catalog does not list (perhaps created since it was loaded), at most
+	// once per second.
+	ReloadCatalog func()
 	// Database, when set, is the only database ordinary sessions may use:
 	// the catalog describes that database and no other.
 	Database string
@@ -64,6 +69,8 @@ type Guard struct {
 
 	mu    sync.Mutex // serialises rebuilds
 	built atomic.Pointer[engine]
+
+	lastReload atomic.Int64 // unix nanoseconds of the last ReloadCatalog call
 }
 
 // engine is a rewriter with the policy and catalog it was built from.

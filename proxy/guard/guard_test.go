@@ -12,12 +12,14 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
 
@@ -102,7 +104,7 @@ func startWith(t *testing.T, policyYAML string, cat *rewriter.Catalog) *env {
 
 // startGuard starts tenantguard with the catalog source catalogFor returns
 // for the fixture database.
-func startGuard(t *testing.T, policyYAML string, catalogFor func(c *pgtest.Cluster, db string) func() *rewriter.Catalog) *env {
+func startGuard(t *testing.T, policyYAML string, catalogFor func(c *pgtest.Cluster, db string) func() *rewriter.Catalog, with ...func(*guard.Options)) *env {
 	t.Helper()
 	c := pgtest.Shared(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -116,8 +118,12 @@ func startGuard(t *testing.T, policyYAML string, catalogFor func(c *pgtest.Clust
 	e := &env{c: c, db: db, audit: &syncBuffer{}, metrics: admin.NewMetrics(), holder: policy.NewHolder(pol)}
 	al, err := audit.New(audit.Options{Stdout: e.audit})
 	require.NoError(t, err)
-	g := guard.New(guard.Options{Policies: e.holder, Audit: al, Metrics: e.metrics, Logger: zaptest.NewLogger(t),
-		Catalog: catalogFn})
+	opts := guard.Options{Policies: e.holder, Audit: al, Metrics: e.metrics, Logger: zaptest.NewLogger(t),
+		Catalog: catalogFn}
+	for _, w := range with {
+		w(&opts)
+	}
+	g := guard.New(opts)
 	loops := 0 // TENANTGUARD_TEST_EVENT_LOOPS: see proxy's main_test.go
 	if v := os.Getenv("TENANTGUARD_TEST_EVENT_LOOPS"); v != "" {
 		loops, err = strconv.Atoi(v)
@@ -892,5 +898,57 @@ func TestRowGuardCountsEachPipelinedExecute(t *testing.T) {
 			require.Len(t, names, 3)
 		}
 		require.NoError(t, br.Close())
+	}
+}
+
+// A view created after the catalog was loaded is refused (0A000,
+// unknown_relation) instead of passing as a non-tenant relation, and the
+// refusal asks for a reload; once the catalog lists the views they are judged
+// by what they read: refused without the tenant column, scoped with it.
+func TestRelationCreatedAfterTheCatalogLoad(t *testing.T) {
+	var (
+		cur     atomic.Pointer[rewriter.Catalog]
+		reloads atomic.Int32
+		load    func()
+	)
+	e := startGuard(t, basePolicy, func(c *pgtest.Cluster, db string) func() *rewriter.Catalog {
+		load = func() {
+			conn, err := c.Connect(context.Background(), db)
+			require.NoError(t, err)
+			defer conn.Close(context.Background())
+			cat, err := catalog.LoadConn(context.Background(), conn, catalog.Options{})
+			require.NoError(t, err)
+			cur.Store(cat)
+		}
+		load()
+		return cur.Load
+	}, func(o *guard.Options) {
+		o.ReloadCatalog = func() { reloads.Add(1); load() }
+	})
+	direct := e.direct(t)
+	_, err := direct.Exec(ctx(t), `CREATE VIEW late_names AS SELECT id, full_name FROM patients;
+CREATE VIEW late_scoped AS SELECT id, clinic_id, full_name FROM patients;
+GRANT SELECT ON late_names, late_scoped TO `+pgtest.AppUser)
+	require.NoError(t, err)
+	var mine int
+	require.NoError(t, direct.QueryRow(ctx(t), "SELECT count(*) FROM patients WHERE clinic_id = 1").Scan(&mine))
+	require.Positive(t, mine)
+
+	conn := e.connect(t, "1")
+	var n int
+	err = conn.QueryRow(ctx(t), "SELECT count(*) FROM late_names").Scan(&n)
+	pe := pgErr(t, err, "0A000")
+	assert.Contains(t, pe.Message, "late_names is not in tenantguard's catalog")
+	assert.NotEmpty(t, pe.Hint)
+	assert.Equal(t, int32(1), reloads.Load(), "the refusal asks for a reload")
+	assert.Contains(t, e.audit.String(), `"reason":"unknown_relation"`)
+
+	// Reloaded: the views are known now.
+	err = conn.QueryRow(ctx(t), "SELECT count(*) FROM late_names").Scan(&n)
+	pe = pgErr(t, err, "0A000")
+	assert.Contains(t, pe.Message, "does not expose the tenant column")
+	for _, m := range modes {
+		require.NoError(t, conn.QueryRow(ctx(t), "SELECT count(*) FROM late_scoped", m.mode).Scan(&n), m.name)
+		assert.Equal(t, mine, n, "%s: only the tenant's rows", m.name)
 	}
 }
