@@ -29,6 +29,11 @@ type Catalog struct {
 	// SystemRelations are the relation names of pg_catalog, which an
 	// unqualified name reaches first (with a complete catalog).
 	SystemRelations map[string]bool `json:"system_relations,omitempty" yaml:"system_relations,omitempty"`
+	// SystemFunctions are the function names of pg_catalog: with a complete
+	// catalog, an unqualified call of any other name that the catalog does
+	// not list is refused (a function created since the catalog was loaded
+	// would otherwise pass as a builtin).
+	SystemFunctions map[string]bool `json:"system_functions,omitempty" yaml:"system_functions,omitempty"`
 }
 
 // RelKind is the kind of a relation, after pg_class.relkind.

@@ -95,6 +95,11 @@ func (c *stmtCtx) funcCall(f *pg.FuncCall) {
 		if !builtinSchema && c.r.rels.catalogLoaded {
 			c.reject(ReasonDeniedFunction, schema+"."+name)
 		}
+		// A complete catalog knows the builtins too: an unqualified name
+		// that is neither may be a function created since it was loaded.
+		if schema == "" && c.r.rels.complete && c.r.rels.systemFuncs != nil && !c.r.rels.systemFuncs[name] {
+			c.reject(ReasonUnknownFunction, name)
+		}
 		return
 	}
 	rc := c.routineCheck()

@@ -33,11 +33,13 @@ type relationIndex struct {
 	kinds map[string]RelKind
 	// catalogLoaded is true when the catalog knows any function.
 	catalogLoaded bool
-	// complete and system: Catalog.Complete and Catalog.SystemRelations.
-	complete  bool
-	system    map[string]bool
-	funcs     map[string][]*Function // by bare name
-	funcByKey map[string]*Function   // by "schema.name"
+	// complete, system and systemFuncs: Catalog.Complete, SystemRelations
+	// and SystemFunctions.
+	complete    bool
+	system      map[string]bool
+	systemFuncs map[string]bool
+	funcs       map[string][]*Function // by bare name
+	funcByKey   map[string]*Function   // by "schema.name"
 	// tenantNames are the bare names of all tenant relations, for function
 	// bodies.
 	tenantNames []string
@@ -59,7 +61,7 @@ func buildRelationIndex(p *policy.Policy, c *Catalog) *relationIndex {
 	if c == nil {
 		return ix
 	}
-	ix.complete, ix.system = c.Complete, c.SystemRelations
+	ix.complete, ix.system, ix.systemFuncs = c.Complete, c.SystemRelations, c.SystemFunctions
 	// Resolve catalog relations to a fixed point: parents make children
 	// tenant, reads make views tenant or refused.
 	var resolve func(key string, depth int) *tenantRel

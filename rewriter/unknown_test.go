@@ -12,40 +12,48 @@ func TestCompleteCatalogRefusesUnknownRelations(t *testing.T) {
 	cat := testCatalog()
 	cat.Complete = true
 	cat.SystemRelations = map[string]bool{"pg_class": true, "pg_namespace": true}
+	cat.SystemFunctions = map[string]bool{"count": true, "lower": true, "now": true, "extract": true, "set_config": true}
 	rw := New(testPolicy(""), cat)
 	partial := New(testPolicy(""), testCatalog())
 
 	cases := []struct {
 		sql, user string
 		unknown   bool
+		reason    string // default unknown_relation
 	}{
+		// An unqualified function neither builtin nor in the catalog.
+		{"SELECT new_fn()", "", true, ReasonUnknownFunction},
+		{"SELECT name FROM clinics WHERE id = new_fn()", "", true, ReasonUnknownFunction},
+		{"SELECT count(*) FROM clinics", "", false, ""},
+		{"SELECT lower(name), now(), extract(year FROM now()) FROM clinics WHERE id = 1", "", false, ""},
+		{"SELECT slugify(name) FROM clinics WHERE id = 1", "", false, ""},
 		// Read or written: refused.
-		{"SELECT id, name FROM new_view WHERE id = 1", "", true},
-		{"SELECT c.name FROM clinics c JOIN new_view v ON v.id = c.id WHERE c.id = 1", "", true},
-		{"SELECT name FROM clinics WHERE id IN (SELECT id FROM new_view)", "", true},
-		{"SELECT name FROM clinics WHERE EXISTS (SELECT 1 FROM other.clinics)", "", true},
-		{"SELECT x FROM pg_temp.scratch", "", true},
-		{"INSERT INTO new_table (id) VALUES (1)", "", true},
-		{"UPDATE new_table SET x = 1 WHERE id = 1", "", true},
-		{"DELETE FROM new_table WHERE id = 1", "", true},
-		{"MERGE INTO new_table t USING clinics c ON t.id = c.id WHEN MATCHED THEN DELETE", "", true},
-		{"COPY new_table TO STDOUT", "", true},
-		{"TRUNCATE new_table", "", true},
-		{"WITH a AS (SELECT id FROM new_view) SELECT id FROM a", "", true},
+		{"SELECT id, name FROM new_view WHERE id = 1", "", true, ""},
+		{"SELECT c.name FROM clinics c JOIN new_view v ON v.id = c.id WHERE c.id = 1", "", true, ""},
+		{"SELECT name FROM clinics WHERE id IN (SELECT id FROM new_view)", "", true, ""},
+		{"SELECT name FROM clinics WHERE EXISTS (SELECT 1 FROM other.clinics)", "", true, ""},
+		{"SELECT x FROM pg_temp.scratch", "", true, ""},
+		{"INSERT INTO new_table (id) VALUES (1)", "", true, ""},
+		{"UPDATE new_table SET x = 1 WHERE id = 1", "", true, ""},
+		{"DELETE FROM new_table WHERE id = 1", "", true, ""},
+		{"MERGE INTO new_table t USING clinics c ON t.id = c.id WHEN MATCHED THEN DELETE", "", true, ""},
+		{"COPY new_table TO STDOUT", "", true, ""},
+		{"TRUNCATE new_table", "", true, ""},
+		{"WITH a AS (SELECT id FROM new_view) SELECT id FROM a", "", true, ""},
 		// Known, system, CTE or created by the statement: decided as before.
-		{"SELECT name FROM clinics WHERE id = 1", "", false},
-		{"SELECT name FROM public.clinics WHERE id = 1", "", false},
-		{"WITH new_view AS (SELECT id FROM clinics WHERE id = 1) SELECT id FROM new_view", "", false},
-		{"SELECT id FROM (WITH w AS (SELECT 1 AS id) SELECT id FROM w) s", "", false},
-		{"SELECT relname FROM pg_class WHERE oid = 1", "", false},
-		{"SELECT nspname FROM pg_catalog.pg_namespace WHERE oid = 1", "", false},
-		{"SELECT table_name FROM information_schema.tables LIMIT 5", "", false},
-		{"CREATE TABLE brand_new (id int)", "admin", false},
+		{"SELECT name FROM clinics WHERE id = 1", "", false, ""},
+		{"SELECT name FROM public.clinics WHERE id = 1", "", false, ""},
+		{"WITH new_view AS (SELECT id FROM clinics WHERE id = 1) SELECT id FROM new_view", "", false, ""},
+		{"SELECT id FROM (WITH w AS (SELECT 1 AS id) SELECT id FROM w) s", "", false, ""},
+		{"SELECT relname FROM pg_class WHERE oid = 1", "", false, ""},
+		{"SELECT nspname FROM pg_catalog.pg_namespace WHERE oid = 1", "", false, ""},
+		{"SELECT table_name FROM information_schema.tables LIMIT 5", "", false, ""},
+		{"CREATE TABLE brand_new (id int)", "admin", false, ""},
 		// DDL a role may run is not scoped; the view is judged by what it
 		// reads once the catalog lists it.
-		{"CREATE VIEW v2 AS SELECT id FROM new_view", "admin", false},
-		{"TRUNCATE new_table", "admin", false},
-		{"SELECT id, name FROM patients WHERE id = 1", "", false},
+		{"CREATE VIEW v2 AS SELECT id FROM new_view", "admin", false, ""},
+		{"TRUNCATE new_table", "admin", false, ""},
+		{"SELECT id, name FROM patients WHERE id = 1", "", false, ""},
 	}
 	for _, tc := range cases {
 		sess := Session{Tenant: "7", HasTenant: true, User: tc.user}
@@ -54,9 +62,13 @@ func TestCompleteCatalogRefusesUnknownRelations(t *testing.T) {
 			t.Fatalf("%s: %d statements", tc.sql, len(res.Statements))
 		}
 		d := res.Statements[0]
-		got := d.Verdict == VerdictRejected && d.Reason == ReasonUnknownRelation
+		want := tc.reason
+		if want == "" {
+			want = ReasonUnknownRelation
+		}
+		got := d.Verdict == VerdictRejected && d.Reason == want
 		if got != tc.unknown {
-			t.Errorf("%s (user %q): verdict %s, reason %s; want unknown_relation=%v", tc.sql, tc.user, d.Verdict, d.Reason, tc.unknown)
+			t.Errorf("%s (user %q): verdict %s, reason %s; want %s=%v", tc.sql, tc.user, d.Verdict, d.Reason, want, tc.unknown)
 			continue
 		}
 		if got {
@@ -65,7 +77,7 @@ func TestCompleteCatalogRefusesUnknownRelations(t *testing.T) {
 			}
 			// Without Complete the same statement is not refused for this
 			// reason: the flag is what refuses it.
-			if p := partial.Decide(tc.sql, sess).Statements[0]; p.Reason == ReasonUnknownRelation {
+			if p := partial.Decide(tc.sql, sess).Statements[0]; p.Reason == want {
 				t.Errorf("%s: refused as unknown by a catalog that is not complete", tc.sql)
 			}
 		}

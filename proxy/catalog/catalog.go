@@ -44,6 +44,10 @@ const nsFilter = `n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toas
 const systemRelationsSQL = `SELECT c.relname FROM pg_catalog.pg_class c
 WHERE c.relnamespace = 'pg_catalog'::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm', 'f')`
 
+// systemFunctionsSQL lists the builtin function names.
+const systemFunctionsSQL = `SELECT DISTINCT p.proname FROM pg_catalog.pg_proc p
+WHERE p.pronamespace = 'pg_catalog'::regnamespace`
+
 const relationsSQL = `SELECT c.oid, n.nspname, c.relname, c.relkind::text, c.relrowsecurity, c.relforcerowsecurity
 FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -205,6 +209,18 @@ func Load(ctx context.Context, q Querier, opts Options) (*rewriter.Catalog, erro
 		return nil
 	}); err != nil {
 		return nil, fmt.Errorf("catalog: system relations: %w", err)
+	}
+
+	cat.SystemFunctions = map[string]bool{}
+	rows, err = q.Query(ctx, systemFunctionsSQL)
+	if err != nil {
+		return nil, fmt.Errorf("catalog: system functions: %w", err)
+	}
+	if _, err := pgx.ForEachRow(rows, []any{&sysName}, func() error {
+		cat.SystemFunctions[sysName] = true
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("catalog: system functions: %w", err)
 	}
 
 	rows, err = q.Query(ctx, relationsSQL, schemas)

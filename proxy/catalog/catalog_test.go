@@ -207,7 +207,7 @@ func TestLoad(t *testing.T) {
 }
 
 // withoutSystem checks the catalog's completeness and its pg_catalog
-// relation names (a sample: the full list depends on the server version)
+// relation and function names (samples: the lists depend on the version)
 // and returns it without them, for comparison.
 func withoutSystem(t *testing.T, c *rewriter.Catalog, complete bool) *rewriter.Catalog {
 	t.Helper()
@@ -218,8 +218,14 @@ func withoutSystem(t *testing.T, c *rewriter.Catalog, complete bool) *rewriter.C
 	for name := range c.SystemRelations {
 		assert.True(t, strings.HasPrefix(name, "pg_"), "system relation %q", name)
 	}
+	for _, name := range []string{"count", "lower", "now", "set_config", "current_setting", "generate_series"} {
+		assert.True(t, c.SystemFunctions[name], "system function %s", name)
+	}
+	for _, name := range []string{"patient_total", "add", "next_id"} { // the fixture's own
+		assert.False(t, c.SystemFunctions[name], "user function %s taken for a builtin", name)
+	}
 	cp := *c
-	cp.Complete, cp.SystemRelations = false, nil
+	cp.Complete, cp.SystemRelations, cp.SystemFunctions = false, nil, nil
 	return &cp
 }
 

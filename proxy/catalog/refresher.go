@@ -28,6 +28,11 @@ type Refresher struct {
 	// connect or load; it doubles from MinBackoff up to MaxBackoff.
 	// Defaults 500ms and 30s. Set them before Run.
 	MinBackoff, MaxBackoff time.Duration
+	// TriggerGap is the least time between the start of one load and a
+	// load asked for by Trigger (default 500ms): a client that keeps naming
+	// unknown relations cannot keep the upstream busy with catalog queries.
+	// A trigger is never dropped, only delayed. Set it before Run.
+	TriggerGap time.Duration
 
 	connString string
 	interval   time.Duration
@@ -51,6 +56,7 @@ func NewRefresher(connString string, interval time.Duration, logger *zap.Logger,
 	return &Refresher{
 		MinBackoff: 500 * time.Millisecond,
 		MaxBackoff: 30 * time.Second,
+		TriggerGap: 500 * time.Millisecond,
 		connString: connString,
 		interval:   interval,
 		logger:     logger,
@@ -95,6 +101,7 @@ func (r *Refresher) Run(ctx context.Context) error {
 	}
 	backoff := r.MinBackoff
 	for {
+		started := time.Now()
 		var err error
 		if conn == nil {
 			conn, err = r.connect(ctx)
@@ -124,15 +131,15 @@ func (r *Refresher) Run(ctx context.Context) error {
 		} else {
 			backoff = r.MinBackoff
 		}
-		if !r.wait(ctx, wait) {
+		if !r.wait(ctx, wait, started) {
 			return ctx.Err()
 		}
 	}
 }
 
-// wait blocks for d (forever when d <= 0) or until a trigger; it returns
-// false when ctx is done.
-func (r *Refresher) wait(ctx context.Context, d time.Duration) bool {
+// wait blocks for d (forever when d <= 0) or until a trigger, but not past
+// TriggerGap after started for a trigger; it returns false when ctx is done.
+func (r *Refresher) wait(ctx context.Context, d time.Duration, started time.Time) bool {
 	var tick <-chan time.Time
 	if d > 0 {
 		t := time.NewTimer(d)
@@ -143,6 +150,15 @@ func (r *Refresher) wait(ctx context.Context, d time.Duration) bool {
 	case <-ctx.Done():
 		return false
 	case <-r.trigger:
+		if rest := r.TriggerGap - time.Since(started); rest > 0 {
+			t := time.NewTimer(rest)
+			defer t.Stop()
+			select {
+			case <-ctx.Done():
+				return false
+			case <-t.C:
+			}
+		}
 	case <-tick:
 	}
 	return true

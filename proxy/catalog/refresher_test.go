@@ -99,6 +99,36 @@ func TestRefresherLoadsTriggersAndTicks(t *testing.T) {
 	assert.Equal(t, 0, e)
 }
 
+// TestRefresherSpacesTriggers: a burst of triggers (a client naming unknown
+// relations in a loop) is merged into few loads, spaced by TriggerGap, and
+// the last trigger is never dropped: what it asked for gets loaded.
+func TestRefresherSpacesTriggers(t *testing.T) {
+	ctx := testContext(t)
+	c, db, _ := newDatabase(t, ctx, "")
+	l := &loads{}
+	r := NewRefresher(c.URL(pgtest.SuperUser, "", db), 0, nil, l.on)
+	r.TriggerGap = 300 * time.Millisecond
+	startRefresher(t, r)
+	waitFor(t, "first load", r.Ready)
+
+	const burst = 200
+	start := time.Now()
+	for i := 0; i < burst; i++ {
+		r.Trigger()
+		time.Sleep(time.Millisecond)
+	}
+	require.NoError(t, c.Exec(ctx, db, "CREATE TABLE after_burst (x int)"))
+	r.Trigger()
+	waitFor(t, "the last trigger's reload", func() bool { return has(r, "public.after_burst") })
+	n, e := l.counts()
+	assert.Equal(t, 0, e)
+	// One load per gap at most, plus the first; the burst lasted at least
+	// burst milliseconds (the bound only grows if the machine is slower).
+	maxLoads := 2 + int(time.Since(start)/r.TriggerGap)
+	assert.LessOrEqual(t, n, maxLoads, "loads for %d triggers", burst+1)
+	assert.GreaterOrEqual(t, n, 2)
+}
+
 func TestRefresherInterval(t *testing.T) {
 	ctx := testContext(t)
 	c, db, _ := newDatabase(t, ctx, "")

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
@@ -522,25 +521,12 @@ func (g *Guard) countDecision(c *conn, d *rewriter.Decision) {
 	if d.Verdict == rewriter.VerdictRejected {
 		c.nRejected++
 		g.opts.Metrics.Rejections.WithLabelValues(d.Reason).Inc()
-		if d.Reason == rewriter.ReasonUnknownRelation {
-			g.reloadCatalog()
+		if (d.Reason == rewriter.ReasonUnknownRelation || d.Reason == rewriter.ReasonUnknownFunction) && g.opts.ReloadCatalog != nil {
+			// Created since the last load, perhaps: a client retrying
+			// should not wait for the next interval.
+			g.opts.ReloadCatalog()
 		}
 	}
-}
-
-// reloadCatalog asks for a catalog reload, at most once per second: a
-// relation created since the last load is refused until the catalog lists
-// it, and a client retrying should not wait for the next interval.
-func (g *Guard) reloadCatalog() {
-	if g.opts.ReloadCatalog == nil {
-		return
-	}
-	now := g.opts.Now().UnixNano()
-	last := g.lastReload.Load()
-	if now-last < int64(time.Second) || !g.lastReload.CompareAndSwap(last, now) {
-		return
-	}
-	g.opts.ReloadCatalog()
 }
 
 func (g *Guard) countCache(res *rewriter.Result) {

@@ -47,9 +47,10 @@ type Options struct {
 	Metrics *admin.Metrics
 	Logger  *zap.Logger
 	// ReloadCatalog, when set, asks for a catalog reload without waiting for
-	// it. It is called when a statement is refused for a relation the
-	// catalog does not list (perhaps created since it was loaded), at most
-	// once per second.
+	// it (and without blocking: it is called from the relay). It is called
+	// when a statement is refused for a relation or function the catalog
+	// does not list (perhaps created since it was loaded); the
+	// catalog.Refresher merges and spaces the reloads.
 	ReloadCatalog func()
 	// Database, when set, is the only database ordinary sessions may use:
 	// the catalog describes that database and no other.
@@ -69,8 +70,6 @@ type Guard struct {
 
 	mu    sync.Mutex // serialises rebuilds
 	built atomic.Pointer[engine]
-
-	lastReload atomic.Int64 // unix nanoseconds of the last ReloadCatalog call
 }
 
 // engine is a rewriter with the policy and catalog it was built from.

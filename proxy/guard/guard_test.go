@@ -904,7 +904,8 @@ func TestRowGuardCountsEachPipelinedExecute(t *testing.T) {
 // A view created after the catalog was loaded is refused (0A000,
 // unknown_relation) instead of passing as a non-tenant relation, and the
 // refusal asks for a reload; once the catalog lists the views they are judged
-// by what they read: refused without the tenant column, scoped with it.
+// by what they read: refused without the tenant column, scoped with it. A
+// function created since is not taken for a builtin (unknown_function).
 func TestRelationCreatedAfterTheCatalogLoad(t *testing.T) {
 	var (
 		cur     atomic.Pointer[rewriter.Catalog]
@@ -951,4 +952,15 @@ GRANT SELECT ON late_names, late_scoped TO `+pgtest.AppUser)
 		require.NoError(t, conn.QueryRow(ctx(t), "SELECT count(*) FROM late_scoped", m.mode).Scan(&n), m.name)
 		assert.Equal(t, mine, n, "%s: only the tenant's rows", m.name)
 	}
+
+	// A function created since: not taken for a builtin.
+	_, err = direct.Exec(ctx(t), `CREATE FUNCTION late_count() RETURNS bigint LANGUAGE sql AS 'SELECT count(*) FROM patients'`)
+	require.NoError(t, err)
+	err = conn.QueryRow(ctx(t), "SELECT late_count()").Scan(&n)
+	pe = pgErr(t, err, "0A000")
+	assert.Contains(t, pe.Message, "function late_count is not in tenantguard's catalog")
+	assert.Equal(t, int32(2), reloads.Load(), "the refusal asks for a reload")
+	err = conn.QueryRow(ctx(t), "SELECT late_count()").Scan(&n)
+	pe = pgErr(t, err, "42501") // listed now, and it reads a tenant table
+	assert.Contains(t, pe.Message, "late_count")
 }
