@@ -34,6 +34,10 @@ type Catalog struct {
 	// not list is refused (a function created since the catalog was loaded
 	// would otherwise pass as a builtin).
 	SystemFunctions map[string]bool `json:"system_functions,omitempty" yaml:"system_functions,omitempty"`
+	// SystemOperators are the operator symbols of pg_catalog: with a
+	// complete catalog, any other symbol that Operators does not list is
+	// refused (its functions could not be checked).
+	SystemOperators map[string]bool `json:"system_operators,omitempty" yaml:"system_operators,omitempty"`
 }
 
 // RelKind is the kind of a relation, after pg_class.relkind.

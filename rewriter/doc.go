@@ -40,8 +40,9 @@
 //     relation read or written that the catalog does not list, outside
 //     pg_catalog and information_schema and not a CTE (unknown_relation): it
 //     may be a view over tenant tables created since the catalog was loaded.
-//     Likewise an unqualified call of a function that is neither a builtin
-//     (Catalog.SystemFunctions) nor in the catalog (unknown_function).
+//     Likewise an unqualified call of a function, or an operator, that is
+//     neither a builtin (Catalog.SystemFunctions, SystemOperators) nor in
+//     the catalog (unknown_function).
 //   - In verify mode: anything not constrained by a top-level conjunct at its
 //     own level (a FULL JOIN side, a MERGE source table, a nullable side
 //     constrained only in WHERE), INSERT ... SELECT with a set operation.

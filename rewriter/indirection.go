@@ -304,6 +304,44 @@ func (ri *routineIndex) implicitCalls(m proto.Message) []string {
 	return nil
 }
 
+// unknownOperator returns the symbol of an operator that a complete catalog
+// lists neither as a builtin nor as a user operator ("" otherwise): one
+// created since the catalog was loaded, whose function could not be checked.
+// Names qualified with pg_catalog are builtins (or errors upstream).
+func (ix *relationIndex) unknownOperator(m proto.Message) string {
+	if !ix.complete || ix.systemOps == nil {
+		return ""
+	}
+	var ops []*pg.Node
+	switch x := m.(type) {
+	case *pg.A_Expr:
+		switch x.Kind {
+		case pg.A_Expr_Kind_AEXPR_OP, pg.A_Expr_Kind_AEXPR_OP_ANY, pg.A_Expr_Kind_AEXPR_OP_ALL:
+			ops = x.Name
+		}
+	case *pg.SubLink:
+		ops = x.OperName
+	case *pg.SortBy:
+		ops = x.UseOp
+	}
+	if len(ops) == 0 {
+		return ""
+	}
+	if len(ops) == 2 {
+		if s := ops[0].GetString_(); s != nil && s.Sval == "pg_catalog" {
+			return ""
+		}
+	}
+	s := ops[len(ops)-1].GetString_()
+	if s == nil {
+		return ""
+	}
+	if ix.systemOps[s.Sval] || (ix.routines != nil && len(ix.routines.operators[s.Sval]) > 0) {
+		return ""
+	}
+	return s.Sval
+}
+
 // walkProto calls fn on m and on every message below it.
 func walkProto(m protoreflect.Message, fn func(proto.Message)) {
 	if !m.IsValid() {
@@ -432,6 +470,10 @@ func (c *stmtCtx) routineCheck() *routineCheck {
 // indirection checks an expression node that runs user functions without
 // naming them: operators and casts.
 func (c *stmtCtx) indirection(m proto.Message) {
+	if op := c.r.rels.unknownOperator(m); op != "" {
+		c.reject(ReasonUnknownFunction, "operator "+op)
+		return
+	}
 	keys := c.r.rels.routines.implicitCalls(m)
 	if len(keys) == 0 {
 		return

@@ -27,7 +27,7 @@ const (
 	ReasonDeniedFunction    = "denied_function"    // function the role may not call
 	ReasonDeniedRelation    = "denied_relation"    // system view that leaks other sessions or statistics
 	ReasonUnknownRelation   = "unknown_relation"   // relation the (complete) catalog does not list
-	ReasonUnknownFunction   = "unknown_function"   // unqualified function neither builtin nor in the (complete) catalog
+	ReasonUnknownFunction   = "unknown_function"   // unqualified function or operator neither builtin nor in the (complete) catalog
 	ReasonDeniedSetting     = "denied_setting"     // setting that changes roles or the parser's reading
 	ReasonTenantTamper      = "tenant_tamper"      // tenant setting changed from inside another statement
 	ReasonInvalidTenant     = "invalid_tenant"     // SET of a value that is not of the tenant type
@@ -99,8 +99,8 @@ func rejection(reason, subject string, pol *policy.Policy) *Error {
 			"a relation created since the catalog was loaded (or a temporary one) may read tenant data and is refused until the catalog lists it; tenantguard reloads it now: retry in a moment"}
 	case ReasonUnknownFunction:
 		return &Error{stateFeatureNotSupported,
-			"tenantguard: function " + s + " is not in tenantguard's catalog of the upstream",
-			"a function created since the catalog was loaded is refused until the catalog lists it and it can be checked; tenantguard reloads it now: retry in a moment"}
+			"tenantguard: " + s + " is not in tenantguard's catalog of the upstream",
+			"a function or operator created since the catalog was loaded is refused until the catalog lists it and it can be checked; tenantguard reloads it now: retry in a moment"}
 	case ReasonDeniedRelation:
 		return &Error{stateInsufficientPrivilege,
 			"tenantguard: relation " + s + " is not allowed for this role",

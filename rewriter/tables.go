@@ -33,11 +33,12 @@ type relationIndex struct {
 	kinds map[string]RelKind
 	// catalogLoaded is true when the catalog knows any function.
 	catalogLoaded bool
-	// complete, system and systemFuncs: Catalog.Complete, SystemRelations
-	// and SystemFunctions.
+	// complete, system, systemFuncs and systemOps: Catalog.Complete,
+	// SystemRelations, SystemFunctions and SystemOperators.
 	complete    bool
 	system      map[string]bool
 	systemFuncs map[string]bool
+	systemOps   map[string]bool
 	funcs       map[string][]*Function // by bare name
 	funcByKey   map[string]*Function   // by "schema.name"
 	// tenantNames are the bare names of all tenant relations, for function
@@ -61,7 +62,7 @@ func buildRelationIndex(p *policy.Policy, c *Catalog) *relationIndex {
 	if c == nil {
 		return ix
 	}
-	ix.complete, ix.system, ix.systemFuncs = c.Complete, c.SystemRelations, c.SystemFunctions
+	ix.complete, ix.system, ix.systemFuncs, ix.systemOps = c.Complete, c.SystemRelations, c.SystemFunctions, c.SystemOperators
 	// Resolve catalog relations to a fixed point: parents make children
 	// tenant, reads make views tenant or refused.
 	var resolve func(key string, depth int) *tenantRel

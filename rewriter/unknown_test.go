@@ -13,6 +13,8 @@ func TestCompleteCatalogRefusesUnknownRelations(t *testing.T) {
 	cat.Complete = true
 	cat.SystemRelations = map[string]bool{"pg_class": true, "pg_namespace": true}
 	cat.SystemFunctions = map[string]bool{"count": true, "lower": true, "now": true, "extract": true, "set_config": true}
+	cat.SystemOperators = map[string]bool{"=": true, "+": true, "<": true, "~~": true}
+	cat.Operators = map[string][]string{"@@@": {"public.slugify"}}
 	rw := New(testPolicy(""), cat)
 	partial := New(testPolicy(""), testCatalog())
 
@@ -25,6 +27,17 @@ func TestCompleteCatalogRefusesUnknownRelations(t *testing.T) {
 		{"SELECT new_fn()", "", true, ReasonUnknownFunction},
 		{"SELECT name FROM clinics WHERE id = new_fn()", "", true, ReasonUnknownFunction},
 		{"SELECT count(*) FROM clinics", "", false, ""},
+		// Operators: builtin, listed (checked through their functions) or
+		// unknown.
+		{"SELECT 1 ### 2", "", true, ReasonUnknownFunction},
+		{"SELECT name FROM clinics WHERE id = 1 AND name ### 'x'", "", true, ReasonUnknownFunction},
+		{"SELECT name FROM clinics WHERE id ### ANY(ARRAY[1])", "", true, ReasonUnknownFunction},
+		{"SELECT name FROM clinics WHERE id OPERATOR(public.###) 1", "", true, ReasonUnknownFunction},
+		{"SELECT name FROM clinics WHERE id = 1 ORDER BY name USING ###", "", true, ReasonUnknownFunction},
+		{"SELECT name FROM clinics WHERE id = 1 + 1 AND name LIKE 'a%' ORDER BY name USING <", "", false, ""},
+		{"SELECT name FROM clinics WHERE id OPERATOR(pg_catalog.=) 1", "", false, ""},
+		{"SELECT name FROM clinics WHERE id BETWEEN 1 AND 2 AND id IN (1, 2)", "", false, ""},
+		{"SELECT name @@@ 'x' FROM clinics WHERE id = 1", "", false, ""},
 		{"SELECT lower(name), now(), extract(year FROM now()) FROM clinics WHERE id = 1", "", false, ""},
 		{"SELECT slugify(name) FROM clinics WHERE id = 1", "", false, ""},
 		// Read or written: refused.

@@ -48,6 +48,10 @@ WHERE c.relnamespace = 'pg_catalog'::regnamespace AND c.relkind IN ('r', 'p', 'v
 const systemFunctionsSQL = `SELECT DISTINCT p.proname FROM pg_catalog.pg_proc p
 WHERE p.pronamespace = 'pg_catalog'::regnamespace`
 
+// systemOperatorsSQL lists the builtin operator symbols.
+const systemOperatorsSQL = `SELECT DISTINCT o.oprname FROM pg_catalog.pg_operator o
+WHERE o.oprnamespace = 'pg_catalog'::regnamespace`
+
 const relationsSQL = `SELECT c.oid, n.nspname, c.relname, c.relkind::text, c.relrowsecurity, c.relforcerowsecurity
 FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -221,6 +225,18 @@ func Load(ctx context.Context, q Querier, opts Options) (*rewriter.Catalog, erro
 		return nil
 	}); err != nil {
 		return nil, fmt.Errorf("catalog: system functions: %w", err)
+	}
+
+	cat.SystemOperators = map[string]bool{}
+	rows, err = q.Query(ctx, systemOperatorsSQL)
+	if err != nil {
+		return nil, fmt.Errorf("catalog: system operators: %w", err)
+	}
+	if _, err := pgx.ForEachRow(rows, []any{&sysName}, func() error {
+		cat.SystemOperators[sysName] = true
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("catalog: system operators: %w", err)
 	}
 
 	rows, err = q.Query(ctx, relationsSQL, schemas)

@@ -207,7 +207,8 @@ func TestLoad(t *testing.T) {
 }
 
 // withoutSystem checks the catalog's completeness and its pg_catalog
-// relation and function names (samples: the lists depend on the version)
+// relation, function and operator names (samples: the lists depend on the
+// version)
 // and returns it without them, for comparison.
 func withoutSystem(t *testing.T, c *rewriter.Catalog, complete bool) *rewriter.Catalog {
 	t.Helper()
@@ -224,8 +225,11 @@ func withoutSystem(t *testing.T, c *rewriter.Catalog, complete bool) *rewriter.C
 	for _, name := range []string{"patient_total", "add", "next_id"} { // the fixture's own
 		assert.False(t, c.SystemFunctions[name], "user function %s taken for a builtin", name)
 	}
+	for _, op := range []string{"=", "+", "||", "~~", "@>"} {
+		assert.True(t, c.SystemOperators[op], "system operator %s", op)
+	}
 	cp := *c
-	cp.Complete, cp.SystemRelations, cp.SystemFunctions = false, nil, nil
+	cp.Complete, cp.SystemRelations, cp.SystemFunctions, cp.SystemOperators = false, nil, nil, nil
 	return &cp
 }
 
