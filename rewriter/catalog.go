@@ -26,6 +26,9 @@ type Catalog struct {
 	// over tenant tables created since the catalog was loaded), instead of
 	// being taken for a non-tenant relation.
 	Complete bool `json:"complete,omitempty" yaml:"complete,omitempty"`
+	// Sequences are the user sequences ("schema.name"), which a statement
+	// may read as relations (SELECT last_value FROM s): known, not tenant.
+	Sequences map[string]bool `json:"sequences,omitempty" yaml:"sequences,omitempty"`
 	// SystemRelations are the relation names of pg_catalog, which an
 	// unqualified name reaches first (with a complete catalog).
 	SystemRelations map[string]bool `json:"system_relations,omitempty" yaml:"system_relations,omitempty"`
@@ -50,6 +53,7 @@ const (
 	KindView        RelKind = "view"              // v
 	KindMatView     RelKind = "materialized_view" // m
 	KindForeign     RelKind = "foreign_table"     // f
+	KindSequence    RelKind = "sequence"          // S (Catalog.Sequences)
 )
 
 // Relation is one table, view or other relation of the upstream.

@@ -145,6 +145,15 @@ func buildRelationIndex(p *policy.Policy, c *Catalog) *relationIndex {
 			}
 		}
 	}
+	// Sequences are relations too (SELECT last_value FROM s), never tenant.
+	for k := range c.Sequences {
+		if _, ok := ix.kinds[k]; !ok {
+			ix.kinds[k] = KindSequence
+		}
+		if _, name := splitKey(k); ix.kinds[name] == "" {
+			ix.kinds[name] = KindSequence
+		}
+	}
 	for key, f := range c.Functions {
 		if f == nil {
 			continue

@@ -14,6 +14,7 @@ func TestCompleteCatalogRefusesUnknownRelations(t *testing.T) {
 	cat.SystemRelations = map[string]bool{"pg_class": true, "pg_namespace": true}
 	cat.SystemFunctions = map[string]bool{"count": true, "lower": true, "now": true, "extract": true, "set_config": true}
 	cat.SystemOperators = map[string]bool{"=": true, "+": true, "<": true, "~~": true}
+	cat.Sequences = map[string]bool{"public.clinics_id_seq": true}
 	cat.Operators = map[string][]string{"@@@": {"public.slugify"}}
 	rw := New(testPolicy(""), cat)
 	partial := New(testPolicy(""), testCatalog())
@@ -55,6 +56,9 @@ func TestCompleteCatalogRefusesUnknownRelations(t *testing.T) {
 		{"WITH a AS (SELECT id FROM new_view) SELECT id FROM a", "", true, ""},
 		// Known, system, CTE or created by the statement: decided as before.
 		{"SELECT name FROM clinics WHERE id = 1", "", false, ""},
+		{"SELECT last_value FROM clinics_id_seq", "", false, ""},
+		{"SELECT last_value FROM public.clinics_id_seq", "", false, ""},
+		{"SELECT last_value FROM other.clinics_id_seq", "", true, ""},
 		{"SELECT name FROM public.clinics WHERE id = 1", "", false, ""},
 		{"WITH new_view AS (SELECT id FROM clinics WHERE id = 1) SELECT id FROM new_view", "", false, ""},
 		{"SELECT id FROM (WITH w AS (SELECT 1 AS id) SELECT id FROM w) s", "", false, ""},

@@ -52,6 +52,10 @@ WHERE p.pronamespace = 'pg_catalog'::regnamespace`
 const systemOperatorsSQL = `SELECT DISTINCT o.oprname FROM pg_catalog.pg_operator o
 WHERE o.oprnamespace = 'pg_catalog'::regnamespace`
 
+const sequencesSQL = `SELECT n.nspname, c.relname FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'S' AND ` + nsFilter
+
 const relationsSQL = `SELECT c.oid, n.nspname, c.relname, c.relkind::text, c.relrowsecurity, c.relforcerowsecurity
 FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -237,6 +241,21 @@ func Load(ctx context.Context, q Querier, opts Options) (*rewriter.Catalog, erro
 		return nil
 	}); err != nil {
 		return nil, fmt.Errorf("catalog: system operators: %w", err)
+	}
+
+	rows, err = q.Query(ctx, sequencesSQL, schemas)
+	if err != nil {
+		return nil, fmt.Errorf("catalog: sequences: %w", err)
+	}
+	var seqSchema string
+	if _, err := pgx.ForEachRow(rows, []any{&seqSchema, &sysName}, func() error {
+		if cat.Sequences == nil {
+			cat.Sequences = map[string]bool{}
+		}
+		cat.Sequences[key(seqSchema, sysName)] = true
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("catalog: sequences: %w", err)
 	}
 
 	rows, err = q.Query(ctx, relationsSQL, schemas)

@@ -87,10 +87,11 @@ func newDatabase(t testing.TB, ctx context.Context, sql string) (*pgtest.Cluster
 
 func TestLoad(t *testing.T) {
 	ctx := testContext(t)
-	_, _, conn := newDatabase(t, ctx, clinicSchema)
+	_, _, conn := newDatabase(t, ctx, clinicSchema+"\nCREATE SEQUENCE clinic.ticket_seq;")
 
 	got, err := LoadConn(ctx, conn, Options{})
 	require.NoError(t, err)
+	assert.Equal(t, map[string]bool{"clinic.ticket_seq": true}, got.Sequences, "sequences, not relations")
 
 	want := &rewriter.Catalog{
 		Relations: map[string]*rewriter.Relation{
@@ -230,6 +231,7 @@ func withoutSystem(t *testing.T, c *rewriter.Catalog, complete bool) *rewriter.C
 	}
 	cp := *c
 	cp.Complete, cp.SystemRelations, cp.SystemFunctions, cp.SystemOperators = false, nil, nil, nil
+	cp.Sequences = nil // checked by the callers that have some
 	return &cp
 }
 
