@@ -11,6 +11,7 @@ import (
 
 	"github.com/tenantguard/tenantguard/proxy"
 	"github.com/tenantguard/tenantguard/proxy/audit"
+	"github.com/tenantguard/tenantguard/rewriter"
 )
 
 // Backend message types the guard watches besides the proxy's own.
@@ -216,6 +217,9 @@ func (g *Guard) complete(c *conn, f *inflight, rows int64, sqlstate string) {
 	ev := g.statementEvent(c, &f.dec, f.protocol)
 	ev.Tenant, ev.Rows, ev.Duration, ev.Injected, ev.SQLState = f.tenant, rows, d, f.injected, sqlstate
 	g.opts.Audit.Log(ev)
+	if f.dec.Kind == rewriter.KindDDL && sqlstate == "" {
+		c.ddlDone = true // reload the catalog once it is committed (onReady)
+	}
 }
 
 func (g *Guard) onError(c *conn, body []byte) (proxy.Verdict, error) {
@@ -288,6 +292,12 @@ func (c *conn) sentinelIn(e *pgproto3.ErrorResponse) string {
 func (g *Guard) onReady(c *conn, body []byte) {
 	c.backCycle++
 	c.cutting = false
+	if c.ddlDone && len(body) > 0 && body[0] == 'I' && g.opts.ReloadCatalog != nil {
+		// DDL through tenantguard (a migration, a ddl role), committed: the
+		// catalog learns of it now rather than at the next interval.
+		c.ddlDone = false
+		g.opts.ReloadCatalog()
+	}
 	for len(c.queue) > 0 && c.queue[0].cycle < c.backCycle {
 		g.skipped(c, c.queue[0])
 		c.queue[0] = nil

@@ -49,8 +49,9 @@ type Options struct {
 	// ReloadCatalog, when set, asks for a catalog reload without waiting for
 	// it (and without blocking: it is called from the relay). It is called
 	// when a statement is refused for a relation or function the catalog
-	// does not list (perhaps created since it was loaded); the
-	// catalog.Refresher merges and spaces the reloads.
+	// does not list (perhaps created since it was loaded), and after DDL
+	// that went through tenantguard is committed; the catalog.Refresher
+	// merges and spaces the reloads.
 	ReloadCatalog func()
 	// Database, when set, is the only database ordinary sessions may use:
 	// the catalog describes that database and no other.
@@ -141,6 +142,9 @@ type conn struct {
 	// cheaply as a hand-written predicate. The first statement with a
 	// tenant effect ends it for the rest of the session.
 	pinned bool
+	// ddlDone: a DDL statement completed; the catalog is reloaded at the
+	// next ReadyForQuery outside a transaction.
+	ddlDone bool
 	// cycleSnapshot is the tenant state at the start of the current
 	// implicit transaction (when not in a block), restored if it fails.
 	cycleSnapshot    rewriter.TenantTracker

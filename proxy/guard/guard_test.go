@@ -963,4 +963,23 @@ GRANT SELECT ON late_names, late_scoped TO `+pgtest.AppUser)
 	err = conn.QueryRow(ctx(t), "SELECT late_count()").Scan(&n)
 	pe = pgErr(t, err, "42501") // listed now, and it reads a tenant table
 	assert.Contains(t, pe.Message, "late_count")
+
+	// DDL through tenantguard reloads the catalog once it is committed.
+	admin, err := pgx.Connect(ctx(t), e.url(pgtest.SuperUser))
+	require.NoError(t, err)
+	defer admin.Close(context.Background())
+	before := reloads.Load()
+	_, err = admin.Exec(ctx(t), "CREATE TABLE late_plain (id int)")
+	require.NoError(t, err)
+	assert.Equal(t, before+1, reloads.Load(), "autocommit DDL")
+	tx, err := admin.Begin(ctx(t))
+	require.NoError(t, err)
+	_, err = tx.Exec(ctx(t), "CREATE TABLE late_plain2 (id int)")
+	require.NoError(t, err)
+	assert.Equal(t, before+1, reloads.Load(), "not before the commit")
+	require.NoError(t, tx.Commit(ctx(t)))
+	assert.Equal(t, before+2, reloads.Load(), "after the commit")
+	_, err = admin.Exec(ctx(t), "SELECT 1")
+	require.NoError(t, err)
+	assert.Equal(t, before+2, reloads.Load(), "no DDL, no reload")
 }
