@@ -52,7 +52,8 @@ WHERE p.pronamespace = 'pg_catalog'::regnamespace`
 const systemOperatorsSQL = `SELECT DISTINCT o.oprname FROM pg_catalog.pg_operator o
 WHERE o.oprnamespace = 'pg_catalog'::regnamespace`
 
-const sequencesSQL = `SELECT n.nspname, c.relname FROM pg_catalog.pg_class c
+// sequencesSQL lists the user sequences as "schema.name".
+const sequencesSQL = `SELECT n.nspname || '.' || c.relname FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind = 'S' AND ` + nsFilter
 
@@ -206,59 +207,24 @@ func Load(ctx context.Context, q Querier, opts Options) (*rewriter.Catalog, erro
 	// Every user schema loaded: a relation not found is one created since
 	// (or in a temporary schema), and the rewriter refuses it.
 	cat.Complete = len(schemas) == 0
-	cat.SystemRelations = map[string]bool{}
-	rows, err := q.Query(ctx, systemRelationsSQL)
-	if err != nil {
-		return nil, fmt.Errorf("catalog: system relations: %w", err)
+	var err error
+	if cat.SystemRelations, err = loadNames(ctx, q, "system relations", systemRelationsSQL); err != nil {
+		return nil, err
 	}
-	var sysName string
-	if _, err := pgx.ForEachRow(rows, []any{&sysName}, func() error {
-		cat.SystemRelations[sysName] = true
-		return nil
-	}); err != nil {
-		return nil, fmt.Errorf("catalog: system relations: %w", err)
+	if cat.SystemFunctions, err = loadNames(ctx, q, "system functions", systemFunctionsSQL); err != nil {
+		return nil, err
 	}
-
-	cat.SystemFunctions = map[string]bool{}
-	rows, err = q.Query(ctx, systemFunctionsSQL)
-	if err != nil {
-		return nil, fmt.Errorf("catalog: system functions: %w", err)
+	if cat.SystemOperators, err = loadNames(ctx, q, "system operators", systemOperatorsSQL); err != nil {
+		return nil, err
 	}
-	if _, err := pgx.ForEachRow(rows, []any{&sysName}, func() error {
-		cat.SystemFunctions[sysName] = true
-		return nil
-	}); err != nil {
-		return nil, fmt.Errorf("catalog: system functions: %w", err)
+	if cat.Sequences, err = loadNames(ctx, q, "sequences", sequencesSQL, schemas); err != nil {
+		return nil, err
+	}
+	if len(cat.Sequences) == 0 {
+		cat.Sequences = nil
 	}
 
-	cat.SystemOperators = map[string]bool{}
-	rows, err = q.Query(ctx, systemOperatorsSQL)
-	if err != nil {
-		return nil, fmt.Errorf("catalog: system operators: %w", err)
-	}
-	if _, err := pgx.ForEachRow(rows, []any{&sysName}, func() error {
-		cat.SystemOperators[sysName] = true
-		return nil
-	}); err != nil {
-		return nil, fmt.Errorf("catalog: system operators: %w", err)
-	}
-
-	rows, err = q.Query(ctx, sequencesSQL, schemas)
-	if err != nil {
-		return nil, fmt.Errorf("catalog: sequences: %w", err)
-	}
-	var seqSchema string
-	if _, err := pgx.ForEachRow(rows, []any{&seqSchema, &sysName}, func() error {
-		if cat.Sequences == nil {
-			cat.Sequences = map[string]bool{}
-		}
-		cat.Sequences[key(seqSchema, sysName)] = true
-		return nil
-	}); err != nil {
-		return nil, fmt.Errorf("catalog: sequences: %w", err)
-	}
-
-	rows, err = q.Query(ctx, relationsSQL, schemas)
+	rows, err := q.Query(ctx, relationsSQL, schemas)
 	if err != nil {
 		return nil, fmt.Errorf("catalog: relations: %w", err)
 	}
@@ -427,6 +393,23 @@ func LoadConn(ctx context.Context, conn *pgx.Conn, opts Options) (*rewriter.Cata
 }
 
 func key(schema, name string) string { return schema + "." + name }
+
+// loadNames runs a query of one text column and returns its values as a set.
+func loadNames(ctx context.Context, q Querier, what, sql string, args ...any) (map[string]bool, error) {
+	rows, err := q.Query(ctx, sql, args...)
+	if err != nil {
+		return nil, fmt.Errorf("catalog: %s: %w", what, err)
+	}
+	names := map[string]bool{}
+	var name string
+	if _, err := pgx.ForEachRow(rows, []any{&name}, func() error {
+		names[name] = true
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("catalog: %s: %w", what, err)
+	}
+	return names, nil
+}
 
 func queryRow(ctx context.Context, q Querier, sql string, dst ...any) error {
 	rows, err := q.Query(ctx, sql)
