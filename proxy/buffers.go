@@ -1,8 +1,10 @@
 package proxy
 
 import (
+	"encoding/binary"
 	"errors"
 	"io"
+	"os"
 	"sync"
 	"sync/atomic"
 )
@@ -93,6 +95,15 @@ func (cr *connReader) Size() int { return cr.size }
 // Buffered is the number of bytes read and not yet consumed.
 func (cr *connReader) Buffered() int { return cr.w - cr.r }
 
+// wholeMessageBuffered reports whether the buffer holds the whole next
+// protocol message. The relay flushes what it wrote to the other side
+// unless one does: a client may wait for the answer to what it sent first
+// before it sends the rest of a message.
+func (cr *connReader) wholeMessageBuffered() bool {
+	b := cr.buf[cr.r:cr.w]
+	return len(b) >= 5 && int64(len(b)) >= 1+int64(binary.BigEndian.Uint32(b[1:5]))
+}
+
 func (cr *connReader) take() {
 	if cr.buf != nil {
 		return
@@ -154,6 +165,15 @@ func (cr *connReader) fill() {
 		cr.err = err
 	} else if n == 0 {
 		cr.err = io.ErrNoProgress
+	}
+}
+
+// clearDeadline forgets a read error that was a deadline (the relay's own,
+// set to stop a reader for the event loop), so that reading can go on;
+// other errors stay.
+func (cr *connReader) clearDeadline() {
+	if errors.Is(cr.err, os.ErrDeadlineExceeded) {
+		cr.err = nil
 	}
 }
 

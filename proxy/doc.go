@@ -25,8 +25,9 @@
 //     running the same message handlers as relay.go. Anything the loop does
 //     not handle (a message over 64 KiB, a peer not reading,
 //     end of stream, drain, terminate) hands the session back to its own
-//     goroutine, which carries on with the relay loops for the rest of the
-//     session.
+//     goroutine, which carries on with the relay loops until both can stop
+//     between two messages at a ReadyForQuery and the session goes back to
+//     the loop (relay.go: stopForLoop, answerReentry).
 //
 //   - rawsock.go, buffers.go: plain TCP and Unix sockets are read and
 //     written with raw non-blocking system calls on the runtime's poller

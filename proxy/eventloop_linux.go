@@ -30,8 +30,10 @@ import (
 //
 // The loop only runs the common case. Anything else hands the session back
 // to its own goroutine, which rebuilds net.Conns on the same sockets and
-// continues with the goroutine relay for the rest of the session, where
-// every case is handled:
+// continues with the goroutine relay, where every case is handled, until
+// both relay goroutines can stop between two messages at a ReadyForQuery
+// (relay.go, stopForLoop: at once after the first hand-back, then after a
+// growing wait) and the session enters the loop again:
 //   - a message over 64 KiB (loopMaxMessage), or malformed, or Terminate;
 //   - a peer that does not take what is written (EAGAIN, or an error): what
 //     was not written is kept and goes out first after the hand-back, each
@@ -529,6 +531,9 @@ func (s *Session) enterLoop() bool {
 	s.uw.dst = &lc.uout
 	s.uwMu.Unlock()
 	s.loopHeld = heldByLoop
+	if s.loopLeft > 0 {
+		s.srv.reentries.Add(1) // before the loop counts it (tests read both)
+	}
 	if !lc.loop.request(s, true) {
 		s.loopHeld = handedBack
 		lc.handback <- struct{}{}

@@ -118,7 +118,8 @@ func TestEventLoopRelaysMidSizeMessages(t *testing.T) {
 }
 
 // Messages larger than the loop's limit (64 KiB), either way, hand the
-// session to the relay goroutines, which carry on without losing a byte.
+// session to the relay goroutines, which carry on without losing a byte,
+// and give it back to the loop at the next ReadyForQuery.
 func TestEventLoopHandsBackLargeMessages(t *testing.T) {
 	p := startProxy(t, nil)
 	on := loopsOn(t, p)
@@ -140,18 +141,30 @@ func TestEventLoopHandsBackLargeMessages(t *testing.T) {
 			if on {
 				waitFor(t, 10*time.Second, "the session to be in the event loop", func() bool { return p.srv.LoopSessions() == 1 })
 			}
-			before := p.srv.HandBacks()
+			before, back := p.srv.HandBacks(), p.srv.Reentries()
 			var first string
 			require.NoError(t, conn.QueryRow(ctx, c.query, c.args...).Scan(&first))
 			assert.Equal(t, c.want, first)
 			if on {
 				assert.Equal(t, before+1, p.srv.HandBacks(), "one hand-back counted")
-				assert.Zero(t, p.srv.LoopSessions(), "the session left the loop")
+				waitFor(t, 10*time.Second, "the session to go back to the loop", func() bool { return p.srv.LoopSessions() == 1 })
+				assert.Equal(t, back+1, p.srv.Reentries(), "one re-entry counted")
 			}
 			var got string
 			require.NoError(t, conn.QueryRow(ctx, "select repeat($1::text, 2)", big).Scan(&got))
 			assert.Equal(t, big+big, got, "and carries on")
+			// A second hand-back: the next attempt waits 100 ms
+			// (reentryBackoff), and happens at a ReadyForQuery.
+			time.Sleep(150 * time.Millisecond)
+			var small string
+			require.NoError(t, conn.QueryRow(ctx, "select 'small'").Scan(&small))
+			assert.Equal(t, "small", small)
+			if on {
+				waitFor(t, 10*time.Second, "the session to go back to the loop", func() bool { return p.srv.LoopSessions() == 1 })
+				assert.Equal(t, back+2, p.srv.Reentries(), "back after each large message")
+			}
 			require.NoError(t, conn.Close(ctx))
+			waitFor(t, 10*time.Second, "the session to end", func() bool { return p.srv.LoopSessions() == 0 })
 		})
 	}
 }
@@ -197,7 +210,12 @@ func slowClient(t *testing.T, rows, width int) {
 			t.Fatalf("error %s: %s", m.Code, m.Message)
 		case *pgproto3.ReadyForQuery:
 			assert.Equal(t, rows, n)
-			// The session still works on the relay goroutines.
+			if on {
+				// The client caught up: back to the loop.
+				waitFor(t, 10*time.Second, "the session to go back to the loop", func() bool { return p.srv.LoopSessions() == 1 })
+				assert.Equal(t, uint64(1), p.srv.Reentries())
+			}
+			// And the session still works.
 			fe.Send(&pgproto3.Query{String: "select 42"})
 			require.NoError(t, fe.Flush())
 			var got []string
@@ -212,6 +230,100 @@ func slowClient(t *testing.T, rows, width int) {
 					return
 				}
 			}
+		}
+	}
+}
+
+// The relay goroutines stop for the loop only between two messages: a
+// client message larger than the read buffer that is half sent when the
+// backend side reaches a ReadyForQuery keeps the session on its goroutines
+// (a stop then would lose the half read), and the session goes back to the
+// loop later, with nothing lost.
+func TestEventLoopReentryWaitsForAWholeMessage(t *testing.T) {
+	p := startProxy(t, nil)
+	on := loopsOn(t, p) // off: the same traffic on the goroutine relay
+	nc, fe := p.rawSession(t)
+	if on {
+		waitFor(t, 10*time.Second, "the session to be in the event loop", func() bool { return p.srv.LoopSessions() == 1 })
+	}
+
+	// Query 1 takes a moment; query 2 (100 kB, over the loop's 64 KiB)
+	// follows at once, half of it: the loop hands the session back, and
+	// the relay goroutines read query 2 while query 1's results come back.
+	big := strings.Repeat("q", 100_000)
+	q2 := (&pgproto3.Query{String: "select length('" + big + "')"})
+	raw, err := q2.Encode(nil)
+	require.NoError(t, err)
+	fe.Send(&pgproto3.Query{String: "select pg_sleep(0.1), 1"})
+	require.NoError(t, fe.Flush())
+	_, err = nc.Write(raw[:50_000])
+	require.NoError(t, err)
+	if on {
+		waitFor(t, 10*time.Second, "the hand-back", func() bool { return p.srv.HandBacks() == 1 })
+	}
+	readUntilReady(t, fe) // query 1: its ReadyForQuery asks the goroutines to stop
+	time.Sleep(50 * time.Millisecond)
+	assert.Zero(t, p.srv.LoopSessions(), "not back while a message is half read")
+	assert.Zero(t, p.srv.Reentries())
+
+	_, err = nc.Write(raw[50_000:])
+	require.NoError(t, err)
+	assert.Equal(t, []string{"100000"}, readUntilReady(t, fe), "the half-read message arrived whole")
+	// Later, between messages, the session goes back.
+	deadline := time.Now().Add(10 * time.Second)
+	for on && p.srv.LoopSessions() == 0 {
+		require.True(t, time.Now().Before(deadline), "the session never went back to the loop")
+		time.Sleep(20 * time.Millisecond)
+		fe.Send(&pgproto3.Query{String: "select 7"})
+		require.NoError(t, fe.Flush())
+		assert.Equal(t, []string{"7"}, readUntilReady(t, fe))
+	}
+	if on {
+		assert.Equal(t, uint64(1), p.srv.Reentries())
+	}
+	fe.Send(&pgproto3.Query{String: "select 8"})
+	require.NoError(t, fe.Flush())
+	assert.Equal(t, []string{"8"}, readUntilReady(t, fe), "in the loop again")
+}
+
+// A client may wait for the answer to a query before it finishes sending
+// the next message: the relay must not hold the first query back until the
+// second is whole (in the loop, 20 kB; on the goroutines, 100 kB).
+func TestPartialMessageDoesNotHoldTheOneBefore(t *testing.T) {
+	for _, size := range []int{20_000, 100_000} {
+		t.Run(strconv.Itoa(size), func(t *testing.T) {
+			p := startProxy(t, nil)
+			nc, fe := p.rawSession(t)
+			q2, err := (&pgproto3.Query{String: "select length('" + strings.Repeat("q", size) + "')"}).Encode(nil)
+			require.NoError(t, err)
+			fe.Send(&pgproto3.Query{String: "select 1"})
+			require.NoError(t, fe.Flush())
+			_, err = nc.Write(q2[:size/2])
+			require.NoError(t, err)
+			require.NoError(t, nc.SetReadDeadline(time.Now().Add(10*time.Second)))
+			assert.Equal(t, []string{"1"}, readUntilReady(t, fe), "the first query answered")
+			_, err = nc.Write(q2[size/2:])
+			require.NoError(t, err)
+			assert.Equal(t, []string{strconv.Itoa(size)}, readUntilReady(t, fe))
+		})
+	}
+}
+
+// readUntilReady reads one query's messages and returns the first column of
+// its rows.
+func readUntilReady(t *testing.T, fe *pgproto3.Frontend) []string {
+	t.Helper()
+	var got []string
+	for {
+		m, err := fe.Receive()
+		require.NoError(t, err)
+		switch m := m.(type) {
+		case *pgproto3.DataRow:
+			got = append(got, string(m.Values[len(m.Values)-1]))
+		case *pgproto3.ErrorResponse:
+			t.Fatalf("error %s: %s", m.Code, m.Message)
+		case *pgproto3.ReadyForQuery:
+			return got
 		}
 	}
 }

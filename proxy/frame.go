@@ -48,6 +48,14 @@ type frameReader struct {
 	r   *connReader
 	max int // largest accepted message, header included
 	buf []byte
+
+	// A message larger than the read buffer whose body is still arriving
+	// (its header consumed): next continues it after a read error such as
+	// a deadline, so that an interrupted read loses nothing.
+	pending bool
+	ptyp    byte
+	psize   int
+	pgot    int
 }
 
 func newFrameReader(r *connReader, max int) *frameReader {
@@ -58,6 +66,9 @@ func newFrameReader(r *connReader, max int) *frameReader {
 // messages, *ProtocolError for a malformed or oversized message, and the
 // reader's error otherwise.
 func (f *frameReader) next() (typ byte, body []byte, err error) {
+	if f.pending {
+		return f.body()
+	}
 	hdr, err := f.r.Peek(5)
 	if err != nil {
 		if len(hdr) > 0 && errors.Is(err, io.EOF) {
@@ -92,18 +103,27 @@ func (f *frameReader) next() (typ byte, body []byte, err error) {
 	if cap(f.buf) < size {
 		f.buf = make([]byte, size)
 	}
-	body = f.buf[:size]
-	if _, err := io.ReadFull(f.r, body); err != nil {
+	f.pending, f.ptyp, f.psize, f.pgot = true, typ, size, 0
+	return f.body()
+}
+
+// body reads (the rest of) the pending large message's body.
+func (f *frameReader) body() (byte, []byte, error) {
+	body := f.buf[:f.psize]
+	n, err := io.ReadFull(f.r, body[f.pgot:])
+	f.pgot += n
+	if err != nil {
 		if errors.Is(err, io.EOF) {
 			err = io.ErrUnexpectedEOF
 		}
 		return 0, nil, err
 	}
+	f.pending = false
 	// Keep a huge one-off buffer (a big COPY row) from pinning memory.
-	if cap(f.buf) > 1<<20 && size <= 1<<20 {
+	if cap(f.buf) > 1<<20 && f.psize <= 1<<20 {
 		f.buf = nil
 	}
-	return typ, body, nil
+	return f.ptyp, body, nil
 }
 
 // DecodeFrontend decodes one client message body of the given type into its

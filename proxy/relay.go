@@ -6,29 +6,155 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"sync"
+	"time"
 
 	"go.uber.org/zap"
 )
 
-// relay relays the session in its event loop while it can, then runs the
-// two message loops until either side ends, and makes sure both
-// connections are closed and both goroutines have returned.
+// relay relays the session in its event loop while it can, and otherwise
+// runs the two message loops (TLS, no loops, or after a hand-back) until
+// either side ends or both can stop at a message boundary to go back to the
+// loop. It makes sure both connections are closed and both goroutines have
+// returned.
 func (s *Session) relay() {
-	if s.enterLoop() {
-		<-s.lc.handback
-		if !s.leaveLoop() {
+	for {
+		if s.enterLoop() {
+			<-s.lc.handback
+			if !s.leaveLoop() {
+				return
+			}
+			s.loopLeft++
+			s.reentryAfter = time.Now().Add(reentryBackoff(s.loopLeft))
+		}
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.frontendLoop()
+		}()
+		again := s.backendLoop()
+		wg.Wait()
+		if !again {
 			return
 		}
+		// Both stopped between messages: nothing is read until the loop
+		// (or, if it cannot take the session, the goroutines) reads again.
+		s.mu.Lock()
+		client := s.client
+		s.mu.Unlock()
+		_ = client.SetReadDeadline(time.Time{})
 	}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		s.frontendLoop()
-	}()
-	s.backendLoop()
-	wg.Wait()
+}
+
+// reentryBackoff is the wait before the session's relay goroutines try to
+// go back to the event loop after its n-th hand-back: at once after the
+// first (a message over 64 KiB), then 100 ms doubling up to 10 s, so that a
+// client that keeps falling behind settles on its goroutines.
+func reentryBackoff(n int) time.Duration {
+	if n <= 1 {
+		return 0
+	}
+	return min(10*time.Second, 100*time.Millisecond<<min(n-2, 10))
+}
+
+// States of Session.reentry.
+const (
+	reentryNone      int32 = iota
+	reentryRequested       // the backend goroutine waits for the frontend's answer
+	reentryCancelled       // it stopped waiting: the frontend only resumes reading
+)
+
+// reentryWait bounds the backend goroutine's wait for the frontend one,
+// which may be busy (a hook, a write the server is slow to take).
+const reentryWait = 20 * time.Millisecond
+
+// stopForLoop runs in the backend relay goroutine at a ReadyForQuery with
+// nothing more buffered from the upstream: if the session came from the
+// event loop and may go back, it stops the frontend goroutine's read (a
+// read deadline in the past) and reports true when that goroutine stopped
+// between two messages; the backend goroutine then returns too.
+func (s *Session) stopForLoop() bool {
+	if time.Now().Before(s.reentryAfter) {
+		return false
+	}
+	s.mu.Lock()
+	client, ok := s.client, !s.closing && !s.draining && !s.termPending
+	s.mu.Unlock()
+	if !ok {
+		return false
+	}
+	if s.reentryDone == nil {
+		s.reentryDone = make(chan bool, 1)
+	}
+	s.reentry.Store(reentryRequested)
+	_ = client.SetReadDeadline(time.Unix(1, 0))
+	t := time.NewTimer(reentryWait)
+	defer t.Stop()
+	select {
+	case stopped := <-s.reentryDone:
+		if stopped {
+			return true
+		}
+	case <-t.C:
+		if !s.reentry.CompareAndSwap(reentryRequested, reentryCancelled) {
+			// The frontend goroutine answered meanwhile.
+			if <-s.reentryDone {
+				return true
+			}
+		}
+	}
+	s.reentryAfter = time.Now().Add(reentryBackoff(s.loopLeft + 1))
+	return false
+}
+
+// answerReentry runs in the frontend relay goroutine when its read failed
+// with a deadline, which in the relay is only ever stopForLoop's: a request
+// (stop between messages, unless a large message is half read), a cancelled
+// one, or one already answered (read on). It reports whether to stop.
+func (s *Session) answerReentry(fr *frameReader) (stop bool) {
+	for {
+		switch st := s.reentry.Load(); st {
+		case reentryRequested:
+			if !s.reentry.CompareAndSwap(st, reentryNone) {
+				continue
+			}
+			if fr.pending {
+				s.resumeReading()
+				s.reentryDone <- false
+				return false
+			}
+			// What the relay holds for the upstream goes out first.
+			if !s.sendUpstream(nil, nil, true) {
+				s.reentryDone <- false
+				return true // the session is over
+			}
+			s.cr.clearDeadline()
+			s.reentryDone <- true
+			return true
+		case reentryCancelled:
+			if !s.reentry.CompareAndSwap(st, reentryNone) {
+				continue
+			}
+			s.resumeReading()
+			return false
+		default:
+			// The deadline of a request answered already (set after
+			// the answer): read on.
+			s.resumeReading()
+			return false
+		}
+	}
+}
+
+// resumeReading clears the relay's read deadline on the client.
+func (s *Session) resumeReading() {
+	s.mu.Lock()
+	client := s.client
+	s.mu.Unlock()
+	_ = client.SetReadDeadline(time.Time{})
+	s.cr.clearDeadline()
 }
 
 // frontendLoop frames client messages and forwards them upstream. Every
@@ -42,6 +168,12 @@ func (s *Session) frontendLoop() {
 	for {
 		typ, body, err := fr.next()
 		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				if s.answerReentry(fr) {
+					return
+				}
+				continue
+			}
 			var pe *ProtocolError
 			if errors.As(err, &pe) {
 				s.log.Info("client protocol error", zap.Error(err))
@@ -101,15 +233,15 @@ func (s *Session) frontendMessage(typ byte, body []byte) bool {
 }
 
 // sendUpstream writes a message (a and b concatenated) to the upstream
-// buffer, flushing when the client has nothing more buffered or when
-// flushNow. It reports false when the session is over.
+// buffer, flushing unless the next client message is buffered whole (the
+// relay is about to write it too), or when flushNow. It reports false when the session is over.
 func (s *Session) sendUpstream(a, b []byte, flushNow bool) bool {
 	s.uwMu.Lock()
 	_, err := s.uw.Write(a)
 	if err == nil && len(b) > 0 {
 		_, err = s.uw.Write(b)
 	}
-	if err == nil && (flushNow || s.cr.Buffered() == 0) {
+	if err == nil && (flushNow || !s.cr.wholeMessageBuffered()) {
 		err = s.uw.Flush()
 	}
 	s.uwMu.Unlock()
@@ -196,11 +328,12 @@ func (s *Session) upstreamGone(err error) {
 // header of most messages is examined; the body is copied straight from the
 // read buffer to the write buffer (DataRow, CopyData are never decoded).
 // ReadyForQuery, ErrorResponse and BackendKeyData are read whole because the
-// session tracks them, and so are types a hook inspects.
-func (s *Session) backendLoop() {
+// session tracks them, and so are types a hook inspects. It reports true
+// when it stopped, with the frontend loop, to go back to the event loop.
+func (s *Session) backendLoop() (again bool) {
 	if err := s.writeClientFlush(nil); err != nil { // what the event loop left unwritten
 		s.clientWriteFailed(err)
-		return
+		return false
 	}
 	ur := s.ur
 	var body []byte
@@ -211,14 +344,14 @@ func (s *Session) backendLoop() {
 				err = io.ErrUnexpectedEOF
 			}
 			s.upstreamGone(err)
-			return
+			return false
 		}
 		typ := hdr[0]
 		n := int(binary.BigEndian.Uint32(hdr[1:5]))
 		if n < 4 || n > maxBackendMessage {
 			s.log.Warn("upstream protocol error", zap.Int("length", n))
 			s.terminate(protocolErrorf(CodeConnectionFailure, "the upstream server sent an invalid message"))
-			return
+			return false
 		}
 		interest := s.interest[typ]
 		builtin := typ == MsgReadyForQuery || typ == MsgErrorResponse || typ == MsgBackendKeyData
@@ -226,18 +359,18 @@ func (s *Session) backendLoop() {
 			if interest == Notify {
 				v, err := s.srv.cfg.Hooks.OnBackend(s, Message{Type: typ, Len: n - 4})
 				if !s.applyBackendVerdict(v, err) {
-					return
+					return false
 				}
 				if v.Replace != nil {
 					// The hook drops (or replaces) the message unread.
 					if _, err := ur.Discard(1 + n); err != nil {
 						s.upstreamGone(err)
-						return
+						return false
 					}
 					if len(v.Replace) > 0 {
 						if err := s.writeClient(v.Replace, nil, typ, false); err != nil {
 							s.clientWriteFailed(err)
-							return
+							return false
 						}
 					}
 					continue
@@ -245,14 +378,14 @@ func (s *Session) backendLoop() {
 			}
 			if err := s.streamMessage(n); err != nil {
 				s.streamFailed(err)
-				return
+				return false
 			}
 			continue
 		}
 		// Read the whole message.
 		if _, err := ur.Discard(5); err != nil {
 			s.upstreamGone(err)
-			return
+			return false
 		}
 		if cap(body) < n-4 {
 			body = make([]byte, n-4)
@@ -260,10 +393,13 @@ func (s *Session) backendLoop() {
 		body = body[:n-4]
 		if _, err := io.ReadFull(ur, body); err != nil {
 			s.upstreamGone(io.ErrUnexpectedEOF)
-			return
+			return false
 		}
 		if !s.backendMessage(typ, body, interest) {
-			return
+			return false
+		}
+		if typ == MsgReadyForQuery && s.lc != nil && ur.Buffered() == 0 && s.stopForLoop() {
+			return true // back to the event loop (relay)
 		}
 		// Large one-off inspected messages must not pin memory.
 		if cap(body) > 1<<16 {

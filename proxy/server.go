@@ -37,6 +37,7 @@ type Server struct {
 	idle      chan struct{}  // signalled when a session ends during drain
 	loops     []*eventLoop   // empty: no event loop
 	handBacks atomic.Uint64
+	reentries atomic.Uint64
 }
 
 // NewServer validates cfg, fills defaults and loads certificates.
@@ -283,6 +284,10 @@ func (s *Server) LoopSessions() int {
 // HandBacks returns how many sessions left an event loop for goroutines of
 // their own since the server started.
 func (s *Server) HandBacks() uint64 { return s.handBacks.Load() }
+
+// Reentries returns how many times a session handed back by its event loop
+// went back to it since the server started.
+func (s *Server) Reentries() uint64 { return s.reentries.Load() }
 
 // Addr returns the address of the most recent listener, or nil before Serve.
 func (s *Server) Addr() net.Addr {

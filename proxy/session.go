@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -74,6 +75,13 @@ type Session struct {
 	loopHeld    loopHold
 	termPending bool
 	termErr     error
+
+	// Re-entry into the loop after a hand-back (relay.go): the backend
+	// relay goroutine asks, the frontend one answers on reentryDone.
+	reentry      atomic.Int32 // reentryNone, reentryRequested, reentryCancelled
+	reentryDone  chan bool
+	loopLeft     int       // hand-backs so far (the session's goroutines, in turn)
+	reentryAfter time.Time // no attempt before (backend relay goroutine)
 }
 
 // loopHold is where a session's sockets are.

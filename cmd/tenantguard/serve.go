@@ -149,7 +149,7 @@ func serve(ctx context.Context, cfg *config.Config) error {
 	if err != nil {
 		return usageError{err}
 	}
-	metrics.RegisterRelay(srv.LoopSessions, srv.HandBacks)
+	metrics.RegisterRelay(srv.LoopSessions, srv.HandBacks, srv.Reentries)
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", cfg.Listen, err)

@@ -14,7 +14,7 @@ import (
 
 func TestEndpoints(t *testing.T) {
 	m := NewMetrics()
-	m.RegisterRelay(func() int { return 4 }, func() uint64 { return 9 })
+	m.RegisterRelay(func() int { return 4 }, func() uint64 { return 9 }, func() uint64 { return 3 })
 	ready := errors.New("catalog not loaded")
 	s, err := Listen(Options{Addr: "127.0.0.1:0", Metrics: m, Ready: func(context.Context) error { return ready }})
 	require.NoError(t, err)
@@ -68,4 +68,5 @@ func TestEndpoints(t *testing.T) {
 	require.Equal(t, uint64(1), families["tenantguard_statement_duration_seconds"].GetMetric()[0].GetHistogram().GetSampleCount())
 	require.Equal(t, 4.0, families["tenantguard_event_loop_sessions"].GetMetric()[0].GetGauge().GetValue())
 	require.Equal(t, 9.0, families["tenantguard_event_loop_handbacks_total"].GetMetric()[0].GetCounter().GetValue())
+	require.Equal(t, 3.0, families["tenantguard_event_loop_reentries_total"].GetMetric()[0].GetCounter().GetValue())
 }

@@ -97,7 +97,7 @@ func NewMetrics() *Metrics {
 // RegisterRelay adds the relay's own gauges, read at scrape time: sessions
 // relayed by the event loops, and sessions handed back from a loop to
 // goroutines of their own (a hand-back lasts for the rest of the session).
-func (m *Metrics) RegisterRelay(loopSessions func() int, handBacks func() uint64) {
+func (m *Metrics) RegisterRelay(loopSessions func() int, handBacks, reentries func() uint64) {
 	m.Registry.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "tenantguard_event_loop_sessions",
@@ -107,5 +107,9 @@ func (m *Metrics) RegisterRelay(loopSessions func() int, handBacks func() uint64
 			Name: "tenantguard_event_loop_handbacks_total",
 			Help: "Sessions that left an event loop for goroutines of their own (message over 64 KiB, slow peer, end, drain).",
 		}, func() float64 { return float64(handBacks()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "tenantguard_event_loop_reentries_total",
+			Help: "Sessions handed back by an event loop that went back to it (after a large message, or a client that caught up).",
+		}, func() float64 { return float64(reentries()) }),
 	)
 }
