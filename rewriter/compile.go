@@ -86,7 +86,6 @@ func (r *Rewriter) compileStmt(version int32, raw *pg.RawStmt, text string, exte
 		}
 	}()
 	st = &stmtTemplate{orig: text, bypassable: true}
-	c.root = raw.Stmt
 	kind = c.statement(raw.Stmt, st)
 	st.d.Kind = kind
 	st.d.Relations = c.relations
@@ -484,7 +483,7 @@ func (c *stmtCtx) relationsRight(rels []*pg.Node, allowed bool, what string, st 
 			if allowed {
 				c.checkRelation(rv)
 			} else {
-				c.checkScan(rv) // an unknown relation may be a new tenant table
+				c.checkScan(rv, false) // an unknown relation may be a new tenant table
 			}
 			if c.r.rels.lookup(rv) != nil {
 				tenant = true
@@ -550,7 +549,7 @@ func (c *stmtCtx) copyStmt(cp *pg.CopyStmt, st *stmtTemplate) {
 		c.writeTarget(rv, true)
 	}
 	c.handled[rv] = true
-	c.checkScan(rv)
+	c.checkScan(rv, false)
 	tr := c.r.rels.lookup(rv)
 	if tr == nil {
 		c.visit(cp.WhereClause)

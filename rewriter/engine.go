@@ -1,6 +1,7 @@
 package rewriter
 
 import (
+	"slices"
 	"strconv"
 	"strings"
 
@@ -56,10 +57,8 @@ type stmtCtx struct {
 	doneSel        map[*pg.SelectStmt]bool
 	rejReason      string
 	rejSubject     string
-	// root is the statement; ctes the names of its CTEs, collected when a
-	// relation is first found unknown.
-	root *pg.Node
-	ctes map[string]bool
+	// cteNames are the CTE names visible where the walk is (withClause).
+	cteNames []string
 }
 
 func newStmtCtx(r *Rewriter, role policy.Role, extended bool, sentinel int32) *stmtCtx {
@@ -231,30 +230,19 @@ func (c *stmtCtx) visitMsg(x proto.Message) {
 
 // checkScan is checkRelation for a relation whose rows the statement reads
 // or writes: with a complete catalog, a relation it does not list is refused
-// (unless the name is a CTE's).
-func (c *stmtCtx) checkScan(rv *pg.RangeVar) {
+// (unless the name is a CTE's) for roles without the ddl right. A role that
+// may change the schema uses what it has just created, before the catalog
+// lists it (and could create a view over tenant tables anyway).
+// read is false for a write target, which is never a CTE.
+func (c *stmtCtx) checkScan(rv *pg.RangeVar, read bool) {
 	c.checkRelation(rv)
-	if !c.r.rels.unknown(rv) {
+	if c.role.AllowDDL || !c.r.rels.unknown(rv) {
 		return
 	}
-	if rv.Schemaname == "" && c.root != nil {
-		if c.ctes == nil {
-			c.ctes = map[string]bool{}
-			collectCTEs(c.root, c.ctes)
-		}
-		if c.ctes[rv.Relname] {
-			return
-		}
+	if read && rv.Schemaname == "" && slices.Contains(c.cteNames, rv.Relname) {
+		return
 	}
 	c.reject(ReasonUnknownRelation, relDisplay(rv))
-}
-
-// collectCTEs adds the names of every CTE in m to into.
-func collectCTEs(m proto.Message, into map[string]bool) {
-	if ce, ok := m.(*pg.CommonTableExpr); ok {
-		into[ce.Ctename] = true
-	}
-	eachChild(m.ProtoReflect(), func(x proto.Message) { collectCTEs(x, into) })
 }
 
 // checkRelation refuses system views and views that cannot be scoped.
@@ -281,9 +269,23 @@ func (c *stmtCtx) strayRangeVar(rv *pg.RangeVar) {
 
 // ---- SELECT ----
 
-func (c *stmtCtx) withClause(w *pg.WithClause) {
+// withClause scopes the CTE bodies and makes their names visible as CTE
+// references, as PostgreSQL resolves them: in a WITH RECURSIVE list every
+// name in every body, otherwise each body sees only the CTEs before it (a
+// later or its own name is a real relation). It returns how many names it
+// pushed; the caller pops them (popCTEs) once the statement is walked.
+func (c *stmtCtx) withClause(w *pg.WithClause) int {
 	if w == nil {
-		return
+		return 0
+	}
+	n := 0
+	if w.Recursive {
+		for _, cte := range w.Ctes {
+			if ce := cte.GetCommonTableExpr(); ce != nil {
+				c.cteNames = append(c.cteNames, ce.Ctename)
+				n++
+			}
+		}
 	}
 	for _, cte := range w.Ctes {
 		if ce := cte.GetCommonTableExpr(); ce != nil {
@@ -291,16 +293,24 @@ func (c *stmtCtx) withClause(w *pg.WithClause) {
 			if ce.SearchClause != nil || ce.CycleClause != nil {
 				c.walkMsg(ce.ProtoReflect())
 			}
+			if !w.Recursive {
+				c.cteNames = append(c.cteNames, ce.Ctename)
+				n++
+			}
 		}
 	}
+	return n
 }
+
+// popCTEs ends the scope of the last n CTE names.
+func (c *stmtCtx) popCTEs(n int) { c.cteNames = c.cteNames[:len(c.cteNames)-n] }
 
 func (c *stmtCtx) scopeSelect(s *pg.SelectStmt) {
 	if s == nil || c.doneSel[s] {
 		return
 	}
 	c.doneSel[s] = true
-	c.withClause(s.WithClause)
+	defer c.popCTEs(c.withClause(s.WithClause))
 	if s.Op != pg.SetOperation_SETOP_NONE && s.Op != pg.SetOperation_SET_OPERATION_UNDEFINED {
 		c.scopeSelect(s.Larg)
 		c.scopeSelect(s.Rarg)
@@ -416,7 +426,7 @@ func (c *stmtCtx) leaf(n *pg.Node, rv *pg.RangeVar, target *sink, cands []**pg.N
 		return
 	}
 	c.handled[rv] = true
-	c.checkScan(rv)
+	c.checkScan(rv, true)
 	tr := c.r.rels.lookup(rv)
 	if tr == nil {
 		return
@@ -722,10 +732,10 @@ func hasStar(list []*pg.Node) bool {
 
 func (c *stmtCtx) insertStmt(ins *pg.InsertStmt) {
 	c.writeTarget(ins.Relation, true)
-	c.withClause(ins.WithClause)
+	defer c.popCTEs(c.withClause(ins.WithClause))
 	rv := ins.Relation
 	c.handled[rv] = true
-	c.checkScan(rv)
+	c.checkScan(rv, false)
 	tr := c.r.rels.lookup(rv)
 	if tr == nil {
 		c.visit(ins.SelectStmt)
@@ -772,7 +782,7 @@ func (c *stmtCtx) insertStmt(ins *pg.InsertStmt) {
 		c.doneSel[sel] = true
 	case len(sel.ValuesLists) > 0 && (sel.Op == pg.SetOperation_SETOP_NONE || sel.Op == pg.SetOperation_SET_OPERATION_UNDEFINED):
 		c.doneSel[sel] = true
-		c.withClause(sel.WithClause)
+		defer c.popCTEs(c.withClause(sel.WithClause))
 		for _, rowNode := range sel.ValuesLists {
 			row := rowNode.GetList()
 			if row == nil {
@@ -858,7 +868,7 @@ func (c *stmtCtx) insertStmt(ins *pg.InsertStmt) {
 
 func (c *stmtCtx) targetScope(rv *pg.RangeVar, where **pg.Node, sole bool, sinks *[]*sink) (*tenantRel, string) {
 	c.handled[rv] = true
-	c.checkScan(rv)
+	c.checkScan(rv, false)
 	tr := c.r.rels.lookup(rv)
 	if tr == nil {
 		return nil, ""
@@ -881,7 +891,7 @@ func (c *stmtCtx) targetScope(rv *pg.RangeVar, where **pg.Node, sole bool, sinks
 
 func (c *stmtCtx) updateStmt(u *pg.UpdateStmt) {
 	c.writeTarget(u.Relation, true)
-	c.withClause(u.WithClause)
+	defer c.popCTEs(c.withClause(u.WithClause))
 	sinks := []*sink{{expr: &u.WhereClause}}
 	tr, name := c.targetScope(u.Relation, &u.WhereClause, len(u.FromClause) == 0, &sinks)
 	if tr != nil {
@@ -901,7 +911,7 @@ func (c *stmtCtx) updateStmt(u *pg.UpdateStmt) {
 
 func (c *stmtCtx) deleteStmt(d *pg.DeleteStmt) {
 	c.writeTarget(d.Relation, false)
-	c.withClause(d.WithClause)
+	defer c.popCTEs(c.withClause(d.WithClause))
 	sinks := []*sink{{expr: &d.WhereClause}}
 	tr, _ := c.targetScope(d.Relation, &d.WhereClause, len(d.UsingClause) == 0, &sinks)
 	if tr != nil && len(d.ReturningList) > 0 {
@@ -917,10 +927,10 @@ func (c *stmtCtx) deleteStmt(d *pg.DeleteStmt) {
 
 func (c *stmtCtx) mergeStmt(m *pg.MergeStmt) {
 	c.writeTarget(m.Relation, true)
-	c.withClause(m.WithClause)
+	defer c.popCTEs(c.withClause(m.WithClause))
 	rv := m.Relation
 	c.handled[rv] = true
-	c.checkScan(rv)
+	c.checkScan(rv, false)
 	sinks := []*sink{}
 	// The source is joined so that its unmatched rows drive INSERT actions:
 	// a filter in the join condition would turn another tenant's source

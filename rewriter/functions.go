@@ -97,7 +97,7 @@ func (c *stmtCtx) funcCall(f *pg.FuncCall) {
 		}
 		// A complete catalog knows the builtins too: an unqualified name
 		// that is neither may be a function created since it was loaded.
-		if schema == "" && c.r.rels.complete && c.r.rels.systemFuncs != nil && !c.r.rels.systemFuncs[name] {
+		if schema == "" && !c.role.AllowDDL && c.r.rels.complete && c.r.rels.systemFuncs != nil && !c.r.rels.systemFuncs[name] {
 			c.reject(ReasonUnknownFunction, "function "+name)
 		}
 		return

@@ -470,7 +470,7 @@ func (c *stmtCtx) routineCheck() *routineCheck {
 // indirection checks an expression node that runs user functions without
 // naming them: operators and casts.
 func (c *stmtCtx) indirection(m proto.Message) {
-	if op := c.r.rels.unknownOperator(m); op != "" {
+	if op := c.r.rels.unknownOperator(m); op != "" && !c.role.AllowDDL {
 		c.reject(ReasonUnknownFunction, "operator "+op)
 		return
 	}

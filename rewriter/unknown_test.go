@@ -54,6 +54,17 @@ func TestCompleteCatalogRefusesUnknownRelations(t *testing.T) {
 		{"COPY new_table TO STDOUT", "", true, ""},
 		{"TRUNCATE new_table", "", true, ""},
 		{"WITH a AS (SELECT id FROM new_view) SELECT id FROM a", "", true, ""},
+		// A CTE name covers only references in its scope: not its own
+		// (non-recursive) body, not earlier siblings, not other
+		// subqueries, never a write target.
+		{"WITH new_view AS (SELECT * FROM new_view) SELECT * FROM new_view", "", true, ""},
+		{"SELECT * FROM new_view WHERE EXISTS (WITH new_view AS (SELECT 1) SELECT 1 FROM new_view)", "", true, ""},
+		{"WITH x AS (SELECT * FROM new_view), new_view AS (SELECT 1) SELECT * FROM x", "", true, ""},
+		{"SELECT * FROM new_view UNION ALL SELECT * FROM (WITH new_view AS (SELECT 0 AS id) SELECT * FROM new_view) s", "", true, ""},
+		{"WITH new_table AS (SELECT 1) UPDATE new_table SET x = 1 WHERE id = 1", "", true, ""},
+		{"WITH new_table AS (SELECT 1) DELETE FROM new_table WHERE id = 1", "", true, ""},
+		{"WITH new_table AS (SELECT 1) INSERT INTO new_table (id) VALUES (1)", "", true, ""},
+		{"WITH new_table AS (SELECT 1) MERGE INTO new_table t USING clinics c ON t.id = c.id WHEN MATCHED THEN DELETE", "", true, ""},
 		// Known, system, CTE or created by the statement: decided as before.
 		{"SELECT name FROM clinics WHERE id = 1", "", false, ""},
 		{"SELECT last_value FROM clinics_id_seq", "", false, ""},
@@ -62,6 +73,16 @@ func TestCompleteCatalogRefusesUnknownRelations(t *testing.T) {
 		{"SELECT name FROM public.clinics WHERE id = 1", "", false, ""},
 		{"WITH new_view AS (SELECT id FROM clinics WHERE id = 1) SELECT id FROM new_view", "", false, ""},
 		{"SELECT id FROM (WITH w AS (SELECT 1 AS id) SELECT id FROM w) s", "", false, ""},
+		{"WITH a AS (SELECT id FROM clinics WHERE id = 1), b AS (SELECT id FROM a) SELECT id FROM b WHERE id IN (SELECT id FROM a)", "", false, ""},
+		{"WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 5) SELECT n FROM r", "", false, ""},
+		{"WITH RECURSIVE a AS (SELECT id FROM b), b AS (SELECT id FROM clinics WHERE id = 1) SELECT id FROM a", "", false, ""},
+		{"WITH w AS (SELECT 1 AS id) SELECT c.name FROM clinics c JOIN w ON w.id = c.id WHERE c.id = 1", "", false, ""},
+		{"WITH w AS (SELECT 1 AS id) INSERT INTO clinics (id, name) SELECT id, 'x' FROM w", "", false, ""},
+		{"WITH w AS (SELECT 1 AS id) UPDATE clinics SET name = 'x' FROM w WHERE clinics.id = w.id", "", false, ""},
+		{"WITH w AS (SELECT 1 AS id) DELETE FROM clinics USING w WHERE clinics.id = w.id", "", false, ""},
+		{"WITH w AS (SELECT 1 AS id) MERGE INTO clinics c USING w ON c.id = w.id WHEN MATCHED THEN DELETE", "", false, ""},
+		{"WITH d AS (DELETE FROM clinics WHERE id = 1 RETURNING id) SELECT id FROM d", "", false, ""},
+		{"SELECT (WITH w AS (SELECT 1 AS id) SELECT id FROM w)", "", false, ""},
 		{"SELECT relname FROM pg_class WHERE oid = 1", "", false, ""},
 		{"SELECT nspname FROM pg_catalog.pg_namespace WHERE oid = 1", "", false, ""},
 		{"SELECT table_name FROM information_schema.tables LIMIT 5", "", false, ""},
@@ -70,6 +91,11 @@ func TestCompleteCatalogRefusesUnknownRelations(t *testing.T) {
 		// reads once the catalog lists it.
 		{"CREATE VIEW v2 AS SELECT id FROM new_view", "admin", false, ""},
 		{"TRUNCATE new_table", "admin", false, ""},
+		// A role with the ddl right uses what it has just created.
+		{"INSERT INTO new_table (id) VALUES (1)", "admin", false, ""},
+		{"SELECT x FROM pg_temp.scratch", "admin", false, ""},
+		{"SELECT new_fn()", "admin", false, ""},
+		{"SELECT 1 ### 2", "admin", false, ""},
 		{"SELECT id, name FROM patients WHERE id = 1", "", false, ""},
 	}
 	for _, tc := range cases {
