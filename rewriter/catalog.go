@@ -37,6 +37,10 @@ type Catalog struct {
 	// not list is refused (a function created since the catalog was loaded
 	// would otherwise pass as a builtin).
 	SystemFunctions map[string]bool `json:"system_functions,omitempty" yaml:"system_functions,omitempty"`
+	// TypeNames are the names of all types (builtin and user): name(x) with
+	// a type's name is a cast, which PostgreSQL accepts without a function
+	// of that name (uuid('...'), jsonb('{}'), an enum's name).
+	TypeNames map[string]bool `json:"type_names,omitempty" yaml:"type_names,omitempty"`
 	// SystemOperators are the operator symbols of pg_catalog: with a
 	// complete catalog, any other symbol that Operators does not list is
 	// refused (its functions could not be checked).

@@ -92,12 +92,17 @@ func (c *stmtCtx) funcCall(f *pg.FuncCall) {
 		// pg_catalog; refused in another schema when a catalog is loaded.
 		// Without a catalog (tenantguard check without --catalog) nothing
 		// is known of user functions and they pass as builtins would.
-		if !builtinSchema && c.r.rels.catalogLoaded {
+		ix := c.r.rels
+		switch {
+		case !builtinSchema && ix.complete && !c.role.AllowDDL:
+			// Not in a complete catalog: created since, perhaps.
+			c.reject(ReasonUnknownFunction, "function "+schema+"."+name)
+		case !builtinSchema && ix.catalogLoaded:
 			c.reject(ReasonDeniedFunction, schema+"."+name)
-		}
-		// A complete catalog knows the builtins too: an unqualified name
-		// that is neither may be a function created since it was loaded.
-		if schema == "" && !c.role.AllowDDL && c.r.rels.complete && c.r.rels.systemFuncs != nil && !c.r.rels.systemFuncs[name] {
+		case schema == "" && ix.complete && !c.role.AllowDDL && ix.systemFuncs != nil && !ix.systemFuncs[name] && !ix.typeNames[name]:
+			// A complete catalog knows the builtins too: an unqualified
+			// name that is neither a builtin nor a type (name(x) casts)
+			// may be a function created since it was loaded.
 			c.reject(ReasonUnknownFunction, "function "+name)
 		}
 		return

@@ -39,6 +39,7 @@ type relationIndex struct {
 	system      map[string]bool
 	systemFuncs map[string]bool
 	systemOps   map[string]bool
+	typeNames   map[string]bool
 	funcs       map[string][]*Function // by bare name
 	funcByKey   map[string]*Function   // by "schema.name"
 	// tenantNames are the bare names of all tenant relations, for function
@@ -63,6 +64,7 @@ func buildRelationIndex(p *policy.Policy, c *Catalog) *relationIndex {
 		return ix
 	}
 	ix.complete, ix.system, ix.systemFuncs, ix.systemOps = c.Complete, c.SystemRelations, c.SystemFunctions, c.SystemOperators
+	ix.typeNames = c.TypeNames
 	// Resolve catalog relations to a fixed point: parents make children
 	// tenant, reads make views tenant or refused.
 	var resolve func(key string, depth int) *tenantRel

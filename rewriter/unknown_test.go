@@ -15,6 +15,7 @@ func TestCompleteCatalogRefusesUnknownRelations(t *testing.T) {
 	cat.SystemFunctions = map[string]bool{"count": true, "lower": true, "now": true, "extract": true, "set_config": true}
 	cat.SystemOperators = map[string]bool{"=": true, "+": true, "<": true, "~~": true}
 	cat.Sequences = map[string]bool{"public.clinics_id_seq": true}
+	cat.TypeNames = map[string]bool{"uuid": true, "jsonb": true, "mood": true, "int4": true}
 	cat.Operators = map[string][]string{"@@@": {"public.slugify"}}
 	rw := New(testPolicy(""), cat)
 	partial := New(testPolicy(""), testCatalog())
@@ -28,6 +29,10 @@ func TestCompleteCatalogRefusesUnknownRelations(t *testing.T) {
 		{"SELECT new_fn()", "", true, ReasonUnknownFunction},
 		{"SELECT name FROM clinics WHERE id = new_fn()", "", true, ReasonUnknownFunction},
 		{"SELECT count(*) FROM clinics", "", false, ""},
+		{"SELECT public.new_fn()", "", true, ReasonUnknownFunction},
+		{"SELECT other.new_fn()", "", true, ReasonUnknownFunction},
+		// name(x) with a type's name is a cast.
+		{"SELECT uuid('a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'), jsonb('{}'), mood('happy')", "", false, ""},
 		// Operators: builtin, listed (checked through their functions) or
 		// unknown.
 		{"SELECT 1 ### 2", "", true, ReasonUnknownFunction},

@@ -48,6 +48,10 @@ WHERE c.relnamespace = 'pg_catalog'::regnamespace AND c.relkind IN ('r', 'p', 'v
 const systemFunctionsSQL = `SELECT DISTINCT p.proname FROM pg_catalog.pg_proc p
 WHERE p.pronamespace = 'pg_catalog'::regnamespace`
 
+// typeNamesSQL lists the type names of every schema (a function-style cast
+// names a type).
+const typeNamesSQL = `SELECT DISTINCT t.typname FROM pg_catalog.pg_type t`
+
 // systemOperatorsSQL lists the builtin operator symbols.
 const systemOperatorsSQL = `SELECT DISTINCT o.oprname FROM pg_catalog.pg_operator o
 WHERE o.oprnamespace = 'pg_catalog'::regnamespace`
@@ -215,6 +219,9 @@ func Load(ctx context.Context, q Querier, opts Options) (*rewriter.Catalog, erro
 		return nil, err
 	}
 	if cat.SystemOperators, err = loadNames(ctx, q, "system operators", systemOperatorsSQL); err != nil {
+		return nil, err
+	}
+	if cat.TypeNames, err = loadNames(ctx, q, "type names", typeNamesSQL); err != nil {
 		return nil, err
 	}
 	if cat.Sequences, err = loadNames(ctx, q, "sequences", sequencesSQL, schemas); err != nil {

@@ -229,8 +229,11 @@ func withoutSystem(t *testing.T, c *rewriter.Catalog, complete bool) *rewriter.C
 	for _, op := range []string{"=", "+", "||", "~~", "@>"} {
 		assert.True(t, c.SystemOperators[op], "system operator %s", op)
 	}
+	for _, name := range []string{"uuid", "jsonb", "int4", "text"} {
+		assert.True(t, c.TypeNames[name], "type %s", name)
+	}
 	cp := *c
-	cp.Complete, cp.SystemRelations, cp.SystemFunctions, cp.SystemOperators = false, nil, nil, nil
+	cp.Complete, cp.SystemRelations, cp.SystemFunctions, cp.SystemOperators, cp.TypeNames = false, nil, nil, nil, nil
 	cp.Sequences = nil // checked by the callers that have some
 	return &cp
 }
