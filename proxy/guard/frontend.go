@@ -165,7 +165,7 @@ func (g *Guard) onParse(c *conn, body []byte) (proxy.Verdict, error) {
 	g.countCache(res)
 	if len(res.Statements) == 0 {
 		// An empty query: the server answers EmptyQueryResponse at Execute.
-		c.statements[p.Name] = &prepared{dec: rewriter.Decision{Kind: rewriter.KindUtility, Verdict: rewriter.VerdictAllowed, Enforced: true, SQL: p.Query}, tenant: c.current(), sql: p.Query, text: p.Query}
+		c.statements[p.Name] = &prepared{dec: rewriter.Decision{Kind: rewriter.KindUtility, Verdict: rewriter.VerdictAllowed, Enforced: true, SQL: p.Query}, eng: e, tenant: c.current(), sql: p.Query, text: p.Query}
 		return proxy.Verdict{}, nil
 	}
 	d := res.Statements[0]
@@ -196,7 +196,7 @@ func (g *Guard) onParse(c *conn, body []byte) (proxy.Verdict, error) {
 	if d.Enforced {
 		sql = d.SQL
 	}
-	c.statements[p.Name] = &prepared{dec: d, tenant: c.current(), sql: sql, text: p.Query}
+	c.statements[p.Name] = &prepared{dec: d, eng: e, tenant: c.current(), sql: sql, text: p.Query}
 	if sql == p.Query {
 		return proxy.Verdict{}, nil
 	}
@@ -260,9 +260,11 @@ func (g *Guard) onBind(c *conn, body []byte) (proxy.Verdict, error) {
 	d := p.dec
 	cur := c.current()
 	enforce := d.Enforced && d.Verdict != rewriter.VerdictBypassed
-	if enforce && cur != p.tenant && touchesTenant(&d) {
-		// The tenant changed since Parse: decide again for the new tenant;
-		// the prepared text upstream must still be the right one.
+	if enforce && ((cur != p.tenant && touchesTenant(&d)) || p.eng != e) {
+		// The tenant changed since Parse, or the policy or catalog did
+		// (a relation the name resolves to may read tenant data now):
+		// decide again; the prepared text upstream must still be the
+		// right one.
 		res := e.rw.Decide(p.text, c.rwSession(true))
 		if len(res.Statements) != 1 {
 			return refuse(&rewriter.Error{SQLState: "0A000", Message: "tenantguard: the statement cannot be decided again after a tenant switch", Hint: "prepare the statement again"}, rewriter.ReasonUnsupported, &d)
@@ -276,7 +278,7 @@ func (g *Guard) onBind(c *conn, body []byte) (proxy.Verdict, error) {
 			return refuse(&rewriter.Error{SQLState: "0A000", Message: "tenantguard: the prepared statement is not valid for the session's new tenant", Hint: "prepare the statement again after switching tenants"}, rewriter.ReasonUnsupported, &nd)
 		}
 		d = nd
-		p.dec, p.tenant = nd, cur
+		p.dec, p.eng, p.tenant = nd, e, cur
 	}
 	if enforce && touchesTenant(&d) && !cur.ok && e.pol.Tenant.Required {
 		return refuse(&rewriter.Error{SQLState: "42501",

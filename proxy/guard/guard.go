@@ -186,6 +186,7 @@ type conn struct {
 // prepared is a statement the client prepared (Parse).
 type prepared struct {
 	dec    rewriter.Decision
+	eng    *engine     // policy and catalog the decision was made with
 	tenant tenantValue // tenant the decision was made with
 	sql    string      // text sent upstream
 	text   string      // client's original text (re-decided at Bind after a tenant switch)

@@ -983,3 +983,49 @@ GRANT SELECT ON late_names, late_scoped TO `+pgtest.AppUser)
 	require.NoError(t, err)
 	assert.Equal(t, before+2, reloads.Load(), "no DDL, no reload")
 }
+
+// A statement prepared (extended protocol) under one catalog is decided
+// again at Bind once the catalog changed: PostgreSQL re-plans it when
+// search_path changes, and the name may now reach a view over tenant tables
+// that the new catalog refuses (review B3).
+func TestPreparedStatementsAreDecidedAgainAfterACatalogChange(t *testing.T) {
+	var (
+		cur  atomic.Pointer[rewriter.Catalog]
+		load func()
+	)
+	e := startGuard(t, basePolicy, func(c *pgtest.Cluster, db string) func() *rewriter.Catalog {
+		load = func() {
+			conn, err := c.Connect(context.Background(), db)
+			require.NoError(t, err)
+			defer conn.Close(context.Background())
+			cat, err := catalog.LoadConn(context.Background(), conn, catalog.Options{})
+			require.NoError(t, err)
+			cur.Store(cat)
+		}
+		return cur.Load
+	})
+	direct := e.direct(t)
+	_, err := direct.Exec(ctx(t), `CREATE TABLE plain_t (id int PRIMARY KEY, name text);
+INSERT INTO plain_t VALUES (1, 'plain');
+GRANT SELECT ON plain_t TO `+pgtest.AppUser)
+	require.NoError(t, err)
+	load()
+
+	conn := e.connect(t, "1") // pgx caches prepared statements
+	const q = "SELECT name FROM plain_t WHERE id = 1"
+	var name string
+	require.NoError(t, conn.QueryRow(ctx(t), q).Scan(&name))
+	assert.Equal(t, "plain", name)
+
+	_, err = direct.Exec(ctx(t), `CREATE SCHEMA rep;
+CREATE VIEW rep.plain_t AS SELECT id, full_name AS name FROM patients;
+GRANT USAGE ON SCHEMA rep TO `+pgtest.AppUser+`;
+GRANT SELECT ON rep.plain_t TO `+pgtest.AppUser)
+	require.NoError(t, err)
+	load()
+	_, err = conn.Exec(ctx(t), "SET search_path = rep, public")
+	require.NoError(t, err)
+	err = conn.QueryRow(ctx(t), q).Scan(&name)
+	pe := pgErr(t, err, "0A000")
+	assert.Contains(t, pe.Message, "does not expose the tenant column")
+}
