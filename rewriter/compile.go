@@ -86,6 +86,7 @@ func (r *Rewriter) compileStmt(version int32, raw *pg.RawStmt, text string, exte
 		}
 	}()
 	st = &stmtTemplate{orig: text, bypassable: true}
+	c.root = raw.Stmt
 	kind = c.statement(raw.Stmt, st)
 	st.d.Kind = kind
 	st.d.Relations = c.relations

@@ -59,6 +59,10 @@ type stmtCtx struct {
 	rejSubject     string
 	// cteNames are the CTE names visible where the walk is (withClause).
 	cteNames []string
+	// root is the statement; byAlias its relations by alias (or name),
+	// built when attribute notation needs them (attributeCalls).
+	root    *pg.Node
+	byAlias map[string][]*pg.RangeVar
 }
 
 func newStmtCtx(r *Rewriter, role policy.Role, extended bool, sentinel int32) *stmtCtx {

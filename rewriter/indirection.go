@@ -1,6 +1,7 @@
 package rewriter
 
 import (
+	"slices"
 	"strings"
 
 	pg "github.com/pganalyze/pg_query_go/v6"
@@ -304,6 +305,107 @@ func (ri *routineIndex) implicitCalls(m proto.Message) []string {
 	return nil
 }
 
+// attributeCalls checks the user functions that attribute notation may call:
+// PostgreSQL reads c.f, where f is not a column of c, as f(c), and (x).f as
+// f(x), with no function call in the statement's text. A name that is a
+// column of the relation c stands for (in any FROM of the statement, or the
+// relation a cast names) is a column; otherwise every user function of
+// that name is checked as if called.
+func (c *stmtCtx) attributeCalls(m proto.Message) {
+	var quals, fields []string // pairs: qualifier ("" unknown), field
+	switch x := m.(type) {
+	case *pg.ColumnRef:
+		if n := len(x.Fields); n >= 2 {
+			q, f := x.Fields[n-2].GetString_(), x.Fields[n-1].GetString_()
+			if q != nil && f != nil {
+				quals, fields = append(quals, q.Sval), append(fields, f.Sval)
+			}
+		}
+	case *pg.A_Indirection:
+		q := ""
+		if cr := x.Arg.GetColumnRef(); cr != nil && len(cr.Fields) == 1 {
+			if s := cr.Fields[0].GetString_(); s != nil {
+				q = s.Sval
+			}
+		} else if tc := x.Arg.GetTypeCast(); tc != nil && tc.TypeName != nil && len(tc.TypeName.Names) > 0 {
+			if s := tc.TypeName.Names[len(tc.TypeName.Names)-1].GetString_(); s != nil {
+				q = "::" + s.Sval
+			}
+		}
+		for _, ind := range x.Indirection {
+			if s := ind.GetString_(); s != nil {
+				quals, fields = append(quals, q), append(fields, s.Sval)
+				q = "" // a field of a field: its type is not known here
+			}
+		}
+	}
+	ix := c.r.rels
+	for i, f := range fields {
+		if c.roleAllowsFunction("", f) {
+			continue
+		}
+		column, known := c.isColumnOf(quals[i], f)
+		if column {
+			continue
+		}
+		fns := ix.functionsNamed("", f)
+		if len(fns) == 0 {
+			// Not a column of a relation whose columns the catalog
+			// knows, and no function of that name: the server calls a
+			// function created since the catalog was loaded, or fails.
+			if known && ix.complete && !c.role.AllowDDL {
+				c.reject(ReasonUnknownFunction, "function "+f)
+				return
+			}
+			continue
+		}
+		rc := c.routineCheck()
+		for _, fn := range fns {
+			if !rc.function(fn, 0) {
+				c.reject(ReasonDeniedFunction, fn.Schema+"."+fn.Name)
+				return
+			}
+		}
+	}
+}
+
+// isColumnOf reports whether f is a column of what qualifier q stands for
+// (a relation of the statement with that alias or name, or, "::t", the
+// relation whose row type a cast names), and whether the catalog knows the
+// columns of what q stands for at all.
+func (c *stmtCtx) isColumnOf(q, f string) (column, known bool) {
+	if q == "" {
+		return false, false
+	}
+	ix := c.r.rels
+	if t, ok := strings.CutPrefix(q, "::"); ok {
+		cols := ix.columns[t]
+		return slices.Contains(cols, f), len(cols) > 0
+	}
+	if c.byAlias == nil {
+		c.byAlias = map[string][]*pg.RangeVar{}
+		if c.root != nil {
+			walkProto(c.root.ProtoReflect(), func(m proto.Message) {
+				if rv, ok := m.(*pg.RangeVar); ok {
+					name := rv.Relname
+					if rv.Alias != nil && rv.Alias.Aliasname != "" {
+						name = rv.Alias.Aliasname
+					}
+					c.byAlias[name] = append(c.byAlias[name], rv)
+				}
+			})
+		}
+	}
+	for _, rv := range c.byAlias[q] {
+		cols := ix.columnsOf(rv)
+		if slices.Contains(cols, f) {
+			return true, true
+		}
+		known = known || len(cols) > 0
+	}
+	return false, known
+}
+
 // unknownOperator returns the symbol of an operator that a complete catalog
 // lists neither as a builtin nor as a user operator ("" otherwise): one
 // created since the catalog was loaded, whose function could not be checked.
@@ -470,6 +572,7 @@ func (c *stmtCtx) routineCheck() *routineCheck {
 // indirection checks an expression node that runs user functions without
 // naming them: operators and casts.
 func (c *stmtCtx) indirection(m proto.Message) {
+	c.attributeCalls(m)
 	if op := c.r.rels.unknownOperator(m); op != "" && !c.role.AllowDDL {
 		c.reject(ReasonUnknownFunction, "operator "+op)
 		return

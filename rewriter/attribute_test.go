@@ -1,0 +1,50 @@
+package rewriter
+
+import "testing"
+
+// Attribute notation calls a function without a call in the text: c.f is
+// f(c) when f is not a column of c, and (x).f is f(x). Such functions are
+// checked like calls (review B5).
+func TestAttributeNotationCallsAreChecked(t *testing.T) {
+	cat := testCatalog()
+	cat.Functions["public.name"] = &Function{Schema: "public", Name: "name", Language: "plpgsql", Body: "BEGIN RETURN 1; END"}
+	rw := New(testPolicy(""), cat)
+	complete := testCatalog()
+	complete.Complete = true
+	crw := New(testPolicy(""), complete)
+	// With a complete catalog, c.f that is neither a column of c nor a
+	// known function may call a function created since the load.
+	for _, sql := range []string{"SELECT c.late_fn FROM clinics c WHERE c.id = 1", "SELECT (NULL::clinics).late_fn"} {
+		if d := crw.Decide(sql, Session{Tenant: "7", HasTenant: true}).Statements[0]; d.Reason != ReasonUnknownFunction {
+			t.Errorf("%s: verdict %s, reason %s; want unknown_function", sql, d.Verdict, d.Reason)
+		}
+		if d := rw.Decide(sql, Session{Tenant: "7", HasTenant: true}).Statements[0]; d.Verdict == VerdictRejected {
+			t.Errorf("%s: refused (%s) without a complete catalog", sql, d.Reason)
+		}
+	}
+	cases := []struct {
+		sql     string
+		refused bool
+	}{
+		{"SELECT c.patient_count FROM clinics c WHERE c.id = 1", true},
+		{"SELECT clinics.patient_count FROM clinics WHERE id = 1", true},
+		{"SELECT public.clinics.patient_count FROM public.clinics WHERE id = 1", true},
+		{"SELECT (c).patient_count FROM clinics c WHERE c.id = 1", true},
+		{"SELECT (NULL::clinics).patient_count", true},
+		{"SELECT name FROM clinics c WHERE c.id = 1 AND c.patient_count > 0", true},
+		// A column of that name is a column, even when a function of that
+		// name exists; safe functions pass as they would when called.
+		{"SELECT c.name FROM clinics c WHERE c.id = 1", false},
+		{"SELECT (c).name FROM clinics c WHERE c.id = 1", false},
+		{"SELECT (NULL::clinics).name", false},
+		{"SELECT c.slugify FROM clinics c WHERE c.id = 1", false},
+		{"SELECT c.id FROM clinics c WHERE c.id = 1", false},
+	}
+	for _, tc := range cases {
+		d := rw.Decide(tc.sql, Session{Tenant: "7", HasTenant: true}).Statements[0]
+		got := d.Verdict == VerdictRejected && d.Reason == ReasonDeniedFunction
+		if got != tc.refused {
+			t.Errorf("%s: verdict %s, reason %s; want refused as denied_function=%v", tc.sql, d.Verdict, d.Reason, tc.refused)
+		}
+	}
+}
