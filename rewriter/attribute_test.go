@@ -14,6 +14,11 @@ func TestAttributeNotationCallsAreChecked(t *testing.T) {
 	crw := New(testPolicy(""), complete)
 	// With a complete catalog, c.f that is neither a column of c nor a
 	// known function may call a function created since the load.
+	for _, sql := range []string{"SELECT c.ctid, c.xmin, c.tableoid::regclass FROM clinics c WHERE c.id = 1"} {
+		if d := crw.Decide(sql, Session{Tenant: "7", HasTenant: true}).Statements[0]; d.Verdict == VerdictRejected {
+			t.Errorf("%s: refused (%s): system columns are columns", sql, d.Reason)
+		}
+	}
 	for _, sql := range []string{"SELECT c.late_fn FROM clinics c WHERE c.id = 1", "SELECT (NULL::clinics).late_fn"} {
 		if d := crw.Decide(sql, Session{Tenant: "7", HasTenant: true}).Statements[0]; d.Reason != ReasonUnknownFunction {
 			t.Errorf("%s: verdict %s, reason %s; want unknown_function", sql, d.Verdict, d.Reason)

@@ -341,7 +341,7 @@ func (c *stmtCtx) attributeCalls(m proto.Message) {
 	}
 	ix := c.r.rels
 	for i, f := range fields {
-		if c.roleAllowsFunction("", f) {
+		if c.roleAllowsFunction("", f) || systemColumns[f] {
 			continue
 		}
 		column, known := c.isColumnOf(quals[i], f)
@@ -368,6 +368,9 @@ func (c *stmtCtx) attributeCalls(m proto.Message) {
 		}
 	}
 }
+
+// systemColumns every table has (the catalog lists only user columns).
+var systemColumns = map[string]bool{"tableoid": true, "ctid": true, "xmin": true, "xmax": true, "cmin": true, "cmax": true}
 
 // isColumnOf reports whether f is a column of what qualifier q stands for
 // (a relation of the statement with that alias or name, or, "::t", the
