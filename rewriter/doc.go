@@ -87,10 +87,16 @@
 // --catalog does not. With a catalog, a call qualified with a schema the
 // catalog does not know is refused.
 //
+// Attribute notation (c.f, (x).f) is checked as the call f(c) it may be
+// when f is not a column of what c stands for.
+//
 // Not covered: aggregates' transition functions, event triggers, views that
 // call user functions (views are judged by the relations they read),
 // implicit (assignment) casts, which the statement text does not show,
-// functions in CHECK constraints and index expressions.
+// functions in CHECK constraints (a domain's included), domain defaults and
+// index expressions, attribute notation inside function bodies, and
+// anything created or replaced since the catalog was loaded that a known
+// name now reaches (an overload, a shadowing relation, a new body).
 //
 // Known differences from RLS: a wrapped relation's whole-row reference is an
 // anonymous record; ON CONFLICT DO UPDATE against another tenant's row does
