@@ -531,10 +531,14 @@ func (s *Session) enterLoop() bool {
 	s.uw.dst = &lc.uout
 	s.uwMu.Unlock()
 	s.loopHeld = heldByLoop
-	if s.loopLeft > 0 {
+	reentry := s.loopLeft > 0
+	if reentry {
 		s.srv.reentries.Add(1) // before the loop counts it (tests read both)
 	}
 	if !lc.loop.request(s, true) {
+		if reentry {
+			s.srv.reentries.Add(^uint64(0)) // it did not go back after all
+		}
 		s.loopHeld = handedBack
 		lc.handback <- struct{}{}
 	}

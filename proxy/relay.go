@@ -45,6 +45,10 @@ func (s *Session) relay() {
 		client := s.client
 		s.mu.Unlock()
 		_ = client.SetReadDeadline(time.Time{})
+		s.reentryFails = 0
+		// If the loop cannot take it (no descriptors, closing), the
+		// goroutines carry on and try again only after a wait.
+		s.reentryAfter = time.Now().Add(reentryBackoff(s.loopLeft + 1))
 	}
 }
 
@@ -79,17 +83,19 @@ func (s *Session) stopForLoop() bool {
 	if time.Now().Before(s.reentryAfter) {
 		return false
 	}
-	s.mu.Lock()
-	client, ok := s.client, !s.closing && !s.draining && !s.termPending
-	s.mu.Unlock()
-	if !ok {
-		return false
-	}
 	if s.reentryDone == nil {
 		s.reentryDone = make(chan bool, 1)
 	}
+	// Under mu, with the check: terminate sets closing under mu before its
+	// lingering close sets a deadline of its own, which this must not undo.
+	s.mu.Lock()
+	if s.closing || s.draining || s.termPending {
+		s.mu.Unlock()
+		return false
+	}
 	s.reentry.Store(reentryRequested)
-	_ = client.SetReadDeadline(time.Unix(1, 0))
+	_ = s.client.SetReadDeadline(time.Unix(1, 0))
+	s.mu.Unlock()
 	t := time.NewTimer(reentryWait)
 	defer t.Stop()
 	select {
@@ -105,7 +111,10 @@ func (s *Session) stopForLoop() bool {
 			}
 		}
 	}
-	s.reentryAfter = time.Now().Add(reentryBackoff(s.loopLeft + 1))
+	// Refused (a message half read) or not answered (the frontend busy):
+	// wait longer after each such attempt.
+	s.reentryFails++
+	s.reentryAfter = time.Now().Add(reentryBackoff(s.loopLeft + s.reentryFails))
 	return false
 }
 
@@ -148,12 +157,15 @@ func (s *Session) answerReentry(fr *frameReader) (stop bool) {
 	}
 }
 
-// resumeReading clears the relay's read deadline on the client.
+// resumeReading clears the relay's read deadline on the client, unless the
+// session is closing: terminate's lingering close owns the deadline then.
 func (s *Session) resumeReading() {
 	s.mu.Lock()
-	client := s.client
-	s.mu.Unlock()
-	_ = client.SetReadDeadline(time.Time{})
+	defer s.mu.Unlock()
+	if s.closing {
+		return
+	}
+	_ = s.client.SetReadDeadline(time.Time{})
 	s.cr.clearDeadline()
 }
 
@@ -168,7 +180,9 @@ func (s *Session) frontendLoop() {
 	for {
 		typ, body, err := fr.next()
 		if err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) {
+			// A deadline is stopForLoop's, unless the session is closing
+			// (terminate's lingering close), or it has no loop (TLS).
+			if errors.Is(err, os.ErrDeadlineExceeded) && s.lc != nil && !s.isClosing() {
 				if s.answerReentry(fr) {
 					return
 				}

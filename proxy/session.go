@@ -81,6 +81,7 @@ type Session struct {
 	reentry      atomic.Int32 // reentryNone, reentryRequested, reentryCancelled
 	reentryDone  chan bool
 	loopLeft     int       // hand-backs so far (the session's goroutines, in turn)
+	reentryFails int       // attempts refused or unanswered since the last stop
 	reentryAfter time.Time // no attempt before (backend relay goroutine)
 }
 
