@@ -1,0 +1,71 @@
+package proxy_test
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/binary"
+	"io"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tenantguard/tenantguard/proxy"
+	"github.com/tenantguard/tenantguard/proxy/pgtest"
+)
+
+// TLS client leg: the same lingering-close deadline is cleared by the
+// frontend goroutine (answerReentry runs for every session).
+func TestLostUpstreamEndsAnIdleTLSClientSession(t *testing.T) {
+	c := pgtest.Shared(t)
+	port := upstreamThatDies(t)
+	p := startProxy(t, func(cfg *proxy.Config) {
+		cfg.Upstream.Port = port
+		cfg.TLSCertFile, cfg.TLSKeyFile = c.CertFile, c.KeyFile
+	})
+	for round := 0; round < 3; round++ {
+		nc := p.dial(t)
+		req := make([]byte, 8)
+		binary.BigEndian.PutUint32(req, 8)
+		binary.BigEndian.PutUint32(req[4:], 80877103)
+		_, err := nc.Write(req)
+		require.NoError(t, err)
+		var b [1]byte
+		_, err = io.ReadFull(nc, b[:])
+		require.NoError(t, err)
+		require.Equal(t, byte('S'), b[0])
+		ca, err := os.ReadFile(c.CAFile)
+		require.NoError(t, err)
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM(ca)
+		tc := tls.Client(nc, &tls.Config{RootCAs: pool, ServerName: "localhost"})
+		require.NoError(t, tc.Handshake())
+		fe := pgproto3.NewFrontend(tc, tc)
+		fe.Send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber, Parameters: map[string]string{"user": "postgres", "database": "postgres"}})
+		require.NoError(t, fe.Flush())
+		for {
+			m, err := fe.Receive()
+			require.NoError(t, err)
+			if _, ok := m.(*pgproto3.ReadyForQuery); ok {
+				break
+			}
+		}
+		fe.Send(&pgproto3.Query{String: "select 1"})
+		require.NoError(t, fe.Flush())
+		for {
+			m, err := fe.Receive()
+			require.NoError(t, err)
+			if _, ok := m.(*pgproto3.ErrorResponse); ok {
+				break
+			}
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for p.srv.ActiveSessions() > 0 && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		require.Zero(t, p.srv.ActiveSessions(), "round %d: TLS session outlived its lingering close", round)
+		nc.Close()
+	}
+}
