@@ -3,6 +3,7 @@ package catalog
 import (
 	"context"
 	"os"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -92,6 +93,9 @@ func TestLoad(t *testing.T) {
 	got, err := LoadConn(ctx, conn, Options{})
 	require.NoError(t, err)
 	assert.Equal(t, map[string]bool{"clinic.ticket_seq": true}, got.Sequences, "sequences, not relations")
+	again, err := LoadConn(ctx, conn, Options{})
+	require.NoError(t, err)
+	assert.True(t, reflect.DeepEqual(got, again), "two loads of the same schema are equal (the Refresher keeps the catalog then)")
 
 	want := &rewriter.Catalog{
 		Relations: map[string]*rewriter.Relation{

@@ -3,6 +3,7 @@ package catalog
 import (
 	"context"
 	"fmt"
+	"reflect"
 	"sync/atomic"
 	"time"
 
@@ -188,11 +189,19 @@ func (r *Refresher) load(ctx context.Context, conn *pgx.Conn) error {
 	if err != nil {
 		return err
 	}
-	r.current.Store(cat)
+	changed := true
+	if old := r.current.Load(); old != nil && reflect.DeepEqual(old, cat) {
+		// Unchanged: the same pointer keeps what was decided with it
+		// (the guard's rewriter and its caches, prepared statements).
+		cat, changed = old, false
+	} else {
+		r.current.Store(cat)
+	}
 	r.ready.Store(true)
 	r.logger.Info("catalog loaded",
 		zap.Int("relations", len(cat.Relations)),
 		zap.Int("functions", len(cat.Functions)),
+		zap.Bool("changed", changed),
 		zap.Duration("duration", time.Since(start)))
 	if r.onLoad != nil {
 		r.onLoad(cat, nil)
