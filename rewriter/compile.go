@@ -88,6 +88,7 @@ func (r *Rewriter) compileStmt(version int32, raw *pg.RawStmt, text string, exte
 	st = &stmtTemplate{orig: text, bypassable: true}
 	c.root = raw.Stmt
 	kind = c.statement(raw.Stmt, st)
+	st.d.Prepared = preparedOp(raw.Stmt)
 	st.d.Kind = kind
 	st.d.Relations = c.relations
 	st.d.Fingerprint, st.d.Normalized = auditForms(text)
@@ -167,6 +168,34 @@ func (r *Rewriter) compileStmt(version int32, raw *pg.RawStmt, text string, exte
 		}
 	}
 	return st
+}
+
+// preparedOp returns what stmt does to SQL-level prepared statements.
+func preparedOp(stmt *pg.Node) *PreparedOp {
+	switch x := stmt.Node.(type) {
+	case *pg.Node_PrepareStmt:
+		return &PreparedOp{Op: "prepare", Name: x.PrepareStmt.Name}
+	case *pg.Node_ExecuteStmt:
+		return &PreparedOp{Op: "execute", Name: x.ExecuteStmt.Name}
+	case *pg.Node_ExplainStmt:
+		if e := x.ExplainStmt.Query.GetExecuteStmt(); e != nil {
+			return &PreparedOp{Op: "execute", Name: e.Name}
+		}
+	case *pg.Node_CreateTableAsStmt:
+		if e := x.CreateTableAsStmt.Query.GetExecuteStmt(); e != nil {
+			return &PreparedOp{Op: "execute", Name: e.Name}
+		}
+	case *pg.Node_DeallocateStmt:
+		if x.DeallocateStmt.Isall {
+			return &PreparedOp{Op: "deallocate"}
+		}
+		return &PreparedOp{Op: "deallocate", Name: x.DeallocateStmt.Name}
+	case *pg.Node_DiscardStmt:
+		if x.DiscardStmt.Target == pg.DiscardMode_DISCARD_ALL {
+			return &PreparedOp{Op: "deallocate"}
+		}
+	}
+	return nil
 }
 
 // runsNow reports whether stmt is a query that runs when it is sent and is

@@ -133,6 +133,20 @@ type Decision struct {
 	// may pin a tenant literal (verify strategy, or a literal the rewriter
 	// checked) that was right only for the old tenant.
 	DependsOnTenant bool `json:"depends_on_tenant,omitempty"`
+	// Prepared is set for SQL-level PREPARE, EXECUTE (also inside EXPLAIN
+	// and CREATE TABLE AS), DEALLOCATE and DISCARD ALL. PostgreSQL plans a
+	// prepared statement again when search_path or an object it uses
+	// changes, so the proxy remembers the policy and catalog each name was
+	// decided with and refuses to EXECUTE it under others.
+	Prepared *PreparedOp `json:"prepared,omitempty"`
+}
+
+// PreparedOp is what a statement does to SQL-level prepared statements.
+type PreparedOp struct {
+	// Op is "prepare", "execute" or "deallocate".
+	Op string `json:"op"`
+	// Name is the prepared statement's name; "" with deallocate is all.
+	Name string `json:"name,omitempty"`
 }
 
 // Error is what the client sees when a statement is rejected.

@@ -107,6 +107,7 @@ func (g *Guard) onQuery(c *conn, body []byte) (proxy.Verdict, error) {
 	for i := range res.Statements {
 		d := &res.Statements[i]
 		c.scopeNotify(d)
+		c.trackPrepared(e, d)
 		g.countDecision(c, d)
 		if d.Verdict == rewriter.VerdictRejected && d.Enforced {
 			name, rj := c.reject(d.Error, d.Reason)
@@ -178,6 +179,7 @@ func (g *Guard) onParse(c *conn, body []byte) (proxy.Verdict, error) {
 		}
 	}
 	c.scopeNotify(&d)
+	c.trackPrepared(e, &d)
 	if d.Verdict == rewriter.VerdictRejected && d.Enforced {
 		g.countDecision(c, &d)
 		name, _ := c.reject(d.Error, d.Reason)
@@ -201,6 +203,41 @@ func (g *Guard) onParse(c *conn, body []byte) (proxy.Verdict, error) {
 		return proxy.Verdict{}, nil
 	}
 	return proxy.Verdict{Replace: encode(&pgproto3.Parse{Name: p.Name, Query: sql, ParameterOIDs: p.ParameterOIDs})}, nil
+}
+
+// trackPrepared follows SQL-level prepared statements: PostgreSQL plans one
+// again at EXECUTE when search_path or an object it uses changed, so an
+// EXECUTE of a name decided under another policy or catalog (a view
+// replaced, a relation that now shadows another) is refused until the
+// statement is prepared again. A PREPARE of a name already tracked is not
+// recorded (the server refuses it: the old one stays). Callers hold c.mu.
+func (c *conn) trackPrepared(e *engine, d *rewriter.Decision) {
+	op := d.Prepared
+	if op == nil || !d.Enforced || d.Verdict == rewriter.VerdictRejected || d.Verdict == rewriter.VerdictBypassed {
+		return
+	}
+	switch op.Op {
+	case "prepare":
+		if c.sqlPrepared == nil {
+			c.sqlPrepared = map[string]*engine{}
+		}
+		if _, ok := c.sqlPrepared[op.Name]; !ok {
+			c.sqlPrepared[op.Name] = e
+		}
+	case "execute":
+		if eng, ok := c.sqlPrepared[op.Name]; ok && eng != e {
+			d.Verdict, d.Reason, d.SQL = rewriter.VerdictRejected, rewriter.ReasonUnsupported, ""
+			d.Error = &rewriter.Error{SQLState: "0A000",
+				Message: "tenantguard: prepared statement " + op.Name + " was decided under an earlier policy or catalog",
+				Hint:    "DEALLOCATE it and PREPARE it again"}
+		}
+	case "deallocate":
+		if op.Name == "" {
+			clear(c.sqlPrepared)
+		} else {
+			delete(c.sqlPrepared, op.Name)
+		}
+	}
 }
 
 // placeholderTenant is a valid tenant of the policy's type, used only to
@@ -271,6 +308,7 @@ func (g *Guard) onBind(c *conn, body []byte) (proxy.Verdict, error) {
 		}
 		nd := res.Statements[0]
 		c.scopeNotify(&nd)
+		c.trackPrepared(e, &nd)
 		if nd.Verdict == rewriter.VerdictRejected {
 			return refuse(nd.Error, nd.Reason, &nd)
 		}

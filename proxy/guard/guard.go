@@ -151,6 +151,9 @@ type conn struct {
 	hasCycleSnapshot bool
 
 	statements map[string]*prepared // named (and unnamed "") prepared statements
+	// sqlPrepared: the engine each SQL-level PREPARE name was decided with
+	// (trackPrepared); nil until the first PREPARE.
+	sqlPrepared map[string]*engine
 	portals    map[string]*portal
 
 	// queue holds the statements sent upstream whose completion has not

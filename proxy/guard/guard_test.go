@@ -1016,6 +1016,12 @@ GRANT SELECT ON plain_t TO `+pgtest.AppUser)
 	var name string
 	require.NoError(t, conn.QueryRow(ctx(t), q).Scan(&name))
 	assert.Equal(t, "plain", name)
+	// And one prepared in SQL.
+	sqlConn := e.connect(t, "1")
+	_, err = sqlConn.Exec(ctx(t), "PREPARE p AS "+q, pgx.QueryExecModeSimpleProtocol)
+	require.NoError(t, err)
+	require.NoError(t, sqlConn.QueryRow(ctx(t), "EXECUTE p", pgx.QueryExecModeSimpleProtocol).Scan(&name))
+	assert.Equal(t, "plain", name)
 
 	_, err = direct.Exec(ctx(t), `CREATE SCHEMA rep;
 CREATE VIEW rep.plain_t AS SELECT id, full_name AS name FROM patients;
@@ -1027,5 +1033,16 @@ GRANT SELECT ON rep.plain_t TO `+pgtest.AppUser)
 	require.NoError(t, err)
 	err = conn.QueryRow(ctx(t), q).Scan(&name)
 	pe := pgErr(t, err, "0A000")
+	assert.Contains(t, pe.Message, "does not expose the tenant column")
+
+	_, err = sqlConn.Exec(ctx(t), "SET search_path = rep, public", pgx.QueryExecModeSimpleProtocol)
+	require.NoError(t, err)
+	err = sqlConn.QueryRow(ctx(t), "EXECUTE p", pgx.QueryExecModeSimpleProtocol).Scan(&name)
+	pe = pgErr(t, err, "0A000")
+	assert.Contains(t, pe.Message, "prepared statement p was decided under an earlier policy or catalog")
+	_, err = sqlConn.Exec(ctx(t), "DEALLOCATE p", pgx.QueryExecModeSimpleProtocol)
+	require.NoError(t, err)
+	_, err = sqlConn.Exec(ctx(t), "PREPARE p AS "+q, pgx.QueryExecModeSimpleProtocol)
+	pe = pgErr(t, err, "0A000") // decided again: the name reaches the view now
 	assert.Contains(t, pe.Message, "does not expose the tenant column")
 }
