@@ -154,7 +154,7 @@ type conn struct {
 	// sqlPrepared: the engine each SQL-level PREPARE name was decided with
 	// (trackPrepared); nil until the first PREPARE.
 	sqlPrepared map[string]*engine
-	portals    map[string]*portal
+	portals     map[string]*portal
 
 	// queue holds the statements sent upstream whose completion has not
 	// been seen yet, in order.
