@@ -48,6 +48,32 @@ func upstreamThatDies(t *testing.T) int {
 	return fake.Addr().(*net.TCPAddr).Port
 }
 
+// queryUntilLost sends a query to a session whose upstream dies and reads
+// until the connection-failure error.
+func queryUntilLost(t *testing.T, fe *pgproto3.Frontend) {
+	t.Helper()
+	fe.Send(&pgproto3.Query{String: "select 1"})
+	require.NoError(t, fe.Flush())
+	for {
+		m, err := fe.Receive()
+		require.NoError(t, err)
+		if e, ok := m.(*pgproto3.ErrorResponse); ok {
+			require.Equal(t, "08006", e.Code)
+			return
+		}
+	}
+}
+
+// requireSessionsGone waits a few seconds for the proxy to have no session.
+func requireSessionsGone(t *testing.T, p *testProxy, msg string, args ...any) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for p.srv.ActiveSessions() > 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	require.Zero(t, p.srv.ActiveSessions(), append([]any{msg}, args...)...)
+}
+
 // A client that reads the FATAL but neither closes nor sends (an idle
 // pooled connection): terminate's lingering close bounds the session to
 // 250 ms. The frontend goroutine must not take that deadline for a
@@ -57,22 +83,9 @@ func TestLostUpstreamEndsAnIdleClientSession(t *testing.T) {
 	p := startProxy(t, func(cfg *proxy.Config) { cfg.Upstream.Port = port })
 	for round := 0; round < 5; round++ {
 		nc, fe := p.rawSession(t)
-		fe.Send(&pgproto3.Query{String: "select 1"})
-		require.NoError(t, fe.Flush())
-		for {
-			m, err := fe.Receive()
-			require.NoError(t, err)
-			if e, ok := m.(*pgproto3.ErrorResponse); ok {
-				require.Equal(t, "08006", e.Code)
-				break
-			}
-		}
+		queryUntilLost(t, fe)
 		// Keep nc open, send nothing.
-		deadline := time.Now().Add(5 * time.Second)
-		for p.srv.ActiveSessions() > 0 && time.Now().Before(deadline) {
-			time.Sleep(20 * time.Millisecond)
-		}
-		require.Zero(t, p.srv.ActiveSessions(), "round %d: the session outlived its lingering close by seconds", round)
+		requireSessionsGone(t, p, "round %d: the session outlived its lingering close by seconds", round)
 		nc.Close()
 	}
 }
@@ -149,15 +162,7 @@ func TestShutdownAfterALostUpstream(t *testing.T) {
 	port := upstreamThatDies(t)
 	p := startProxy(t, func(cfg *proxy.Config) { cfg.Upstream.Port = port })
 	_, fe := p.rawSession(t)
-	fe.Send(&pgproto3.Query{String: "select 1"})
-	require.NoError(t, fe.Flush())
-	for {
-		m, err := fe.Receive()
-		require.NoError(t, err)
-		if _, ok := m.(*pgproto3.ErrorResponse); ok {
-			break
-		}
-	}
+	queryUntilLost(t, fe)
 	time.Sleep(500 * time.Millisecond)
 	done := make(chan error, 1)
 	go func() {

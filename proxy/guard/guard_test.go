@@ -901,19 +901,13 @@ func TestRowGuardCountsEachPipelinedExecute(t *testing.T) {
 	}
 }
 
-// A view created after the catalog was loaded is refused (0A000,
-// unknown_relation) instead of passing as a non-tenant relation, and the
-// refusal asks for a reload; once the catalog lists the views they are judged
-// by what they read: refused without the tenant column, scoped with it. A
-// function created since is not taken for a builtin (unknown_function).
-func TestRelationCreatedAfterTheCatalogLoad(t *testing.T) {
-	var (
-		cur     atomic.Pointer[rewriter.Catalog]
-		reloads atomic.Int32
-		load    func()
-	)
-	e := startGuard(t, basePolicy, func(c *pgtest.Cluster, db string) func() *rewriter.Catalog {
-		load = func() {
+// reloadableCatalog is a catalog source for startGuard that loads the
+// fixture database's catalog at start and again whenever *load is called
+// (synchronously, unlike the Refresher).
+func reloadableCatalog(t *testing.T, load *func()) func(c *pgtest.Cluster, db string) func() *rewriter.Catalog {
+	return func(c *pgtest.Cluster, db string) func() *rewriter.Catalog {
+		var cur atomic.Pointer[rewriter.Catalog]
+		*load = func() {
 			conn, err := c.Connect(context.Background(), db)
 			require.NoError(t, err)
 			defer conn.Close(context.Background())
@@ -921,9 +915,20 @@ func TestRelationCreatedAfterTheCatalogLoad(t *testing.T) {
 			require.NoError(t, err)
 			cur.Store(cat)
 		}
-		load()
+		(*load)()
 		return cur.Load
-	}, func(o *guard.Options) {
+	}
+}
+
+// A view created after the catalog was loaded is refused (0A000,
+// unknown_relation) instead of passing as a non-tenant relation, and the
+// refusal asks for a reload; once the catalog lists the views they are judged
+// by what they read: refused without the tenant column, scoped with it. A
+// function created since is not taken for a builtin (unknown_function).
+func TestRelationCreatedAfterTheCatalogLoad(t *testing.T) {
+	var reloads atomic.Int32
+	var load func()
+	e := startGuard(t, basePolicy, reloadableCatalog(t, &load), func(o *guard.Options) {
 		o.ReloadCatalog = func() { reloads.Add(1); load() }
 	})
 	direct := e.direct(t)
@@ -989,21 +994,8 @@ GRANT SELECT ON late_names, late_scoped TO `+pgtest.AppUser)
 // search_path changes, and the name may now reach a view over tenant tables
 // that the new catalog refuses (review B3).
 func TestPreparedStatementsAreDecidedAgainAfterACatalogChange(t *testing.T) {
-	var (
-		cur  atomic.Pointer[rewriter.Catalog]
-		load func()
-	)
-	e := startGuard(t, basePolicy, func(c *pgtest.Cluster, db string) func() *rewriter.Catalog {
-		load = func() {
-			conn, err := c.Connect(context.Background(), db)
-			require.NoError(t, err)
-			defer conn.Close(context.Background())
-			cat, err := catalog.LoadConn(context.Background(), conn, catalog.Options{})
-			require.NoError(t, err)
-			cur.Store(cat)
-		}
-		return cur.Load
-	})
+	var load func()
+	e := startGuard(t, basePolicy, reloadableCatalog(t, &load))
 	direct := e.direct(t)
 	_, err := direct.Exec(ctx(t), `CREATE TABLE plain_t (id int PRIMARY KEY, name text);
 INSERT INTO plain_t VALUES (1, 'plain');
