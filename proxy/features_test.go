@@ -272,31 +272,10 @@ func TestUpstreamTerminatedClientSeesError(t *testing.T) {
 // server, which a real PostgreSQL does not do on purpose, so a scripted fake
 // backend plays the upstream: the client must get SQLSTATE 08006.
 func TestUpstreamLostMidQuery(t *testing.T) {
-	fake, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer fake.Close()
-	go func() {
-		c, err := fake.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		be := pgproto3.NewBackend(c, c)
-		if _, err := be.ReceiveStartupMessage(); err != nil {
-			return
-		}
-		be.Send(&pgproto3.AuthenticationOk{})
-		be.Send(&pgproto3.BackendKeyData{ProcessID: 1, SecretKey: []byte{1, 2, 3, 4}})
-		be.Send(&pgproto3.ReadyForQuery{TxStatus: 'I'})
-		if be.Flush() != nil {
-			return
-		}
-		_, _ = be.Receive() // the query; then the "server" dies
-	}()
-	port := fake.Addr().(*net.TCPAddr).Port
+	port := upstreamThatDies(t) // after the query, without a FATAL
 	p := startProxy(t, func(cfg *proxy.Config) { cfg.Upstream.Port = port })
 	conn := p.connect(t, pgtest.SuperUser, "", "postgres")
-	_, err = conn.Exec(testCtx(t), "select 1", pgx.QueryExecModeSimpleProtocol)
+	_, err := conn.Exec(testCtx(t), "select 1", pgx.QueryExecModeSimpleProtocol)
 	var pgErr *pgconn.PgError
 	require.ErrorAs(t, err, &pgErr)
 	assert.Equal(t, "08006", pgErr.Code)

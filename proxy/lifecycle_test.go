@@ -37,14 +37,21 @@ func (p *testProxy) dial(t testing.TB) net.Conn {
 func (p *testProxy) rawSession(t testing.TB) (net.Conn, *pgproto3.Frontend) {
 	t.Helper()
 	nc := p.dial(t)
-	fe := pgproto3.NewFrontend(nc, nc)
+	return nc, startup(t, nc)
+}
+
+// startup logs in as postgres over rw (a socket, or a TLS connection on
+// it) and returns the frontend once the session is ready.
+func startup(t testing.TB, rw io.ReadWriter) *pgproto3.Frontend {
+	t.Helper()
+	fe := pgproto3.NewFrontend(rw, rw)
 	fe.Send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber, Parameters: map[string]string{"user": "postgres", "database": "postgres"}})
 	require.NoError(t, fe.Flush())
 	for {
 		m, err := fe.Receive()
 		require.NoError(t, err)
 		if _, ok := m.(*pgproto3.ReadyForQuery); ok {
-			return nc, fe
+			return fe
 		}
 	}
 }

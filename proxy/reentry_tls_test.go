@@ -8,7 +8,6 @@ import (
 	"os"
 	"testing"
 
-	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/stretchr/testify/require"
 
 	"github.com/tenantguard/tenantguard/proxy"
@@ -41,16 +40,7 @@ func TestLostUpstreamEndsAnIdleTLSClientSession(t *testing.T) {
 		pool.AppendCertsFromPEM(ca)
 		tc := tls.Client(nc, &tls.Config{RootCAs: pool, ServerName: "localhost"})
 		require.NoError(t, tc.Handshake())
-		fe := pgproto3.NewFrontend(tc, tc)
-		fe.Send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber, Parameters: map[string]string{"user": "postgres", "database": "postgres"}})
-		require.NoError(t, fe.Flush())
-		for {
-			m, err := fe.Receive()
-			require.NoError(t, err)
-			if _, ok := m.(*pgproto3.ReadyForQuery); ok {
-				break
-			}
-		}
+		fe := startup(t, tc)
 		queryUntilLost(t, fe)
 		requireSessionsGone(t, p, "round %d: TLS session outlived its lingering close", round)
 		nc.Close()
