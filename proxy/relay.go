@@ -248,7 +248,8 @@ func (s *Session) frontendMessage(typ byte, body []byte) bool {
 
 // sendUpstream writes a message (a and b concatenated) to the upstream
 // buffer, flushing unless the next client message is buffered whole (the
-// relay is about to write it too), or when flushNow. It reports false when the session is over.
+// relay is about to write it too), or when flushNow. It reports false when
+// the session is over.
 func (s *Session) sendUpstream(a, b []byte, flushNow bool) bool {
 	s.uwMu.Lock()
 	_, err := s.uw.Write(a)
