@@ -344,16 +344,22 @@ func (c *stmtCtx) attributeCalls(m proto.Message) {
 		if c.roleAllowsFunction("", f) || systemColumns[f] {
 			continue
 		}
+		fns := ix.functionsNamed("", f)
+		// No function of that name and a column name the catalog knows:
+		// a column (the common case, decided without resolving c).
+		late := len(fns) == 0 && ix.complete && !c.role.AllowDDL && !ix.columnNames[f]
+		if len(fns) == 0 && !late {
+			continue
+		}
 		column, known := c.isColumnOf(quals[i], f)
 		if column {
 			continue
 		}
-		fns := ix.functionsNamed("", f)
-		if len(fns) == 0 {
+		if late {
 			// Not a column of a relation whose columns the catalog
 			// knows, and no function of that name: the server calls a
 			// function created since the catalog was loaded, or fails.
-			if known && ix.complete && !c.role.AllowDDL {
+			if known {
 				c.reject(ReasonUnknownFunction, "function "+f)
 				return
 			}

@@ -29,6 +29,8 @@ type relationIndex struct {
 	uniqueKeys map[string][][]string
 	// columns by "schema.name" and bare name (first seen wins for bare).
 	columns map[string][]string
+	// columnNames holds every column name of every catalog relation.
+	columnNames map[string]bool
 	// kinds by "schema.name" and bare name.
 	kinds map[string]RelKind
 	// catalogLoaded is true when the catalog knows any function.
@@ -51,7 +53,7 @@ type relationIndex struct {
 
 func buildRelationIndex(p *policy.Policy, c *Catalog) *relationIndex {
 	ix := &relationIndex{pol: p, bySchemaName: map[string]*tenantRel{}, byName: map[string]*tenantRel{},
-		refusedViews: map[string]bool{}, uniqueKeys: map[string][][]string{}, columns: map[string][]string{}, kinds: map[string]RelKind{},
+		refusedViews: map[string]bool{}, uniqueKeys: map[string][][]string{}, columns: map[string][]string{}, columnNames: map[string]bool{}, kinds: map[string]RelKind{},
 		funcs: map[string][]*Function{}, funcByKey: map[string]*Function{}}
 	seen := map[string]bool{}
 	for _, t := range p.Tables {
@@ -139,6 +141,9 @@ func buildRelationIndex(p *policy.Policy, c *Catalog) *relationIndex {
 			if _, ok := ix.uniqueKeys[rel.Name]; !ok {
 				ix.uniqueKeys[rel.Name] = rel.UniqueKeys
 			}
+		}
+		for _, col := range rel.Columns {
+			ix.columnNames[col] = true
 		}
 		if len(rel.Columns) > 0 {
 			ix.columns[key] = rel.Columns
