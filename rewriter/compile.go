@@ -31,7 +31,7 @@ type stmtTemplate struct {
 	bypassable  bool // false for parse errors: refused even for bypass roles
 	// settingExprs is the number of setting expressions the rewrite
 	// injected (WithTenantSetting), when all of them may become literals;
-	// litSegs is the simple-protocol SQL split at them (Session.TenantLiteral).
+	// litSegs is the SQL split at them (Session.TenantLiteral).
 	settingExprs int
 	litSegs      []string
 }
@@ -158,7 +158,7 @@ func (r *Rewriter) compileStmt(version int32, raw *pg.RawStmt, text string, exte
 	// tenant. They keep the expression, read when they run (as RLS would).
 	if r.tenantSetting && c.settingExprs > 0 && !c.dynamicSetting && runsNow(raw.Stmt) {
 		st.settingExprs = c.settingExprs
-		if !extended && r.settingText != "" {
+		if r.settingText != "" {
 			// Exactly the injected expressions, or none: an identical text
 			// written by the user (or in a quoted identifier) makes the
 			// count differ and the statement keeps the expression.

@@ -18,11 +18,11 @@ func FuzzDecide(f *testing.F) {
 	r := New(testPolicy("default"), testCatalog(), WithCacheSize(0))
 	v := New(testPolicy("verify"), testCatalog(), WithCacheSize(0))
 	// The proxy's mode: the setting expression, and a literal for a pinned
-	// session in the simple protocol (Session.TenantLiteral).
+	// session (Session.TenantLiteral).
 	st := New(testPolicy("default"), testCatalog(), WithCacheSize(0), WithTenantSetting())
 	f.Fuzz(func(t *testing.T, sql string, extended bool) {
 		for _, rw := range []*Rewriter{r, v, st} {
-			s := Session{Tenant: "7", HasTenant: true, Extended: extended, TenantLiteral: rw == st && !extended}
+			s := Session{Tenant: "7", HasTenant: true, Extended: extended, TenantLiteral: rw == st}
 			res := rw.Decide(sql, s)
 			for i, d := range res.Statements {
 				if d.Reason == ReasonInternal {

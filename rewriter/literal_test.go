@@ -191,7 +191,8 @@ func TestTenantLiteralIsLiteralMode(t *testing.T) {
 // before them in the string. A cursor (run at FETCH), a materialized view
 // (stored, refreshed by any session), SQL PREPARE (run at EXECUTE), and
 // statements after SET, SET LOCAL, RESET, set_config or DISCARD keep the
-// expression, read when they run.
+// expression, read when they run. The same holds for a Parse message
+// (Session.Extended).
 func TestTenantLiteralOnlyForStatementsThatRunNow(t *testing.T) {
 	rs := New(testPolicy("default"), testCatalog(), WithTenantSetting())
 	const lit = "clinic_id = 7"
@@ -200,6 +201,8 @@ func TestTenantLiteralOnlyForStatementsThatRunNow(t *testing.T) {
 	admin.User = "admin"
 	reporter := base
 	reporter.User = "reporter"
+	ext := base // a Parse message (the proxy prepares it again after a tenant switch)
+	ext.Extended = true
 	cases := []struct {
 		name    string
 		sql     string
@@ -218,6 +221,11 @@ func TestTenantLiteralOnlyForStatementsThatRunNow(t *testing.T) {
 		{"after discard", "DISCARD ALL; SELECT full_name FROM patients WHERE id = 1 LIMIT 1", base, []bool{false, false}},
 		{"materialized view", "CREATE MATERIALIZED VIEW mv AS SELECT full_name FROM patients WITH NO DATA", admin, []bool{false}},
 		{"explain materialized view", "EXPLAIN ANALYZE CREATE MATERIALIZED VIEW mv AS SELECT full_name FROM patients", admin, []bool{false}},
+		{"extended select", "SELECT full_name FROM patients WHERE id = $1 LIMIT 1", ext, []bool{true}},
+		{"extended update", "UPDATE patients SET full_name = $2 WHERE id = $1", ext, []bool{true}},
+		{"extended join", "SELECT p.full_name FROM patients p JOIN invoices i ON i.patient_id = p.id WHERE p.id = $1 LIMIT 5", ext, []bool{true}},
+		{"extended cursor", "DECLARE c CURSOR FOR SELECT full_name FROM patients LIMIT 5", ext, []bool{false}},
+		{"extended prepare", "PREPARE p AS SELECT full_name FROM patients WHERE id = $1 LIMIT 1", ext, []bool{false}},
 	}
 	for _, c := range cases {
 		for round := 0; round < 2; round++ { // fresh, then a cache hit

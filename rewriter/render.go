@@ -179,7 +179,7 @@ func (st *stmtTemplate) renderTenant(r *Rewriter, s Session, d Decision) Decisio
 			return st.reject(r, d, ch.reason, ch.subject)
 		}
 	}
-	if s.TenantLiteral && st.litSegs != nil && !s.Extended {
+	if s.TenantLiteral && st.litSegs != nil {
 		d.SQL = strings.Join(st.litSegs, renderTenant(r.pol.Tenant.Type, canon))
 		return d
 	}

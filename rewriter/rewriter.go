@@ -21,15 +21,16 @@ type Session struct {
 	// (extended protocol): exactly one statement, and the tenant is appended
 	// as an extra parameter instead of being rendered into the text.
 	Extended bool
-	// TenantLiteral, with WithTenantSetting and the simple protocol, renders
-	// the injected tenant as a literal (clinic_id = 7) instead of the
-	// setting expression: the upstream then plans the statement exactly as
-	// if the application had written the predicate. The caller vouches that
-	// the upstream's setting holds Tenant (the session's tenant came from
-	// its startup parameters and no statement has changed it since). It
-	// applies up to the first statement of the string that changes the
-	// tenant; statements the template cannot render that way keep the
-	// expression.
+	// TenantLiteral, with WithTenantSetting, renders the injected tenant as
+	// a literal (clinic_id = 7) instead of the setting expression: the
+	// upstream then plans the statement exactly as if the application had
+	// written the predicate. The caller vouches that the upstream's setting
+	// holds Tenant (the session's tenant came from its startup parameters
+	// and no statement has changed it since), and, in the extended protocol,
+	// that the prepared statement is prepared again before it runs under
+	// another tenant. It applies up to the first statement of the string
+	// that changes the tenant; statements the template cannot render that
+	// way keep the expression.
 	TenantLiteral bool
 }
 

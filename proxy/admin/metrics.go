@@ -24,6 +24,9 @@ type Metrics struct {
 	CatalogRefreshes    *prometheus.CounterVec // result
 	AuditWriteErrors    prometheus.Counter
 	RowGuardCuts        prometheus.Counter
+	// StatementsPreparedAgain counts prepared statements the guard prepared
+	// again upstream for a new tenant (a pinned session's literal tenant).
+	StatementsPreparedAgain prometheus.Counter
 }
 
 // NewMetrics creates and registers the collectors, plus the Go runtime and
@@ -77,11 +80,15 @@ func NewMetrics() *Metrics {
 			Name: "tenantguard_row_guard_cuts_total",
 			Help: "Results cut at run time because they exceeded limits.max_rows.",
 		}),
+		StatementsPreparedAgain: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tenantguard_statements_prepared_again_total",
+			Help: "Prepared statements prepared again upstream before a Bind, because their text changed with the session's tenant.",
+		}),
 	}
 	m.Registry.MustRegister(
 		m.Statements, m.Rejections, m.StatementDuration, m.RewriteCacheHits, m.RewriteCacheMisses,
 		m.ClientConnections, m.UpstreamConnections, m.PolicyReloads, m.CatalogRefreshes,
-		m.AuditWriteErrors, m.RowGuardCuts,
+		m.AuditWriteErrors, m.RowGuardCuts, m.StatementsPreparedAgain,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)

@@ -3,6 +3,7 @@ package guard
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"strconv"
 	"strings"
 
@@ -19,6 +20,8 @@ const (
 	msgEmptyQuery    = 'I'
 	msgPortalSuspend = 's'
 	msgNotification  = 'A'
+	msgParseComplete = '1'
+	msgCloseComplete = '3'
 )
 
 // BackendInterest selects the backend messages the guard sees: statement
@@ -30,7 +33,7 @@ func (g *Guard) BackendInterest(typ byte) proxy.Interest {
 		return proxy.Inspect
 	case proxy.MsgDataRow, msgEmptyQuery, msgPortalSuspend:
 		return proxy.Notify
-	case msgNotification:
+	case msgNotification, msgParseComplete, msgCloseComplete:
 		return proxy.Inspect
 	}
 	return proxy.Ignore
@@ -55,6 +58,8 @@ func (g *Guard) OnBackend(s *proxy.Session, m proxy.Message) (proxy.Verdict, err
 		return proxy.Verdict{}, nil // ParameterStatus, BackendKeyData
 	}
 	switch m.Type {
+	case msgParseComplete, msgCloseComplete:
+		return g.onPrepareReply(c, m.Type)
 	case proxy.MsgDataRow:
 		return g.onDataRow(c)
 	case proxy.MsgCommandComplete:
@@ -93,6 +98,51 @@ func (g *Guard) OnBackend(s *proxy.Session, m proxy.Message) (proxy.Verdict, err
 		return proxy.Verdict{Replace: append(hdr, body...)}, nil
 	}
 	return proxy.Verdict{}, nil
+}
+
+// onPrepareReply matches a ParseComplete or CloseComplete with the Parse or
+// Close it answers, and drops the guard's own. Callers hold c.mu.
+func (g *Guard) onPrepareReply(c *conn, typ byte) (proxy.Verdict, error) {
+	c.staleReplies()
+	if len(c.replies) == 0 {
+		return proxy.Verdict{}, errUnexpectedReply
+	}
+	r := c.replies[0]
+	c.replies[0] = reply{}
+	c.replies = c.replies[1:]
+	if (typ == msgParseComplete) != (r.typ == proxy.MsgParse) {
+		return proxy.Verdict{}, errUnexpectedReply
+	}
+	if r.own != nil || c.cutting {
+		return drop, nil
+	}
+	return proxy.Verdict{}, nil
+}
+
+// errUnexpectedReply: the upstream answered a Parse or Close the guard did
+// not see go out. The guard can no longer tell its own replies from the
+// client's, so the session ends.
+var errUnexpectedReply = errors.New("guard: ParseComplete or CloseComplete out of order")
+
+// staleReplies drops the replies of cycles the upstream has finished: an
+// error skipped their messages. A statement the guard was preparing again
+// is then in an unknown state upstream. Callers hold c.mu.
+func (c *conn) staleReplies() {
+	for len(c.replies) > 0 && c.replies[0].cycle < c.backCycle {
+		if own := c.replies[0].own; own != nil {
+			own.reparse = true
+		}
+		c.replies[0] = reply{}
+		c.replies = c.replies[1:]
+	}
+}
+
+// expectReply records a Parse or Close sent upstream. Callers hold c.mu.
+func (c *conn) expectReply(r reply) {
+	if len(c.replies) == 0 && cap(c.replies) < len(c.replyBuf) {
+		c.replies = c.replyBuf[:0] // no allocation in steady state
+	}
+	c.replies = append(c.replies, r)
 }
 
 // pop removes and returns the statement the next completion belongs to,
@@ -303,6 +353,9 @@ func (g *Guard) onReady(c *conn, body []byte) {
 		c.queue[0] = nil
 		c.queue = c.queue[1:]
 	}
+	if len(c.replies) > 0 {
+		c.staleReplies()
+	}
 	if len(c.queue) == 0 {
 		// Start the next cycle on a small array of the session's own; a
 		// long pipeline's larger one is dropped with the old slice.
@@ -319,6 +372,8 @@ func (g *Guard) onReady(c *conn, body []byte) {
 	}
 	switch body[0] {
 	case 'I':
+		// Every portal ended with the transaction.
+		clear(c.portals)
 		if c.tenant.InTx() {
 			// The transaction ended in a way the guard did not see (for
 			// example a procedure's COMMIT): keep the session value.

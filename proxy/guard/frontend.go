@@ -161,7 +161,13 @@ func (g *Guard) onParse(c *conn, body []byte) (proxy.Verdict, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.beginCycle()
+	// Every Parse reaches the upstream, as itself or as a sentinel.
+	c.expectReply(reply{cycle: c.frontCycle, typ: proxy.MsgParse})
 	sess := c.rwSession(true)
+	// A pinned session's statements take the tenant as a literal, planned
+	// as cheaply as a hand-written predicate; onBind prepares a statement
+	// again before it runs under another tenant.
+	sess.TenantLiteral = c.pinned
 	res := e.rw.Decide(p.Query, sess)
 	g.countCache(res)
 	if len(res.Statements) == 0 {
@@ -198,7 +204,7 @@ func (g *Guard) onParse(c *conn, body []byte) (proxy.Verdict, error) {
 	if d.Enforced {
 		sql = d.SQL
 	}
-	c.statements[p.Name] = &prepared{dec: d, eng: e, tenant: c.current(), sql: sql, text: p.Query}
+	c.statements[p.Name] = &prepared{dec: d, eng: e, tenant: c.current(), sql: sql, text: p.Query, oids: p.ParameterOIDs}
 	if sql == p.Query {
 		return proxy.Verdict{}, nil
 	}
@@ -232,10 +238,14 @@ func (c *conn) trackPrepared(e *engine, d *rewriter.Decision) {
 				Hint:    "DEALLOCATE it and PREPARE it again"}
 		}
 	case "deallocate":
+		// SQL and protocol-level prepared statements share one namespace:
+		// DEALLOCATE and DISCARD ALL drop both.
 		if op.Name == "" {
 			clear(c.sqlPrepared)
+			clear(c.statements)
 		} else {
 			delete(c.sqlPrepared, op.Name)
+			delete(c.statements, op.Name)
 		}
 	}
 }
@@ -270,6 +280,9 @@ func (g *Guard) onBind(c *conn, body []byte) (proxy.Verdict, error) {
 	defer c.mu.Unlock()
 	c.beginCycle()
 	p := c.statements[stmtName]
+	// prepare, when set, prepares the statement again upstream before the
+	// Bind: a Close and a Parse of the same name, answered to the guard.
+	var prepare []byte
 	refuse := func(err *rewriter.Error, reason string, d *rewriter.Decision) (proxy.Verdict, error) {
 		c.portals[portalName] = &portal{rejected: true}
 		if d == nil {
@@ -280,7 +293,7 @@ func (g *Guard) onBind(c *conn, body []byte) (proxy.Verdict, error) {
 		g.countDecision(c, &rd)
 		name, _ := c.reject(err, reason)
 		g.auditDecision(c, &rd, "extended", -1, 0, "")
-		return proxy.Verdict{Replace: encode(&pgproto3.Bind{DestinationPortal: portalName, PreparedStatement: name})}, nil
+		return proxy.Verdict{Replace: encodeAppend(prepare, &pgproto3.Bind{DestinationPortal: portalName, PreparedStatement: name})}, nil
 	}
 	if p != nil && p.rejected {
 		// Its Parse failed upstream: the server refuses this Bind itself.
@@ -297,12 +310,14 @@ func (g *Guard) onBind(c *conn, body []byte) (proxy.Verdict, error) {
 	d := p.dec
 	cur := c.current()
 	enforce := d.Enforced && d.Verdict != rewriter.VerdictBypassed
-	if enforce && ((cur != p.tenant && touchesTenant(&d)) || p.eng != e) {
+	if p.reparse || (enforce && ((cur != p.tenant && touchesTenant(&d)) || p.eng != e)) {
 		// The tenant changed since Parse, or the policy or catalog did
 		// (a relation the name resolves to may read tenant data now):
-		// decide again; the prepared text upstream must still be the
-		// right one.
-		res := e.rw.Decide(p.text, c.rwSession(true))
+		// decide again, and prepare the statement again upstream when
+		// its text changes (a pinned session's literal tenant).
+		sess := c.rwSession(true)
+		sess.TenantLiteral = c.pinned
+		res := e.rw.Decide(p.text, sess)
 		if len(res.Statements) != 1 {
 			return refuse(&rewriter.Error{SQLState: "0A000", Message: "tenantguard: the statement cannot be decided again after a tenant switch", Hint: "prepare the statement again"}, rewriter.ReasonUnsupported, &d)
 		}
@@ -312,11 +327,28 @@ func (g *Guard) onBind(c *conn, body []byte) (proxy.Verdict, error) {
 		if nd.Verdict == rewriter.VerdictRejected {
 			return refuse(nd.Error, nd.Reason, &nd)
 		}
-		if nd.SQL != p.sql {
-			return refuse(&rewriter.Error{SQLState: "0A000", Message: "tenantguard: the prepared statement is not valid for the session's new tenant", Hint: "prepare the statement again after switching tenants"}, rewriter.ReasonUnsupported, &nd)
+		if nd.TenantParam > 0 {
+			return refuse(&rewriter.Error{SQLState: "XX000", Message: "tenantguard: internal error: the decision needs a tenant parameter", Hint: "report this to the tenantguard maintainers"}, rewriter.ReasonInternal, &nd)
+		}
+		sql := p.text
+		if nd.Enforced {
+			sql = nd.SQL
+		}
+		if sql != p.sql || p.reparse {
+			if c.portalOpenFrom(stmtName, portalName) {
+				// Closing the statement upstream would close that portal.
+				return refuse(&rewriter.Error{SQLState: "0A000", Message: "tenantguard: the prepared statement is not valid for the session's new tenant while a portal bound from it is open", Hint: "close the portal, or prepare the statement again after switching tenants"}, rewriter.ReasonUnsupported, &nd)
+			}
+			prepare = encodeAppend(nil, &pgproto3.Close{ObjectType: 'S', Name: stmtName})
+			prepare = encodeAppend(prepare, &pgproto3.Parse{Name: stmtName, Query: sql, ParameterOIDs: p.oids})
+			c.expectReply(reply{cycle: c.frontCycle, typ: proxy.MsgClose, own: p})
+			c.expectReply(reply{cycle: c.frontCycle, typ: proxy.MsgParse, own: p})
+			p.sql, p.reparse = sql, false
+			g.opts.Metrics.StatementsPreparedAgain.Inc()
 		}
 		d = nd
 		p.dec, p.eng, p.tenant = nd, e, cur
+		enforce = d.Enforced && d.Verdict != rewriter.VerdictBypassed
 	}
 	if enforce && touchesTenant(&d) && !cur.ok && e.pol.Tenant.Required {
 		return refuse(&rewriter.Error{SQLState: "42501",
@@ -326,7 +358,7 @@ func (g *Guard) onBind(c *conn, body []byte) (proxy.Verdict, error) {
 	}
 	// A new portal each time, never a reused one: an Execute still in the
 	// queue counts its rows through &pt.rows.
-	pt := &portal{dec: d, injected: enforce && d.Verdict == rewriter.VerdictRewritten}
+	pt := &portal{dec: d, stmt: stmtName, cycle: c.frontCycle, injected: enforce && d.Verdict == rewriter.VerdictRewritten}
 	if len(d.LimitParams) > 0 || len(d.OffsetParams) > 0 || len(d.VerifyParams) > 0 || (d.TenantEffect != nil && d.TenantEffect.ValueParam > 0) {
 		msg, err := proxy.DecodeFrontend(proxy.MsgBind, body)
 		if err != nil {
@@ -378,7 +410,23 @@ func (g *Guard) onBind(c *conn, body []byte) (proxy.Verdict, error) {
 		}
 	}
 	c.portals[portalName] = pt
+	if prepare != nil {
+		return proxy.Verdict{Replace: appendMessage(prepare, proxy.MsgBind, body)}, nil
+	}
 	return proxy.Verdict{}, nil
+}
+
+// portalOpenFrom reports whether a portal other than dest, bound from
+// statement stmt, may still be open upstream: bound in this cycle, or in
+// a transaction block that is still open (portals end with their
+// transaction). Callers hold c.mu.
+func (c *conn) portalOpenFrom(stmt, dest string) bool {
+	for name, pt := range c.portals {
+		if name != dest && pt.stmt == stmt && !pt.rejected && (pt.cycle == c.frontCycle || c.tenant.InTx()) {
+			return true
+		}
+	}
+	return false
 }
 
 func firstOr(s []string, def string) string {
@@ -482,6 +530,7 @@ func (g *Guard) onClose(c *conn, body []byte) {
 	name, _, _ := cstring(body[1:])
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.expectReply(reply{cycle: c.frontCycle, typ: proxy.MsgClose})
 	switch body[0] {
 	case 'S':
 		delete(c.statements, name)
@@ -510,14 +559,24 @@ func (g *Guard) onFunctionCall(c *conn) (proxy.Verdict, error) {
 }
 
 // encode returns the wire form of a message.
-func encode(m pgproto3.Message) []byte {
-	b, err := m.Encode(nil)
+func encode(m pgproto3.Message) []byte { return encodeAppend(nil, m) }
+
+// encodeAppend appends the wire form of a message to dst.
+func encodeAppend(dst []byte, m pgproto3.Message) []byte {
+	b, err := m.Encode(dst)
 	if err != nil {
 		// Only oversized messages fail to encode; the statement texts and
 		// names built here are far below the protocol limits.
 		panic("guard: encode: " + err.Error())
 	}
 	return b
+}
+
+// appendMessage appends a message of type typ with body to dst.
+func appendMessage(dst []byte, typ byte, body []byte) []byte {
+	dst = append(dst, typ, 0, 0, 0, 0)
+	binary.BigEndian.PutUint32(dst[len(dst)-4:], uint32(len(body)+4))
+	return append(dst, body...)
 }
 
 // auditDecision writes the audit event of a decision whose statement does

@@ -155,6 +155,12 @@ type conn struct {
 	// (trackPrepared); nil until the first PREPARE.
 	sqlPrepared map[string]*engine
 	portals     map[string]*portal
+	// replies holds the Parse and Close messages sent upstream whose
+	// ParseComplete or CloseComplete has not arrived, in order. The guard's
+	// own (a statement prepared again for a new tenant, see onBind) are
+	// answered to the guard, never to the client.
+	replies  []reply
+	replyBuf [4]reply
 
 	// queue holds the statements sent upstream whose completion has not
 	// been seen yet, in order.
@@ -193,13 +199,27 @@ type prepared struct {
 	tenant tenantValue // tenant the decision was made with
 	sql    string      // text sent upstream
 	text   string      // client's original text (re-decided at Bind after a tenant switch)
+	oids   []uint32    // the client's parameter types, for preparing it again
 	// rejected: its Parse was replaced by a sentinel, so it does not exist upstream.
 	rejected bool
+	// reparse: the guard prepared it again and did not see that succeed
+	// (an error skipped the rest of the cycle), so what the upstream holds
+	// under the name is unknown and the next Bind prepares it again.
+	reparse bool
+}
+
+// reply is a ParseComplete or CloseComplete the upstream owes.
+type reply struct {
+	cycle uint64
+	typ   byte      // proxy.MsgParse or proxy.MsgClose
+	own   *prepared // set for the guard's own Parse and Close (never forwarded)
 }
 
 // portal is a bound portal (Bind).
 type portal struct {
 	dec         rewriter.Decision
+	stmt        string // the prepared statement it was bound from
+	cycle       uint64 // the cycle it was bound in
 	effectValue string // validated tenant from a set_config($k) parameter
 	injected    bool
 	rows        int64 // rows returned so far, across suspensions (row guard)

@@ -1,0 +1,294 @@
+package guard_test
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tenantguard/tenantguard/proxy/pgtest"
+)
+
+func counterValue(t *testing.T, c prometheus.Counter) float64 {
+	t.Helper()
+	var m dto.Metric
+	require.NoError(t, c.Write(&m))
+	return m.GetCounter().GetValue()
+}
+
+// upstreamQuery is the text of the statement the fixture's only app_user
+// session ran last, as PostgreSQL holds it (for a prepared statement: the
+// text it was prepared with).
+func upstreamQuery(t *testing.T, e *env) string {
+	t.Helper()
+	var q string
+	require.NoError(t, e.direct(t).QueryRow(ctx(t),
+		"SELECT query FROM pg_stat_activity WHERE datname = $1 AND usename = $2", e.db, pgtest.AppUser).Scan(&q))
+	return q
+}
+
+// TestPinnedPreparedStatementsArePreparedAgain: a session whose tenant came
+// from its startup parameters prepares statements with the tenant as a
+// literal (planned like a hand-written predicate). When the tenant changes,
+// the next Bind of such a statement prepares it again upstream, once, with
+// the setting expression; the client's cached statement keeps working and
+// reads the new tenant's rows.
+func TestPinnedPreparedStatementsArePreparedAgain(t *testing.T) {
+	e := start(t, basePolicy)
+	conn := e.connect(t, "2")
+	const q = "SELECT full_name FROM patients WHERE id > $1 ORDER BY id LIMIT 50"
+	cached := func(tenant string) {
+		t.Helper()
+		names := queryStrings(t, conn, pgx.QueryExecModeCacheStatement, q, 0)
+		require.NotEmpty(t, names)
+		onlyMarker(t, tenant, names)
+	}
+	set := func(tenant string) {
+		t.Helper()
+		_, err := conn.Exec(ctx(t), "SET app.clinic_id = "+tenant)
+		require.NoError(t, err)
+	}
+	again := func() float64 { return counterValue(t, e.metrics.StatementsPreparedAgain) }
+
+	cached("2")
+	require.Contains(t, upstreamQuery(t, e), "clinic_id = 2", "a pinned session's statement carries the literal")
+	require.NotContains(t, upstreamQuery(t, e), "current_setting(")
+	require.Zero(t, again())
+
+	set("3")
+	cached("3")
+	require.Equal(t, 1.0, again(), "the statement is prepared again for the new tenant")
+	require.Contains(t, upstreamQuery(t, e), "current_setting(", "after the pin ends the statement reads the setting")
+
+	// The setting form is right for every tenant: no more preparing.
+	for _, tenant := range []string{"1", "2", "3"} {
+		set(tenant)
+		cached(tenant)
+	}
+	require.Equal(t, 1.0, again())
+}
+
+// TestPreparedAgainInAFailedTransaction: PostgreSQL runs the guard's Close
+// but refuses its Parse in a failed transaction, so the statement is gone
+// upstream; the guard prepares it again at the next Bind. (pgx itself
+// deallocates and prepares a statement again after any error; a raw client
+// does not.)
+func TestPreparedAgainInAFailedTransaction(t *testing.T) {
+	e := start(t, basePolicy)
+	conn := e.connect(t, "2")
+	hj, err := conn.PgConn().Hijack()
+	require.NoError(t, err)
+	defer hj.Conn.Close()
+	require.NoError(t, hj.Conn.SetDeadline(time.Now().Add(20*time.Second)))
+	fe := hj.Frontend
+	const q = "SELECT full_name FROM patients WHERE id > $1 ORDER BY id LIMIT 3"
+	zero := [][]byte{[]byte("0")}
+	query := func(sql, want string) {
+		t.Helper()
+		fe.Send(&pgproto3.Query{String: sql})
+		require.NoError(t, fe.Flush())
+		require.Equal(t, want, receiveUntilReady(t, fe).types, sql)
+	}
+	query("BEGIN", "CZ")
+	fe.Send(&pgproto3.Parse{Name: "s1", Query: q})
+	fe.Send(&pgproto3.Bind{PreparedStatement: "s1", Parameters: zero})
+	fe.Send(&pgproto3.Execute{})
+	fe.Send(&pgproto3.Sync{})
+	require.NoError(t, fe.Flush())
+	r := receiveUntilReady(t, fe)
+	require.Equal(t, "12DCZ", r.types)
+	onlyMarker(t, "2", r.rows)
+	query("SET LOCAL app.clinic_id = 3", "CZ")
+	query("SELECT 1 / 0", "EZ")
+
+	fe.Send(&pgproto3.Bind{PreparedStatement: "s1", Parameters: zero})
+	fe.Send(&pgproto3.Execute{})
+	fe.Send(&pgproto3.Sync{})
+	require.NoError(t, fe.Flush())
+	r = receiveUntilReady(t, fe)
+	require.Equal(t, "EZ", r.types)
+	require.Equal(t, "25P02", r.errs[0].Code)
+	require.Equal(t, 1.0, counterValue(t, e.metrics.StatementsPreparedAgain))
+
+	query("ROLLBACK", "CZ")
+	fe.Send(&pgproto3.Bind{PreparedStatement: "s1", Parameters: zero})
+	fe.Send(&pgproto3.Execute{})
+	fe.Send(&pgproto3.Sync{})
+	require.NoError(t, fe.Flush())
+	r = receiveUntilReady(t, fe)
+	require.Equal(t, "2DCZ", r.types, "the statement exists upstream again")
+	onlyMarker(t, "2", r.rows)
+	require.Equal(t, 2.0, counterValue(t, e.metrics.StatementsPreparedAgain))
+}
+
+// TestPgxAfterAnErrorUnderANewTenant: pgx deallocates a cached statement
+// after an error and prepares it again itself; its Close and Parse
+// interleave with the guard's.
+func TestPgxAfterAnErrorUnderANewTenant(t *testing.T) {
+	e := start(t, basePolicy)
+	conn := e.connect(t, "2")
+	const q = "SELECT full_name FROM patients WHERE id > $1 ORDER BY id LIMIT 50"
+	onlyMarker(t, "2", queryStrings(t, conn, pgx.QueryExecModeCacheStatement, q, 0))
+	tx, err := conn.Begin(ctx(t))
+	require.NoError(t, err)
+	_, err = tx.Exec(ctx(t), "SET LOCAL app.clinic_id = 3")
+	require.NoError(t, err)
+	_, err = tx.Exec(ctx(t), "SELECT 1 / 0", pgx.QueryExecModeSimpleProtocol)
+	pgErr(t, err, "22012")
+	rows, _ := conn.Query(ctx(t), q, pgx.QueryExecModeCacheStatement, 0)
+	rows.Close()
+	pgErr(t, rows.Err(), "25P02")
+	require.NoError(t, tx.Rollback(ctx(t)))
+	for _, tenant := range []string{"2", "3", "1"} {
+		_, err = conn.Exec(ctx(t), "SET app.clinic_id = "+tenant)
+		require.NoError(t, err)
+		onlyMarker(t, tenant, queryStrings(t, conn, pgx.QueryExecModeCacheStatement, q, 0))
+	}
+}
+
+// received is what a raw client read up to ReadyForQuery: message types
+// (runs of DataRow as one 'D') and the rows' first columns.
+type received struct {
+	types string
+	rows  []string
+	errs  []*pgproto3.ErrorResponse
+}
+
+func receiveUntilReady(t *testing.T, fe *pgproto3.Frontend) received {
+	t.Helper()
+	var r received
+	for {
+		m, err := fe.Receive()
+		require.NoError(t, err)
+		switch m := m.(type) {
+		case *pgproto3.ParseComplete:
+			r.types += "1"
+		case *pgproto3.BindComplete:
+			r.types += "2"
+		case *pgproto3.CloseComplete:
+			r.types += "3"
+		case *pgproto3.ParameterDescription:
+			r.types += "t"
+		case *pgproto3.RowDescription:
+			r.types += "T"
+		case *pgproto3.DataRow:
+			if !strings.HasSuffix(r.types, "D") {
+				r.types += "D"
+			}
+			r.rows = append(r.rows, string(m.Values[0]))
+		case *pgproto3.CommandComplete:
+			r.types += "C"
+		case *pgproto3.PortalSuspended:
+			r.types += "s"
+		case *pgproto3.ErrorResponse:
+			r.types += "E"
+			cp := *m
+			r.errs = append(r.errs, &cp)
+		case *pgproto3.ReadyForQuery:
+			r.types += "Z"
+			return r
+		}
+	}
+}
+
+// TestPreparedAgainInAPipeline: a tenant switch in the middle of a pipeline;
+// the client sees exactly the replies to its own messages (the guard's
+// CloseComplete and ParseComplete never reach it), and each execution reads
+// its own tenant's rows.
+func TestPreparedAgainInAPipeline(t *testing.T) {
+	e := start(t, basePolicy)
+	conn := e.connect(t, "2")
+	hj, err := conn.PgConn().Hijack()
+	require.NoError(t, err)
+	defer hj.Conn.Close()
+	require.NoError(t, hj.Conn.SetDeadline(time.Now().Add(20*time.Second)))
+	fe := hj.Frontend
+	const q = "SELECT full_name FROM patients WHERE id > $1 ORDER BY id LIMIT 3"
+	zero := [][]byte{[]byte("0")}
+	fe.Send(&pgproto3.Parse{Name: "s1", Query: q})
+	fe.Send(&pgproto3.Bind{PreparedStatement: "s1", Parameters: zero})
+	fe.Send(&pgproto3.Execute{})
+	fe.Send(&pgproto3.Parse{Query: "SET app.clinic_id = 3"})
+	fe.Send(&pgproto3.Bind{})
+	fe.Send(&pgproto3.Execute{})
+	fe.Send(&pgproto3.Bind{PreparedStatement: "s1", Parameters: zero})
+	fe.Send(&pgproto3.Execute{})
+	fe.Send(&pgproto3.Describe{ObjectType: 'S', Name: "s1"})
+	fe.Send(&pgproto3.Close{ObjectType: 'S', Name: "never_prepared"})
+	fe.Send(&pgproto3.Sync{})
+	require.NoError(t, fe.Flush())
+	r := receiveUntilReady(t, fe)
+	require.Equal(t, "12DC12C2DCtT3Z", r.types)
+	require.Len(t, r.rows, 6)
+	onlyMarker(t, "2", r.rows[:3])
+	onlyMarker(t, "3", r.rows[3:])
+	require.Equal(t, 1.0, counterValue(t, e.metrics.StatementsPreparedAgain))
+
+	// The session goes on, in step with the server.
+	fe.Send(&pgproto3.Bind{PreparedStatement: "s1", Parameters: zero})
+	fe.Send(&pgproto3.Execute{})
+	fe.Send(&pgproto3.Close{ObjectType: 'S', Name: "s1"})
+	fe.Send(&pgproto3.Sync{})
+	require.NoError(t, fe.Flush())
+	r = receiveUntilReady(t, fe)
+	require.Equal(t, "2DC3Z", r.types)
+	onlyMarker(t, "3", r.rows)
+}
+
+// TestNotPreparedAgainUnderAnOpenPortal: closing a statement upstream closes
+// the portals bound from it, so while one is open (a suspended portal in a
+// transaction) the statement is refused for the new tenant instead.
+func TestNotPreparedAgainUnderAnOpenPortal(t *testing.T) {
+	e := start(t, basePolicy)
+	conn := e.connect(t, "2")
+	hj, err := conn.PgConn().Hijack()
+	require.NoError(t, err)
+	defer hj.Conn.Close()
+	require.NoError(t, hj.Conn.SetDeadline(time.Now().Add(20*time.Second)))
+	fe := hj.Frontend
+	const q = "SELECT full_name FROM patients WHERE id > $1 ORDER BY id LIMIT 3"
+	zero := [][]byte{[]byte("0")}
+	fe.Send(&pgproto3.Query{String: "BEGIN"})
+	fe.Send(&pgproto3.Parse{Name: "s1", Query: q})
+	fe.Send(&pgproto3.Bind{DestinationPortal: "p1", PreparedStatement: "s1", Parameters: zero})
+	fe.Send(&pgproto3.Execute{Portal: "p1", MaxRows: 1})
+	fe.Send(&pgproto3.Sync{})
+	require.NoError(t, fe.Flush())
+	require.Equal(t, "CZ", receiveUntilReady(t, fe).types)
+	r := receiveUntilReady(t, fe)
+	require.Equal(t, "12DsZ", r.types)
+	onlyMarker(t, "2", r.rows)
+
+	fe.Send(&pgproto3.Query{String: "SET LOCAL app.clinic_id = 3"})
+	fe.Send(&pgproto3.Bind{PreparedStatement: "s1", Parameters: zero})
+	fe.Send(&pgproto3.Execute{})
+	fe.Send(&pgproto3.Sync{})
+	require.NoError(t, fe.Flush())
+	require.Equal(t, "CZ", receiveUntilReady(t, fe).types)
+	r = receiveUntilReady(t, fe)
+	require.Equal(t, "EZ", r.types)
+	require.Equal(t, "0A000", r.errs[0].Code)
+	require.True(t, strings.HasPrefix(r.errs[0].Message, "tenantguard:"), r.errs[0].Message)
+	require.NotEmpty(t, r.errs[0].Hint)
+	require.Zero(t, counterValue(t, e.metrics.StatementsPreparedAgain))
+
+	// After the transaction the portal is gone and the statement is
+	// prepared again.
+	fe.Send(&pgproto3.Query{String: "ROLLBACK"})
+	fe.Send(&pgproto3.Query{String: "SET app.clinic_id = 1"})
+	fe.Send(&pgproto3.Bind{PreparedStatement: "s1", Parameters: zero})
+	fe.Send(&pgproto3.Execute{})
+	fe.Send(&pgproto3.Sync{})
+	require.NoError(t, fe.Flush())
+	require.Equal(t, "CZ", receiveUntilReady(t, fe).types)
+	require.Equal(t, "CZ", receiveUntilReady(t, fe).types)
+	r = receiveUntilReady(t, fe)
+	require.Equal(t, "2DCZ", r.types)
+	onlyMarker(t, "1", r.rows)
+	require.Equal(t, 1.0, counterValue(t, e.metrics.StatementsPreparedAgain))
+}
