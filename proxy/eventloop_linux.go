@@ -78,7 +78,7 @@ func (w *loopSocket) Write(p []byte) (int, error) {
 	n := len(p)
 	if len(w.over) == 0 {
 		for len(p) > 0 {
-			r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, uintptr(w.fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+			r, _, e := syscall.RawSyscall6(syscall.SYS_SENDTO, uintptr(w.fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)), syscall.MSG_NOSIGNAL, 0, 0)
 			if e == syscall.EINTR {
 				continue
 			}
@@ -430,7 +430,7 @@ func (cr *connReader) loopFill(fd int) (int, syscall.Errno) {
 		return 0, syscall.ENOBUFS
 	}
 	for {
-		r, _, e := syscall.RawSyscall(syscall.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&cr.buf[cr.w])), uintptr(len(cr.buf)-cr.w))
+		r, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&cr.buf[cr.w])), uintptr(len(cr.buf)-cr.w), 0, 0, 0)
 		if e == syscall.EINTR {
 			continue
 		}
