@@ -113,7 +113,13 @@ func (g *Guard) onPrepareReply(c *conn, typ byte) (proxy.Verdict, error) {
 	if (typ == msgParseComplete) != (r.typ == proxy.MsgParse) {
 		return proxy.Verdict{}, errUnexpectedReply
 	}
-	if r.own != nil || c.cutting {
+	if r.stmt && (r.typ == proxy.MsgClose || !r.literal) {
+		// The name now holds no literal, unless a later Parse sent one.
+		if seq, ok := c.literals[r.name]; ok && seq < r.seq {
+			delete(c.literals, r.name)
+		}
+	}
+	if r.own || c.cutting {
 		return drop, nil
 	}
 	return proxy.Verdict{}, nil
@@ -125,24 +131,64 @@ func (g *Guard) onPrepareReply(c *conn, typ byte) (proxy.Verdict, error) {
 var errUnexpectedReply = errors.New("guard: ParseComplete or CloseComplete out of order")
 
 // staleReplies drops the replies of cycles the upstream has finished: an
-// error skipped their messages. A statement the guard was preparing again
-// is then in an unknown state upstream. Callers hold c.mu.
+// error skipped their messages, or failed them. What the guard recorded for
+// them is undone: a client's Parse or Close of a statement did not happen
+// (the name keeps what it held), and a statement the guard was preparing
+// again is in an unknown state, prepared again at its next Bind. Callers
+// hold c.mu.
 func (c *conn) staleReplies() {
-	for len(c.replies) > 0 && c.replies[0].cycle < c.backCycle {
-		if own := c.replies[0].own; own != nil {
-			own.reparse = true
-		}
-		c.replies[0] = reply{}
-		c.replies = c.replies[1:]
+	n := 0
+	for n < len(c.replies) && c.replies[n].cycle < c.backCycle {
+		n++
 	}
+	if n == 0 {
+		return
+	}
+	// Undo the latest first, so that each record finds the name as it
+	// left it.
+	for i := n - 1; i >= 0; i-- {
+		r := c.replies[i]
+		c.replies[i] = reply{}
+		switch {
+		case r.own:
+			r.p.reparse = true
+			if r.relit {
+				c.setLiteral(r.name, r.seq)
+			}
+		case r.typ == proxy.MsgParse && r.p != nil && c.statements[r.name] == r.p:
+			if r.prev != nil && r.name != "" {
+				c.statements[r.name] = r.prev
+			} else {
+				// A failed Parse of the unnamed statement has dropped the
+				// old one already.
+				delete(c.statements, r.name)
+			}
+		case r.typ == proxy.MsgClose && r.stmt && r.prev != nil && c.statements[r.name] == nil:
+			c.statements[r.name] = r.prev
+		}
+	}
+	c.replies = c.replies[n:]
 }
 
-// expectReply records a Parse or Close sent upstream. Callers hold c.mu.
-func (c *conn) expectReply(r reply) {
+// expectReply records a Parse or Close sent upstream and returns its
+// record, valid until the next call. Callers hold c.mu.
+func (c *conn) expectReply(r reply) *reply {
 	if len(c.replies) == 0 && cap(c.replies) < len(c.replyBuf) {
 		c.replies = c.replyBuf[:0] // no allocation in steady state
 	}
+	c.replySeq++
+	r.seq = c.replySeq
 	c.replies = append(c.replies, r)
+	return &c.replies[len(c.replies)-1]
+}
+
+// setLiteral records that the upstream may hold name with the tenant
+// written in, as of the Parse of seq. Callers hold c.mu.
+func (c *conn) setLiteral(name string, seq uint64) {
+	if c.literals == nil {
+		c.literals = map[string]uint64{}
+	}
+	c.literals[name] = seq
 }
 
 // pop removes and returns the statement the next completion belongs to,

@@ -162,7 +162,11 @@ func (g *Guard) onParse(c *conn, body []byte) (proxy.Verdict, error) {
 	defer c.mu.Unlock()
 	c.beginCycle()
 	// Every Parse reaches the upstream, as itself or as a sentinel.
-	c.expectReply(reply{cycle: c.frontCycle, typ: proxy.MsgParse})
+	r := c.expectReply(reply{cycle: c.frontCycle, typ: proxy.MsgParse, name: p.Name, stmt: true, prev: c.statements[p.Name]})
+	record := func(x *prepared) {
+		c.statements[p.Name] = x
+		r.p = x
+	}
 	sess := c.rwSession(true)
 	// A pinned session's statements take the tenant as a literal, planned
 	// as cheaply as a hand-written predicate; onBind prepares a statement
@@ -172,7 +176,7 @@ func (g *Guard) onParse(c *conn, body []byte) (proxy.Verdict, error) {
 	g.countCache(res)
 	if len(res.Statements) == 0 {
 		// An empty query: the server answers EmptyQueryResponse at Execute.
-		c.statements[p.Name] = &prepared{dec: rewriter.Decision{Kind: rewriter.KindUtility, Verdict: rewriter.VerdictAllowed, Enforced: true, SQL: p.Query}, eng: e, tenant: c.current(), sql: p.Query, text: p.Query}
+		record(&prepared{dec: rewriter.Decision{Kind: rewriter.KindUtility, Verdict: rewriter.VerdictAllowed, Enforced: true, SQL: p.Query}, eng: e, tenant: c.current(), sql: p.Query, text: p.Query})
 		return proxy.Verdict{}, nil
 	}
 	d := res.Statements[0]
@@ -189,7 +193,10 @@ func (g *Guard) onParse(c *conn, body []byte) (proxy.Verdict, error) {
 	if d.Verdict == rewriter.VerdictRejected && d.Enforced {
 		g.countDecision(c, &d)
 		name, _ := c.reject(d.Error, d.Reason)
-		c.statements[p.Name] = &prepared{rejected: true}
+		record(&prepared{rejected: true})
+		if r.prev == nil || p.Name == "" {
+			r.p = nil // the marker stays: the server refuses a Bind of the name itself
+		}
 		g.auditDecision(c, &d, "extended", -1, 0, "")
 		return proxy.Verdict{Replace: encode(&pgproto3.Parse{Name: p.Name, Query: sentinelQuery(name)})}, nil
 	}
@@ -204,7 +211,12 @@ func (g *Guard) onParse(c *conn, body []byte) (proxy.Verdict, error) {
 	if d.Enforced {
 		sql = d.SQL
 	}
-	c.statements[p.Name] = &prepared{dec: d, eng: e, tenant: c.current(), sql: sql, text: p.Query, oids: p.ParameterOIDs}
+	cur := c.current()
+	record(&prepared{dec: d, eng: e, tenant: cur, sql: sql, text: p.Query, oids: p.ParameterOIDs})
+	if sess.TenantLiteral && d.Enforced && d.Verdict == rewriter.VerdictRewritten {
+		r.literal = true
+		c.setLiteral(p.Name, r.seq)
+	}
 	if sql == p.Query {
 		return proxy.Verdict{}, nil
 	}
@@ -295,7 +307,19 @@ func (g *Guard) onBind(c *conn, body []byte) (proxy.Verdict, error) {
 		g.auditDecision(c, &rd, "extended", -1, 0, "")
 		return proxy.Verdict{Replace: encodeAppend(prepare, &pgproto3.Bind{DestinationPortal: portalName, PreparedStatement: name})}, nil
 	}
+	cur := c.current()
+	// Once the pin has ended, a name the upstream may hold with the pinned
+	// tenant written in is prepared again before it runs, whatever the
+	// guard believes about the name (a Close an error skipped, a Parse of
+	// a name that existed) or the tenant (see conn.literals).
+	stale := false
+	if c.literals != nil && !c.pinned {
+		_, stale = c.literals[stmtName]
+	}
 	if p != nil && p.rejected {
+		if stale {
+			return refuse(&rewriter.Error{SQLState: "0A000", Message: "tenantguard: the prepared statement is not valid for the session's new tenant", Hint: "prepare the statement again after switching tenants"}, rewriter.ReasonUnsupported, nil)
+		}
 		// Its Parse failed upstream: the server refuses this Bind itself.
 		c.portals[portalName] = &portal{rejected: true}
 		return proxy.Verdict{}, nil
@@ -308,9 +332,8 @@ func (g *Guard) onBind(c *conn, body []byte) (proxy.Verdict, error) {
 		return refuse(&rewriter.Error{SQLState: "26000", Message: "tenantguard: the prepared statement was not seen by tenantguard", Hint: "prepare the statement on this connection before binding it"}, "unknown_statement", nil)
 	}
 	d := p.dec
-	cur := c.current()
 	enforce := d.Enforced && d.Verdict != rewriter.VerdictBypassed
-	if p.reparse || (enforce && ((cur != p.tenant && touchesTenant(&d)) || p.eng != e)) {
+	if p.reparse || stale || (enforce && ((cur != p.tenant && touchesTenant(&d)) || p.eng != e)) {
 		// The tenant changed since Parse, or the policy or catalog did
 		// (a relation the name resolves to may read tenant data now):
 		// decide again, and prepare the statement again upstream when
@@ -334,15 +357,24 @@ func (g *Guard) onBind(c *conn, body []byte) (proxy.Verdict, error) {
 		if nd.Enforced {
 			sql = nd.SQL
 		}
-		if sql != p.sql || p.reparse {
+		if sql != p.sql || p.reparse || stale {
 			if c.portalOpenFrom(stmtName, portalName) {
 				// Closing the statement upstream would close that portal.
 				return refuse(&rewriter.Error{SQLState: "0A000", Message: "tenantguard: the prepared statement is not valid for the session's new tenant while a portal bound from it is open", Hint: "close the portal, or prepare the statement again after switching tenants"}, rewriter.ReasonUnsupported, &nd)
 			}
 			prepare = encodeAppend(nil, &pgproto3.Close{ObjectType: 'S', Name: stmtName})
 			prepare = encodeAppend(prepare, &pgproto3.Parse{Name: stmtName, Query: sql, ParameterOIDs: p.oids})
-			c.expectReply(reply{cycle: c.frontCycle, typ: proxy.MsgClose, own: p})
-			c.expectReply(reply{cycle: c.frontCycle, typ: proxy.MsgParse, own: p})
+			c.expectReply(reply{cycle: c.frontCycle, typ: proxy.MsgClose, name: stmtName, stmt: true, own: true, p: p})
+			r := c.expectReply(reply{cycle: c.frontCycle, typ: proxy.MsgParse, name: stmtName, stmt: true, own: true, p: p})
+			if sess.TenantLiteral && nd.Enforced && nd.Verdict == rewriter.VerdictRewritten {
+				r.literal = true
+				c.setLiteral(stmtName, r.seq)
+			} else if _, ok := c.literals[stmtName]; ok {
+				// No second preparing while this one is on its way; if the
+				// server skips it, staleReplies marks the name again.
+				delete(c.literals, stmtName)
+				r.relit = true
+			}
 			p.sql, p.reparse = sql, false
 			g.opts.Metrics.StatementsPreparedAgain.Inc()
 		}
@@ -530,9 +562,10 @@ func (g *Guard) onClose(c *conn, body []byte) {
 	name, _, _ := cstring(body[1:])
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.expectReply(reply{cycle: c.frontCycle, typ: proxy.MsgClose})
+	r := c.expectReply(reply{cycle: c.frontCycle, typ: proxy.MsgClose, name: name, stmt: body[0] == 'S'})
 	switch body[0] {
 	case 'S':
+		r.prev = c.statements[name]
 		delete(c.statements, name)
 	case 'P':
 		delete(c.portals, name)

@@ -160,7 +160,15 @@ type conn struct {
 	// own (a statement prepared again for a new tenant, see onBind) are
 	// answered to the guard, never to the client.
 	replies  []reply
-	replyBuf [4]reply
+	replyBuf [2]reply
+	replySeq uint64
+	// literals: statement names the upstream may hold with the pinned
+	// tenant written in, and the seq of the Parse that sent it. Only a
+	// confirmed Close, or a confirmed later Parse without a literal,
+	// clears a name; until then, once the pin has ended, a Bind of it
+	// prepares it again first, whatever else the guard believes about the
+	// name or the tenant. Nil until a pinned session's first Parse.
+	literals map[string]uint64
 
 	// queue holds the statements sent upstream whose completion has not
 	// been seen yet, in order.
@@ -211,8 +219,20 @@ type prepared struct {
 // reply is a ParseComplete or CloseComplete the upstream owes.
 type reply struct {
 	cycle uint64
-	typ   byte      // proxy.MsgParse or proxy.MsgClose
-	own   *prepared // set for the guard's own Parse and Close (never forwarded)
+	seq   uint64 // order among the Parse and Close messages sent
+	typ   byte   // proxy.MsgParse or proxy.MsgClose
+	name  string // the prepared statement parsed or closed
+	stmt  bool   // a Parse, or a Close of a prepared statement (not a portal)
+	own   bool   // the guard's own Parse or Close: never forwarded to the client
+	// p is the statement a Parse prepares, or the one the guard closes to
+	// prepare it again; prev is what c.statements held under the name
+	// before the client's Parse or Close, restored if the server did not
+	// run it (an error skipped it, or the name existed).
+	p, prev *prepared
+	literal bool // a Parse whose text may hold the tenant as a literal
+	// relit: the guard's own Parse cleared the name's literal mark; if the
+	// server skips it, the mark comes back.
+	relit bool
 }
 
 // portal is a bound portal (Bind).

@@ -1,6 +1,10 @@
 package guard_test
 
 import (
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -291,4 +295,197 @@ func TestNotPreparedAgainUnderAnOpenPortal(t *testing.T) {
 	require.Equal(t, "2DCZ", r.types)
 	onlyMarker(t, "1", r.rows)
 	require.Equal(t, 1.0, counterValue(t, e.metrics.StatementsPreparedAgain))
+}
+
+// TestLiteralNeverRunsElsewhere: whatever the guard believes a
+// statement name holds, a name the upstream may hold with the pinned tenant
+// written in is prepared again before it runs under another tenant: after a
+// Parse of an existing name (42P05: the server keeps the old statement) and
+// after a Close an error skipped.
+func TestLiteralNeverRunsElsewhere(t *testing.T) {
+	const q = "SELECT full_name FROM patients WHERE id > $1 ORDER BY id LIMIT 3"
+	zero := [][]byte{[]byte("0")}
+	raw := func(t *testing.T, e *env) (*pgproto3.Frontend, func(want string, msgs ...pgproto3.FrontendMessage) received) {
+		conn := e.connect(t, "2")
+		hj, err := conn.PgConn().Hijack()
+		require.NoError(t, err)
+		t.Cleanup(func() { hj.Conn.Close() })
+		require.NoError(t, hj.Conn.SetDeadline(time.Now().Add(20*time.Second)))
+		fe := hj.Frontend
+		return fe, func(want string, msgs ...pgproto3.FrontendMessage) received {
+			t.Helper()
+			for _, m := range msgs {
+				fe.Send(m)
+			}
+			require.NoError(t, fe.Flush())
+			r := receiveUntilReady(t, fe)
+			require.Equal(t, want, r.types)
+			return r
+		}
+	}
+	t.Run("duplicate", func(t *testing.T) {
+		e := start(t, basePolicy)
+		_, send := raw(t, e)
+		onlyMarker(t, "2", send("12DCZ", &pgproto3.Parse{Name: "s1", Query: q}, &pgproto3.Bind{PreparedStatement: "s1", Parameters: zero}, &pgproto3.Execute{}, &pgproto3.Sync{}).rows)
+		send("CZ", &pgproto3.Query{String: "SET app.clinic_id = 3"})
+		r := send("EZ", &pgproto3.Parse{Name: "s1", Query: q}, &pgproto3.Sync{})
+		require.Equal(t, "42P05", r.errs[0].Code)
+		onlyMarker(t, "3", send("2DCZ", &pgproto3.Bind{PreparedStatement: "s1", Parameters: zero}, &pgproto3.Execute{}, &pgproto3.Sync{}).rows)
+	})
+	t.Run("duplicate pipelined", func(t *testing.T) {
+		e := start(t, basePolicy)
+		fe, send := raw(t, e)
+		send("1Z", &pgproto3.Parse{Name: "s1", Query: q}, &pgproto3.Sync{})
+		fe.Send(&pgproto3.Query{String: "SET app.clinic_id = 3"})
+		fe.Send(&pgproto3.Parse{Name: "s1", Query: q})
+		fe.Send(&pgproto3.Sync{})
+		fe.Send(&pgproto3.Bind{PreparedStatement: "s1", Parameters: zero})
+		fe.Send(&pgproto3.Execute{})
+		fe.Send(&pgproto3.Sync{})
+		require.NoError(t, fe.Flush())
+		require.Equal(t, "CZ", receiveUntilReady(t, fe).types)
+		require.Equal(t, "EZ", receiveUntilReady(t, fe).types)
+		r := receiveUntilReady(t, fe)
+		require.Equal(t, "2DCZ", r.types)
+		onlyMarker(t, "3", r.rows)
+	})
+	t.Run("skipped close", func(t *testing.T) {
+		e := start(t, basePolicy)
+		_, send := raw(t, e)
+		send("1Z", &pgproto3.Parse{Name: "s1", Query: q}, &pgproto3.Sync{})
+		send("CZ", &pgproto3.Query{String: "SET app.clinic_id = 3"})
+		send("1EZ", &pgproto3.Parse{Query: "SELECT 1 / 0"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Close{ObjectType: 'S', Name: "s1"}, &pgproto3.Sync{})
+		r := send("EZ", &pgproto3.Parse{Name: "s1", Query: q}, &pgproto3.Sync{})
+		require.Equal(t, "42P05", r.errs[0].Code, "the Close was skipped: s1 still exists")
+		onlyMarker(t, "3", send("2DCZ", &pgproto3.Bind{PreparedStatement: "s1", Parameters: zero}, &pgproto3.Execute{}, &pgproto3.Sync{}).rows)
+	})
+	t.Run("rejected duplicate", func(t *testing.T) {
+		e := start(t, basePolicy)
+		fe, send := raw(t, e)
+		send("1Z", &pgproto3.Parse{Name: "s1", Query: q}, &pgproto3.Sync{})
+		fe.Send(&pgproto3.Query{String: "SET app.clinic_id = 3"})
+		fe.Send(&pgproto3.Parse{Name: "s1", Query: "SELECT full_name FROM patients"}) // unbounded: refused
+		fe.Send(&pgproto3.Sync{})
+		fe.Send(&pgproto3.Bind{PreparedStatement: "s1", Parameters: zero})
+		fe.Send(&pgproto3.Execute{})
+		fe.Send(&pgproto3.Sync{})
+		require.NoError(t, fe.Flush())
+		require.Equal(t, "CZ", receiveUntilReady(t, fe).types)
+		require.Equal(t, "54000", receiveUntilReady(t, fe).errs[0].Code)
+		// The guard cannot tell yet which statement the name holds: the
+		// Bind is refused rather than run with the other tenant's literal.
+		r := receiveUntilReady(t, fe)
+		require.Equal(t, "EZ", r.types)
+		require.Equal(t, "0A000", r.errs[0].Code)
+		// Later, with the name's state known again, it runs for tenant 3.
+		onlyMarker(t, "3", send("2DCZ", &pgproto3.Bind{PreparedStatement: "s1", Parameters: zero}, &pgproto3.Execute{}, &pgproto3.Sync{}).rows)
+	})
+}
+
+// TestPreparedAgainDifferential: random pipelines of named statements,
+// tenant switches, errors, Close and Describe, each one cycle (one Sync),
+// sent through tenantguard by a pinned session and straight to PostgreSQL
+// with the tenant predicate written by hand, session after session. The
+// client must see the same replies, message for message, and the same rows:
+// the guard's own Close and Parse never show, and what it believes each name
+// holds follows the server through errors, duplicate names and skipped
+// messages. TENANTGUARD_TEST_SEED reruns a failure.
+func TestPreparedAgainDifferential(t *testing.T) {
+	e := start(t, basePolicy)
+	const (
+		through = "SELECT full_name FROM patients WHERE id > $1 ORDER BY id LIMIT 2"
+		direct  = "SELECT full_name FROM patients WHERE clinic_id = current_setting('app.clinic_id')::int AND id > $1 ORDER BY id LIMIT 2"
+	)
+	zero := [][]byte{[]byte("0")}
+	// Each step sends messages for statement name "s1" or "s2" and tenant
+	// 1..3 (from r); q is the statement text of the side.
+	steps := []func(fe *pgproto3.Frontend, q string, r int){
+		func(fe *pgproto3.Frontend, q string, r int) { // an error when the name exists
+			fe.Send(&pgproto3.Parse{Name: stmtName(r), Query: q})
+		},
+		func(fe *pgproto3.Frontend, q string, r int) {
+			fe.Send(&pgproto3.Bind{PreparedStatement: stmtName(r), Parameters: zero})
+			fe.Send(&pgproto3.Execute{})
+		},
+		func(fe *pgproto3.Frontend, q string, r int) {
+			fe.Send(&pgproto3.Bind{PreparedStatement: stmtName(r), Parameters: zero})
+			fe.Send(&pgproto3.Execute{})
+		},
+		func(fe *pgproto3.Frontend, q string, r int) {
+			fe.Send(&pgproto3.Parse{Query: "SET app.clinic_id = " + strconv.Itoa(1+r%3)})
+			fe.Send(&pgproto3.Bind{})
+			fe.Send(&pgproto3.Execute{})
+		},
+		func(fe *pgproto3.Frontend, q string, r int) { // the rest of the cycle is skipped
+			fe.Send(&pgproto3.Parse{Query: "SELECT 1 / 0"})
+			fe.Send(&pgproto3.Bind{})
+			fe.Send(&pgproto3.Execute{})
+		},
+		func(fe *pgproto3.Frontend, q string, r int) {
+			fe.Send(&pgproto3.Close{ObjectType: 'S', Name: stmtName(r)})
+		},
+		func(fe *pgproto3.Frontend, q string, r int) {
+			fe.Send(&pgproto3.Describe{ObjectType: 'S', Name: stmtName(r)})
+		},
+	}
+	open := func(url string) (*pgproto3.Frontend, func()) {
+		conn, err := pgx.Connect(ctx(t), url)
+		require.NoError(t, err)
+		hj, err := conn.PgConn().Hijack()
+		require.NoError(t, err)
+		require.NoError(t, hj.Conn.SetDeadline(time.Now().Add(time.Minute)))
+		return hj.Frontend, func() { hj.Conn.Close() }
+	}
+	type op struct{ step, r int }
+	run := func(fe *pgproto3.Frontend, q string, pipeline []op) string {
+		for _, o := range pipeline {
+			steps[o.step](fe, q, o.r)
+		}
+		fe.Send(&pgproto3.Sync{})
+		require.NoError(t, fe.Flush())
+		r := receiveUntilReady(t, fe)
+		out := r.types
+		for _, e := range r.errs {
+			out += " " + e.Code
+		}
+		return out + " " + strings.Join(r.rows, ",")
+	}
+	rng := newRand(t)
+	const sessions, pipelines = 16, 12
+	for s := 0; s < sessions; s++ {
+		tg, closeTG := open(e.url(pgtest.AppUser, "app.clinic_id", "2"))
+		pg, closePG := open(e.c.URL(pgtest.AppUser, "", e.db) + "&app.clinic_id=2")
+		var history []string
+		for p := 0; p < pipelines; p++ {
+			var pipeline []op
+			for n := 1 + rng.IntN(8); n > 0; n-- {
+				pipeline = append(pipeline, op{rng.IntN(len(steps)), rng.IntN(6)})
+			}
+			history = append(history, fmt.Sprint(pipeline))
+			want := run(pg, direct, pipeline)
+			got := run(tg, through, pipeline)
+			require.Equal(t, want, got, "session %d, pipelines (step, r) so far:\n%s", s, strings.Join(history, "\n"))
+		}
+		closeTG()
+		closePG()
+	}
+	prepared := counterValue(t, e.metrics.StatementsPreparedAgain)
+	require.NotZero(t, prepared, "no statement was prepared again: the test proves nothing")
+	t.Logf("%d sessions of %d pipelines; statements prepared again: %.0f", sessions, pipelines, prepared)
+}
+
+func stmtName(r int) string { return "s" + strconv.Itoa(1+r%2) }
+
+// newRand is a random source whose seed is logged (TENANTGUARD_TEST_SEED
+// sets it).
+func newRand(t *testing.T) *rand.Rand {
+	t.Helper()
+	seed := uint64(time.Now().UnixNano())
+	if v := os.Getenv("TENANTGUARD_TEST_SEED"); v != "" {
+		var err error
+		seed, err = strconv.ParseUint(v, 10, 64)
+		require.NoError(t, err, "TENANTGUARD_TEST_SEED")
+	}
+	t.Logf("seed %d (TENANTGUARD_TEST_SEED=%d reruns it)", seed, seed)
+	return rand.New(rand.NewPCG(seed, seed))
 }
