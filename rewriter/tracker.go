@@ -156,6 +156,22 @@ func (t *TenantTracker) UndoCommit() {
 	}
 }
 
+// Same reports whether o holds the same values as t (startup, session and
+// local tenant, transaction state and savepoints).
+func (t *TenantTracker) Same(o *TenantTracker) bool {
+	if t.startup != o.startup || t.session != o.session || t.local != o.local || t.hasLocal != o.hasLocal ||
+		t.inTx != o.inTx || t.failed != o.failed || t.txStart != o.txStart || t.prevTxStart != o.prevTxStart ||
+		len(t.savepoints) != len(o.savepoints) {
+		return false
+	}
+	for i := range t.savepoints {
+		if t.savepoints[i] != o.savepoints[i] {
+			return false
+		}
+	}
+	return true
+}
+
 // Snapshot returns an independent copy, to restore when a batch fails.
 func (t *TenantTracker) Snapshot() TenantTracker {
 	cp := *t

@@ -335,10 +335,10 @@ func (g *Guard) onError(c *conn, body []byte) (proxy.Verdict, error) {
 	if c.cutting {
 		return drop, nil
 	}
-	// An error ends the implicit transaction of its cycle: undo its SETs.
-	if !c.tenant.InTx() && c.hasCycleSnapshot {
-		c.tenant = c.cycleSnapshot
-		c.hasCycleSnapshot = false
+	// An error ends the implicit transaction of its cycle: undo its SETs
+	// (in a transaction block the tracker waits for the ROLLBACK).
+	if !c.tenant.InTx() {
+		c.undoCycle(c.backCycle)
 	}
 	if name := c.sentinelIn(&e); name != "" {
 		rj := c.rejects[name]
@@ -387,6 +387,7 @@ func (c *conn) sentinelIn(e *pgproto3.ErrorResponse) string {
 
 func (g *Guard) onReady(c *conn, body []byte) {
 	c.backCycle++
+	c.endCycles(c.backCycle)
 	c.cutting = false
 	if c.ddlDone && len(body) > 0 && body[0] == 'I' && g.opts.ReloadCatalog != nil {
 		// DDL through tenantguard (a migration, a ddl role), committed: the
@@ -425,10 +426,8 @@ func (g *Guard) onReady(c *conn, body []byte) {
 			// example a procedure's COMMIT): keep the session value.
 			c.tenant.EndTx(true, false)
 		}
-		c.hasCycleSnapshot = false
 	case 'T', 'E':
 		c.tenant.Begin()
-		c.hasCycleSnapshot = false
 	}
 }
 

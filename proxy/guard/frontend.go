@@ -134,12 +134,65 @@ func (g *Guard) onQuery(c *conn, body []byte) (proxy.Verdict, error) {
 }
 
 // beginCycle remembers the tenant state at the start of an implicit
-// transaction, so that a failure can undo its SETs. Callers hold c.mu.
+// transaction (a cycle outside a transaction block), so that a failure can
+// undo its SETs. Callers hold c.mu.
 func (c *conn) beginCycle() {
-	if c.tenant.InTx() || c.hasCycleSnapshot {
+	if c.tenant.InTx() {
 		return
 	}
-	c.cycleSnapshot, c.hasCycleSnapshot = c.tenant.Snapshot(), true
+	if n := len(c.snaps); n > 0 && c.snaps[n-1].cycle == c.frontCycle {
+		return
+	}
+	if len(c.snaps) == 0 && cap(c.snaps) < len(c.snapBuf) {
+		c.snaps = c.snapBuf[:0] // no allocation in steady state
+	}
+	c.snaps = append(c.snaps, cycleSnap{cycle: c.frontCycle, state: c.tenant.Snapshot()})
+}
+
+// undoCycle undoes the tenant effects of cycle k, which failed: the state
+// goes back to the cycle's start. Later cycles already decided were decided
+// on top of k's effects; when none of them changed the tenant, they move
+// back with it. When one did, the effects of both cannot be told apart and
+// the state is left as the later cycles made it (tenant-relation
+// statements read the upstream's own setting, so rows stay right; the
+// audit and verify checks follow the tracked value). Callers hold c.mu.
+func (c *conn) undoCycle(k uint64) {
+	i := 0
+	for i < len(c.snaps) && c.snaps[i].cycle < k {
+		i++
+	}
+	if i == len(c.snaps) || c.snaps[i].cycle != k {
+		return // k began in a transaction block, or was undone already
+	}
+	start := c.snaps[i].state
+	later := c.snaps[i+1:]
+	unchanged := true
+	for j := range later {
+		if !later[j].state.Same(&later[0].state) {
+			unchanged = false
+		}
+	}
+	if len(later) > 0 && !c.tenant.Same(&later[0].state) {
+		unchanged = false
+	}
+	if unchanged {
+		c.tenant = start
+		for j := range later {
+			later[j].state = start.Snapshot()
+		}
+	}
+	c.snaps = c.snaps[i+1:]
+}
+
+// endCycles forgets the snapshots of cycles before k, which have finished.
+// Callers hold c.mu.
+func (c *conn) endCycles(k uint64) {
+	i := 0
+	for i < len(c.snaps) && c.snaps[i].cycle < k {
+		c.snaps[i] = cycleSnap{}
+		i++
+	}
+	c.snaps = c.snaps[i:]
 }
 
 // applyEffects applies a statement's tenant and transaction effects to the

@@ -145,10 +145,12 @@ type conn struct {
 	// ddlDone: a DDL statement completed; the catalog is reloaded at the
 	// next ReadyForQuery outside a transaction.
 	ddlDone bool
-	// cycleSnapshot is the tenant state at the start of the current
-	// implicit transaction (when not in a block), restored if it fails.
-	cycleSnapshot    rewriter.TenantTracker
-	hasCycleSnapshot bool
+	// snaps holds the tenant state at the start of each cycle sent
+	// upstream outside a transaction block and not finished yet, oldest
+	// first: a cycle that fails is an implicit transaction rolled back,
+	// and its SETs are undone (see undoCycle).
+	snaps   []cycleSnap
+	snapBuf [2]cycleSnap
 
 	statements map[string]*prepared // named (and unnamed "") prepared statements
 	// sqlPrepared: the engine each SQL-level PREPARE name was decided with
@@ -214,6 +216,12 @@ type prepared struct {
 	// (an error skipped the rest of the cycle), so what the upstream holds
 	// under the name is unknown and the next Bind prepares it again.
 	reparse bool
+}
+
+// cycleSnap is the tenant state at the start of a cycle.
+type cycleSnap struct {
+	cycle uint64
+	state rewriter.TenantTracker
 }
 
 // reply is a ParseComplete or CloseComplete the upstream owes.

@@ -489,3 +489,59 @@ func newRand(t *testing.T) *rand.Rand {
 	t.Logf("seed %d (TENANTGUARD_TEST_SEED=%d reruns it)", seed, seed)
 	return rand.New(rand.NewPCG(seed, seed))
 }
+
+// TestTenantAfterAPipelinedError: an error in one cycle undoes that cycle's
+// SET only, never an earlier cycle's that the server committed, even when
+// the two cycles were sent together; the audit trail names the tenant the
+// server holds.
+func TestTenantAfterAPipelinedError(t *testing.T) {
+	cases := []struct {
+		name  string
+		send  []pgproto3.FrontendMessage
+		types []string
+		want  string
+	}{
+		{"set, then an error", []pgproto3.FrontendMessage{
+			&pgproto3.Query{String: "SET app.clinic_id = 3"},
+			&pgproto3.Parse{Query: "SELECT 1 / 0"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{},
+		}, []string{"CZ", "1EZ"}, "3"},
+		{"set and an error in one cycle", []pgproto3.FrontendMessage{
+			&pgproto3.Parse{Query: "SET app.clinic_id = 3"}, &pgproto3.Bind{}, &pgproto3.Execute{},
+			&pgproto3.Parse{Query: "SELECT 1 / 0"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{},
+		}, []string{"12C1EZ"}, "2"},
+		{"set and an error, then a cycle", []pgproto3.FrontendMessage{
+			&pgproto3.Query{String: "SET app.clinic_id = 3; SELECT 1 / 0"},
+			&pgproto3.Parse{Query: "SELECT 1"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{},
+		}, []string{"CEZ", "12DCZ"}, "2"},
+		{"an error, then a set", []pgproto3.FrontendMessage{
+			&pgproto3.Query{String: "SELECT 1 / 0"},
+			&pgproto3.Query{String: "SET app.clinic_id = 1"},
+		}, []string{"EZ", "CZ"}, "1"},
+	}
+	for i, tc := range cases {
+		t.Run(strconv.Itoa(i), func(t *testing.T) {
+			e := start(t, basePolicy)
+			conn := e.connect(t, "2")
+			hj, err := conn.PgConn().Hijack()
+			require.NoError(t, err)
+			defer hj.Conn.Close()
+			require.NoError(t, hj.Conn.SetDeadline(time.Now().Add(20*time.Second)))
+			fe := hj.Frontend
+			for _, m := range tc.send {
+				fe.Send(m)
+			}
+			require.NoError(t, fe.Flush())
+			for _, want := range tc.types {
+				require.Equal(t, want, receiveUntilReady(t, fe).types, tc.name)
+			}
+			fe.Send(&pgproto3.Query{String: "SELECT full_name FROM patients ORDER BY id LIMIT 2"})
+			require.NoError(t, fe.Flush())
+			r := receiveUntilReady(t, fe)
+			require.Equal(t, "TDCZ", r.types)
+			onlyMarker(t, tc.want, r.rows)
+			require.Eventually(t, func() bool {
+				return strings.Contains(e.audit.String(), `"tenant":"`+tc.want+`","kind":"select","relations":["patients"]`)
+			}, 5*time.Second, 10*time.Millisecond, "%s: the audit names tenant %s", tc.name, tc.want)
+		})
+	}
+}
