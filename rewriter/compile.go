@@ -576,6 +576,7 @@ func (c *stmtCtx) copyStmt(cp *pg.CopyStmt, st *stmtTemplate) {
 		return
 	}
 	if cp.IsFrom {
+		st.d.CopyIn = true
 		c.writeTarget(rv, true)
 	}
 	c.handled[rv] = true

@@ -126,6 +126,9 @@ type Decision struct {
 	// RowGuard says the result carries tenant rows: the proxy cuts it with
 	// 54000 when it exceeds MaxRows at run time.
 	RowGuard bool `json:"row_guard,omitempty"`
+	// CopyIn: COPY ... FROM STDIN, which puts the server in copy-in mode
+	// (it ignores Sync and Flush until CopyDone or CopyFail).
+	CopyIn bool `json:"-"`
 	// DependsOnTenant says the decision depends on the session's tenant (it
 	// touches tenant relations). In the extended protocol a prepared
 	// statement may be bound after a tenant switch: the proxy must call

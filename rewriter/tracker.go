@@ -156,21 +156,14 @@ func (t *TenantTracker) UndoCommit() {
 	}
 }
 
-// Same reports whether o holds the same values as t (startup, session and
-// local tenant, transaction state and savepoints).
-func (t *TenantTracker) Same(o *TenantTracker) bool {
-	if t.startup != o.startup || t.session != o.session || t.local != o.local || t.hasLocal != o.hasLocal ||
-		t.inTx != o.inTx || t.failed != o.failed || t.txStart != o.txStart || t.prevTxStart != o.prevTxStart ||
-		len(t.savepoints) != len(o.savepoints) {
-		return false
-	}
-	for i := range t.savepoints {
-		if t.savepoints[i] != o.savepoints[i] {
-			return false
-		}
-	}
-	return true
-}
+// SameSession reports whether t and o hold the same session-level tenant
+// (what SET, RESET and set_config(..., false) change outside a transaction
+// block).
+func (t *TenantTracker) SameSession(o *TenantTracker) bool { return t.session == o.session }
+
+// SetSessionFrom gives t the session-level tenant of o: a failed implicit
+// transaction's SET undone.
+func (t *TenantTracker) SetSessionFrom(o *TenantTracker) { t.session = o.session }
 
 // Snapshot returns an independent copy, to restore when a batch fails.
 func (t *TenantTracker) Snapshot() TenantTracker {

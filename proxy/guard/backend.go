@@ -22,6 +22,7 @@ const (
 	msgNotification  = 'A'
 	msgParseComplete = '1'
 	msgCloseComplete = '3'
+	msgCopyIn        = 'G'
 )
 
 // BackendInterest selects the backend messages the guard sees: statement
@@ -33,7 +34,7 @@ func (g *Guard) BackendInterest(typ byte) proxy.Interest {
 		return proxy.Inspect
 	case proxy.MsgDataRow, msgEmptyQuery, msgPortalSuspend:
 		return proxy.Notify
-	case msgNotification, msgParseComplete, msgCloseComplete:
+	case msgNotification, msgParseComplete, msgCloseComplete, msgCopyIn:
 		return proxy.Inspect
 	}
 	return proxy.Ignore
@@ -60,6 +61,10 @@ func (g *Guard) OnBackend(s *proxy.Session, m proxy.Message) (proxy.Verdict, err
 	switch m.Type {
 	case msgParseComplete, msgCloseComplete:
 		return g.onPrepareReply(c, m.Type)
+	case msgCopyIn:
+		if f := c.head(g); f != nil && f.dec.CopyIn {
+			f.copyStarted = true
+		}
 	case proxy.MsgDataRow:
 		return g.onDataRow(c)
 	case proxy.MsgCommandComplete:
@@ -152,9 +157,8 @@ func (c *conn) staleReplies() {
 		switch {
 		case r.own:
 			r.p.reparse = true
-			if r.relit {
-				c.setLiteral(r.name, r.seq)
-			}
+		case r.forgets != c.forgets:
+			// DEALLOCATE or DISCARD ALL came after it: nothing to restore.
 		case r.typ == proxy.MsgParse && r.p != nil && c.statements[r.name] == r.p:
 			if r.prev != nil && r.name != "" {
 				c.statements[r.name] = r.prev
@@ -177,7 +181,7 @@ func (c *conn) expectReply(r reply) *reply {
 		c.replies = c.replyBuf[:0] // no allocation in steady state
 	}
 	c.replySeq++
-	r.seq = c.replySeq
+	r.seq, r.forgets = c.replySeq, c.forgets
 	c.replies = append(c.replies, r)
 	return &c.replies[len(c.replies)-1]
 }
@@ -319,6 +323,15 @@ func (g *Guard) complete(c *conn, f *inflight, rows int64, sqlstate string) {
 }
 
 func (g *Guard) onError(c *conn, body []byte) (proxy.Verdict, error) {
+	// An error ends the implicit transaction of its cycle: undo its SETs
+	// (even while the row guard cuts the cycle's replies).
+	c.undoCycle(c.backCycle)
+	if f := c.head(g); f != nil && f.dec.CopyIn && !f.copyStarted {
+		// The COPY failed before copy-in: the server answers the Syncs
+		// the client sent before its CopyDone after all.
+		c.extraReady += f.uncountedSyncs
+		f.uncountedSyncs = 0
+	}
 	var e pgproto3.ErrorResponse
 	if err := e.Decode(append([]byte(nil), body...)); err != nil {
 		if c.bypass {
@@ -335,11 +348,7 @@ func (g *Guard) onError(c *conn, body []byte) (proxy.Verdict, error) {
 	if c.cutting {
 		return drop, nil
 	}
-	// An error ends the implicit transaction of its cycle: undo its SETs
-	// (in a transaction block the tracker waits for the ROLLBACK).
-	if !c.tenant.InTx() {
-		c.undoCycle(c.backCycle)
-	}
+
 	if name := c.sentinelIn(&e); name != "" {
 		rj := c.rejects[name]
 		delete(c.rejects, name)
@@ -386,6 +395,13 @@ func (c *conn) sentinelIn(e *pgproto3.ErrorResponse) string {
 }
 
 func (g *Guard) onReady(c *conn, body []byte) {
+	if c.extraReady > 0 {
+		// The answer to a Sync the guard took for one a server in copy-in
+		// mode ignores: it ends no cycle of the guard's.
+		c.extraReady--
+		c.cutting = false
+		return
+	}
 	c.backCycle++
 	c.endCycles(c.backCycle)
 	c.cutting = false
@@ -419,8 +435,13 @@ func (g *Guard) onReady(c *conn, body []byte) {
 	}
 	switch body[0] {
 	case 'I':
-		// Every portal ended with the transaction.
-		clear(c.portals)
+		// Every portal of the cycles the server has finished ended with
+		// the transaction (a later cycle's Bind may be here already).
+		for name, pt := range c.portals {
+			if pt.cycle < c.backCycle {
+				delete(c.portals, name)
+			}
+		}
 		if c.tenant.InTx() {
 			// The transaction ended in a way the guard did not see (for
 			// example a procedure's COMMIT): keep the session value.

@@ -36,8 +36,25 @@ func (g *Guard) OnFrontend(s *proxy.Session, m proxy.Message) (proxy.Verdict, er
 		return proxy.Verdict{}, g.enforceRefusal(c)
 	}
 	switch m.Type {
-	case proxy.MsgQuery:
+	case proxy.MsgQuery, proxy.MsgFunctionCall:
+		c.mu.Lock()
+		unsynced := c.unsynced
+		c.mu.Unlock()
+		if unsynced {
+			// The server skips it if an extended message before it fails,
+			// and answers it otherwise: the guard could not tell which
+			// replies belong to which statement. No driver sends this.
+			return proxy.Verdict{}, &proxy.ProtocolError{Code: proxy.CodeProtocolViolation,
+				Message: "tenantguard: a simple Query or FunctionCall after extended-protocol messages without a Sync is not supported"}
+		}
+		if m.Type == proxy.MsgFunctionCall {
+			return g.onFunctionCall(c)
+		}
 		return g.onQuery(c, m.Body)
+	case proxy.MsgDescribe, proxy.MsgFlush:
+		c.mu.Lock()
+		c.unsynced = true
+		c.mu.Unlock()
 	case proxy.MsgParse:
 		return g.onParse(c, m.Body)
 	case proxy.MsgBind:
@@ -48,10 +65,17 @@ func (g *Guard) OnFrontend(s *proxy.Session, m proxy.Message) (proxy.Verdict, er
 		g.onClose(c, m.Body)
 	case proxy.MsgSync:
 		c.mu.Lock()
-		c.frontCycle++
+		if c.copyIn != nil {
+			c.copyIn.uncountedSyncs++ // ignored in copy-in mode
+		} else {
+			c.frontCycle++
+			c.unsynced = false
+		}
 		c.mu.Unlock()
-	case proxy.MsgFunctionCall:
-		return g.onFunctionCall(c)
+	case proxy.MsgCopyDone, proxy.MsgCopyFail:
+		c.mu.Lock()
+		c.copyIn = nil
+		c.mu.Unlock()
 	}
 	return proxy.Verdict{}, nil
 }
@@ -119,7 +143,11 @@ func (g *Guard) onQuery(c *conn, body []byte) (proxy.Verdict, error) {
 		if d.Enforced && d.Verdict == rewriter.VerdictRewritten {
 			changed = true
 		}
-		c.queue = append(c.queue, &inflight{cycle: cycle, dec: *d, start: g.opts.Now(), tenant: c.current().v, protocol: "simple", injected: d.Enforced && d.Verdict == rewriter.VerdictRewritten})
+		f := &inflight{cycle: cycle, dec: *d, start: g.opts.Now(), tenant: c.current().v, protocol: "simple", injected: d.Enforced && d.Verdict == rewriter.VerdictRewritten}
+		c.queue = append(c.queue, f)
+		if d.CopyIn {
+			c.copyIn = f
+		}
 		c.applyEffects(d, "")
 		if d.Enforced {
 			parts = append(parts, d.SQL)
@@ -149,13 +177,16 @@ func (c *conn) beginCycle() {
 	c.snaps = append(c.snaps, cycleSnap{cycle: c.frontCycle, state: c.tenant.Snapshot()})
 }
 
-// undoCycle undoes the tenant effects of cycle k, which failed: the state
-// goes back to the cycle's start. Later cycles already decided were decided
-// on top of k's effects; when none of them changed the tenant, they move
-// back with it. When one did, the effects of both cannot be told apart and
-// the state is left as the later cycles made it (tenant-relation
-// statements read the upstream's own setting, so rows stay right; the
-// audit and verify checks follow the tracked value). Callers hold c.mu.
+// undoCycle undoes the tenant effect of cycle k, which failed: when k began
+// and ended outside a transaction block it was an implicit transaction, and
+// the server rolled back its SETs. Later cycles already decided were decided
+// on top of k's effect; when none of them changed the session's tenant, they
+// go back with it. When one did, the effects cannot be told apart and the
+// state is left as the later cycles made it (tenant-relation statements read
+// the upstream's own setting, and pinned literals are prepared again, so
+// rows stay right; the audit and verify checks follow the tracked value).
+// A cycle that ended inside a transaction block left it open and failed: the
+// ROLLBACK that ends it restores the tenant. Callers hold c.mu.
 func (c *conn) undoCycle(k uint64) {
 	i := 0
 	for i < len(c.snaps) && c.snaps[i].cycle < k {
@@ -166,21 +197,23 @@ func (c *conn) undoCycle(k uint64) {
 	}
 	start := c.snaps[i].state
 	later := c.snaps[i+1:]
-	unchanged := true
-	for j := range later {
-		if !later[j].state.Same(&later[0].state) {
-			unchanged = false
-		}
+	end := &c.tenant
+	if len(later) > 0 {
+		end = &later[0].state
 	}
-	if len(later) > 0 && !c.tenant.Same(&later[0].state) {
-		unchanged = false
-	}
-	if unchanged {
-		c.tenant = start
+	if !end.InTx() && !start.SameSession(end) {
+		unchanged := c.tenant.SameSession(end)
 		for j := range later {
-			later[j].state = start.Snapshot()
+			unchanged = unchanged && later[j].state.SameSession(end)
+		}
+		if unchanged {
+			c.tenant.SetSessionFrom(&start)
+			for j := range later {
+				later[j].state.SetSessionFrom(&start)
+			}
 		}
 	}
+	c.snaps[i] = cycleSnap{}
 	c.snaps = c.snaps[i+1:]
 }
 
@@ -213,6 +246,7 @@ func (g *Guard) onParse(c *conn, body []byte) (proxy.Verdict, error) {
 	e := g.engine()
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.unsynced = true
 	c.beginCycle()
 	// Every Parse reaches the upstream, as itself or as a sentinel.
 	r := c.expectReply(reply{cycle: c.frontCycle, typ: proxy.MsgParse, name: p.Name, stmt: true, prev: c.statements[p.Name]})
@@ -305,6 +339,7 @@ func (c *conn) trackPrepared(e *engine, d *rewriter.Decision) {
 	case "deallocate":
 		// SQL and protocol-level prepared statements share one namespace:
 		// DEALLOCATE and DISCARD ALL drop both.
+		c.forgets++
 		if op.Name == "" {
 			clear(c.sqlPrepared)
 			clear(c.statements)
@@ -343,13 +378,14 @@ func (g *Guard) onBind(c *conn, body []byte) (proxy.Verdict, error) {
 	e := g.engine()
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.unsynced = true
 	c.beginCycle()
 	p := c.statements[stmtName]
 	// prepare, when set, prepares the statement again upstream before the
 	// Bind: a Close and a Parse of the same name, answered to the guard.
 	var prepare []byte
 	refuse := func(err *rewriter.Error, reason string, d *rewriter.Decision) (proxy.Verdict, error) {
-		c.portals[portalName] = &portal{rejected: true}
+		c.portals[portalName] = &portal{rejected: true, cycle: c.frontCycle}
 		if d == nil {
 			d = &rewriter.Decision{Kind: rewriter.KindUtility}
 		}
@@ -374,12 +410,12 @@ func (g *Guard) onBind(c *conn, body []byte) (proxy.Verdict, error) {
 			return refuse(&rewriter.Error{SQLState: "0A000", Message: "tenantguard: the prepared statement is not valid for the session's new tenant", Hint: "prepare the statement again after switching tenants"}, rewriter.ReasonUnsupported, nil)
 		}
 		// Its Parse failed upstream: the server refuses this Bind itself.
-		c.portals[portalName] = &portal{rejected: true}
+		c.portals[portalName] = &portal{rejected: true, cycle: c.frontCycle}
 		return proxy.Verdict{}, nil
 	}
 	if p == nil {
 		if c.bypass {
-			c.portals[portalName] = &portal{dec: rewriter.Decision{Kind: rewriter.KindUtility, Verdict: rewriter.VerdictBypassed}}
+			c.portals[portalName] = &portal{dec: rewriter.Decision{Kind: rewriter.KindUtility, Verdict: rewriter.VerdictBypassed}, cycle: c.frontCycle}
 			return proxy.Verdict{}, nil
 		}
 		return refuse(&rewriter.Error{SQLState: "26000", Message: "tenantguard: the prepared statement was not seen by tenantguard", Hint: "prepare the statement on this connection before binding it"}, "unknown_statement", nil)
@@ -422,12 +458,10 @@ func (g *Guard) onBind(c *conn, body []byte) (proxy.Verdict, error) {
 			if sess.TenantLiteral && nd.Enforced && nd.Verdict == rewriter.VerdictRewritten {
 				r.literal = true
 				c.setLiteral(stmtName, r.seq)
-			} else if _, ok := c.literals[stmtName]; ok {
-				// No second preparing while this one is on its way; if the
-				// server skips it, staleReplies marks the name again.
-				delete(c.literals, stmtName)
-				r.relit = true
 			}
+			// A literal mark stays until the server confirms this Parse:
+			// an error may skip it, and a later Bind in the same pipeline
+			// must then prepare the statement again too.
 			p.sql, p.reparse = sql, false
 			g.opts.Metrics.StatementsPreparedAgain.Inc()
 		}
@@ -589,6 +623,7 @@ func (g *Guard) onExecute(c *conn, body []byte) (proxy.Verdict, error) {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.unsynced = true
 	pt := c.portals[string(body[:end])] // no allocation for the lookup
 	if pt != nil && pt.rejected {
 		return proxy.Verdict{}, nil // the server skips it after the rejection's error
@@ -603,18 +638,22 @@ func (g *Guard) onExecute(c *conn, body []byte) (proxy.Verdict, error) {
 		f.rowsSoFar = &pt.rows
 		g.countDecision(c, &pt.dec)
 		c.applyEffects(&pt.dec, pt.effectValue)
+		if pt.dec.CopyIn {
+			c.copyIn = f
+		}
 	}
 	c.queue = append(c.queue, f)
 	return proxy.Verdict{}, nil
 }
 
 func (g *Guard) onClose(c *conn, body []byte) {
-	if len(body) < 2 {
-		return
-	}
-	name, _, _ := cstring(body[1:])
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.unsynced = true
+	if len(body) < 2 {
+		return // the server refuses it
+	}
+	name, _, _ := cstring(body[1:])
 	r := c.expectReply(reply{cycle: c.frontCycle, typ: proxy.MsgClose, name: name, stmt: body[0] == 'S'})
 	switch body[0] {
 	case 'S':

@@ -164,6 +164,9 @@ type conn struct {
 	replies  []reply
 	replyBuf [2]reply
 	replySeq uint64
+	// forgets counts DEALLOCATE and DISCARD ALL: a skipped Parse or Close
+	// sent before one is not undone (the name is gone either way).
+	forgets uint64
 	// literals: statement names the upstream may hold with the pinned
 	// tenant written in, and the seq of the Parse that sent it. Only a
 	// confirmed Close, or a confirmed later Parse without a literal,
@@ -185,6 +188,16 @@ type conn struct {
 	// upstream, backCycle the ReadyForQuery messages received: an inflight
 	// statement of an older cycle than backCycle was skipped by the server.
 	frontCycle, backCycle uint64
+	// unsynced: extended-protocol messages were sent since the last Sync.
+	unsynced bool
+	// copyIn is the COPY ... FROM STDIN sent and not yet ended by the
+	// client's CopyDone or CopyFail: a Sync sent meanwhile is ignored by a
+	// server in copy-in mode, so it does not end a cycle (copyIn counts it
+	// in uncountedSyncs). If the COPY fails before copy-in, the server
+	// answers those Syncs after all: extraReady ReadyForQuery messages then
+	// end no cycle of the guard's.
+	copyIn     *inflight
+	extraReady int
 
 	// cutting is set when the row guard cut a result: backend messages are
 	// dropped until ReadyForQuery.
@@ -237,10 +250,8 @@ type reply struct {
 	// before the client's Parse or Close, restored if the server did not
 	// run it (an error skipped it, or the name existed).
 	p, prev *prepared
-	literal bool // a Parse whose text may hold the tenant as a literal
-	// relit: the guard's own Parse cleared the name's literal mark; if the
-	// server skips it, the mark comes back.
-	relit bool
+	literal bool   // a Parse whose text may hold the tenant as a literal
+	forgets uint64 // conn.forgets when sent
 }
 
 // portal is a bound portal (Bind).
@@ -271,6 +282,10 @@ type inflight struct {
 	// rejected statements wait for the sentinel error; their audit event is
 	// written when it arrives.
 	reject *rejection
+	// A COPY ... FROM STDIN: Syncs the client sent before its CopyDone,
+	// and whether the server entered copy-in mode.
+	uncountedSyncs int
+	copyStarted    bool
 }
 
 // rejection is a statement refused by tenantguard.

@@ -545,3 +545,160 @@ func TestTenantAfterAPipelinedError(t *testing.T) {
 		})
 	}
 }
+
+// TestPreparedAgainChaos: random pipelines of several cycles (Syncs, simple
+// queries, transaction blocks, SET and SET LOCAL, errors, duplicate names,
+// Close, Describe) from pinned sessions. tenantguard may decide ahead of the
+// server's replies here, so the replies are not compared with PostgreSQL's;
+// what must hold is the safety property itself: every row comes from the
+// tenant the server holds when the row is read (each row carries both), and
+// the client's stream stays in step (the pipeline's last query answers).
+func TestPreparedAgainChaos(t *testing.T) {
+	e := start(t, basePolicy)
+	const q = "SELECT full_name || '|' || current_setting('app.clinic_id') FROM patients WHERE id > $1 ORDER BY id LIMIT 2"
+	zero := [][]byte{[]byte("0")}
+	tenant := func(r int) string { return strconv.Itoa(1 + r%3) }
+	steps := []func(fe *pgproto3.Frontend, r int) int{ // each returns the cycles it ends
+		func(fe *pgproto3.Frontend, r int) int {
+			fe.Send(&pgproto3.Parse{Name: stmtName(r), Query: q})
+			return 0
+		},
+		func(fe *pgproto3.Frontend, r int) int {
+			fe.Send(&pgproto3.Bind{PreparedStatement: stmtName(r), Parameters: zero})
+			fe.Send(&pgproto3.Execute{})
+			return 0
+		},
+		func(fe *pgproto3.Frontend, r int) int {
+			fe.Send(&pgproto3.Bind{PreparedStatement: stmtName(r), Parameters: zero})
+			fe.Send(&pgproto3.Execute{})
+			return 0
+		},
+		func(fe *pgproto3.Frontend, r int) int {
+			fe.Send(&pgproto3.Parse{Query: "SET app.clinic_id = " + tenant(r)})
+			fe.Send(&pgproto3.Bind{})
+			fe.Send(&pgproto3.Execute{})
+			return 0
+		},
+		func(fe *pgproto3.Frontend, r int) int {
+			fe.Send(&pgproto3.Query{String: []string{"SET", "SET LOCAL"}[r%2] + " app.clinic_id = " + tenant(r/2)})
+			return 1
+		},
+		func(fe *pgproto3.Frontend, r int) int {
+			fe.Send(&pgproto3.Parse{Query: "SELECT 1 / 0"})
+			fe.Send(&pgproto3.Bind{})
+			fe.Send(&pgproto3.Execute{})
+			return 0
+		},
+		func(fe *pgproto3.Frontend, r int) int {
+			fe.Send(&pgproto3.Close{ObjectType: 'S', Name: stmtName(r)})
+			return 0
+		},
+		func(fe *pgproto3.Frontend, r int) int {
+			fe.Send(&pgproto3.Describe{ObjectType: 'S', Name: stmtName(r)})
+			return 0
+		},
+		func(fe *pgproto3.Frontend, r int) int { fe.Send(&pgproto3.Sync{}); return 1 },
+		func(fe *pgproto3.Frontend, r int) int {
+			fe.Send(&pgproto3.Query{String: []string{"BEGIN", "COMMIT", "ROLLBACK", "DEALLOCATE ALL", "RESET app.clinic_id", "DISCARD ALL"}[r]})
+			return 1
+		},
+	}
+	// Steps 4 and 9 are simple queries: a client sends Sync first after
+	// extended messages (tenantguard refuses anything else, see
+	// TestSimpleQueryInsideAPipelineIsRefused).
+	simple := map[int]bool{4: true, 9: true}
+	extended := map[int]bool{0: true, 1: true, 2: true, 3: true, 5: true, 6: true, 7: true}
+	rng := newRand(t)
+	rows := 0
+	for s := 0; s < 12; s++ {
+		conn := e.connect(t, "2")
+		hj, err := conn.PgConn().Hijack()
+		require.NoError(t, err)
+		require.NoError(t, hj.Conn.SetDeadline(time.Now().Add(time.Minute)))
+		fe := hj.Frontend
+		var history []string
+		for p := 0; p < 10; p++ {
+			cycles := 0
+			var desc []string
+			unsynced := false
+			for n := 1 + rng.IntN(12); n > 0; n-- {
+				i, r := rng.IntN(len(steps)), rng.IntN(6)
+				if simple[i] && unsynced {
+					cycles += steps[8](fe, 0) // Sync
+					unsynced = false
+				}
+				desc = append(desc, fmt.Sprint(i, r))
+				cycles += steps[i](fe, r)
+				switch {
+				case extended[i]:
+					unsynced = true
+				case i == 8:
+					unsynced = false
+				}
+			}
+			// After an error the server skips everything up to a Sync:
+			// the cycles that answer are not known in advance, so the
+			// pipeline ends with a query that always runs (a failed
+			// transaction block is rolled back first), and the replies
+			// are read up to its.
+			fe.Send(&pgproto3.Sync{})
+			fe.Send(&pgproto3.Query{String: "ROLLBACK; SELECT 'end of pipeline'"})
+			cycles += 2
+			history = append(history, strings.Join(desc, " "))
+			require.NoError(t, fe.Flush())
+			for c, end := 0, false; !end; c++ {
+				require.Less(t, c, cycles, "more ReadyForQuery than cycles: the stream is out of step")
+				got := receiveUntilReady(t, fe)
+				if os.Getenv("TG_DEBUG") != "" {
+					t.Log(c, got.types, got.rows, len(got.errs))
+				}
+				for _, row := range got.rows {
+					if row == "end of pipeline" {
+						end = true
+					}
+					if !strings.Contains(row, "|") {
+						continue // not the tenant query
+					}
+					rows++
+					marker, setting, _ := strings.Cut(row, "|")
+					require.True(t, strings.HasSuffix(marker, "TENANT"+setting),
+						"session %d: row %q read while the server's tenant was %s; pipelines (step r):\n%s", s, marker, setting, strings.Join(history, "\n"))
+				}
+			}
+		}
+		hj.Conn.Close()
+	}
+	require.NotZero(t, rows, "no tenant row was read: the test proves nothing")
+	t.Logf("%d rows checked; statements prepared again: %.0f", rows, counterValue(t, e.metrics.StatementsPreparedAgain))
+}
+
+// TestSimpleQueryInsideAPipelineIsRefused: a simple Query after extended
+// messages without a Sync is answered or skipped by the server depending on
+// whether those messages fail, so tenantguard could not match replies to
+// statements: the session ends with 08P01 instead (no driver sends this).
+func TestSimpleQueryInsideAPipelineIsRefused(t *testing.T) {
+	e := start(t, basePolicy)
+	conn := e.connect(t, "2")
+	hj, err := conn.PgConn().Hijack()
+	require.NoError(t, err)
+	defer hj.Conn.Close()
+	require.NoError(t, hj.Conn.SetDeadline(time.Now().Add(20*time.Second)))
+	fe := hj.Frontend
+	fe.Send(&pgproto3.Parse{Query: "SELECT 1 / 0"})
+	fe.Send(&pgproto3.Bind{})
+	fe.Send(&pgproto3.Execute{})
+	fe.Send(&pgproto3.Query{String: "SELECT full_name FROM patients ORDER BY id LIMIT 2"})
+	fe.Send(&pgproto3.Sync{})
+	require.NoError(t, fe.Flush())
+	var fatal *pgproto3.ErrorResponse
+	for fatal == nil {
+		m, err := fe.Receive()
+		require.NoError(t, err)
+		if er, ok := m.(*pgproto3.ErrorResponse); ok && er.Severity == "FATAL" {
+			cp := *er
+			fatal = &cp
+		}
+	}
+	require.Equal(t, "08P01", fatal.Code)
+	require.True(t, strings.HasPrefix(fatal.Message, "tenantguard:"), fatal.Message)
+}
