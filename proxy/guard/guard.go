@@ -137,10 +137,12 @@ type conn struct {
 	tenant rewriter.TenantTracker
 	// pinned: the tenant came from the startup parameters and no statement
 	// has changed it since, so the upstream's setting holds exactly
-	// c.tenant's value and simple-protocol statements are scoped with a
-	// literal (rewriter.Session.TenantLiteral), which PostgreSQL plans as
-	// cheaply as a hand-written predicate. The first statement with a
-	// tenant effect ends it for the rest of the session.
+	// c.tenant's value and statements (simple and extended protocol) are
+	// scoped with a literal (rewriter.Session.TenantLiteral), which
+	// PostgreSQL plans as cheaply as a hand-written predicate. The first
+	// statement with a tenant effect ends it for the rest of the session;
+	// prepared statements holding the literal are then prepared again
+	// before they run (see literals).
 	pinned bool
 	// ddlDone: a DDL statement completed; the catalog is reloaded at the
 	// next ReadyForQuery outside a transaction.
