@@ -163,11 +163,7 @@ func TestRowGuardCutThenErrorUndoesSet(t *testing.T) {
 		&pgproto3.Sync{})
 	t.Logf("cut cycle replies: %s", r.types)
 	require.Equal(t, "54000", r.errs[0].Code)
-	show := send(&pgproto3.Query{String: "SELECT current_setting('app.clinic_id')"})
-	ins := send(&pgproto3.Query{String: "INSERT INTO patients (id, clinic_id, full_name) VALUES (1000, 3, 'x') RETURNING clinic_id"})
-	t.Logf("server setting %v; insert of clinic 3: %s %v %v", show.rows, ins.types, ins.rows, ins.errs)
-	require.Equal(t, []string{"2"}, show.rows)
-	require.NotEmpty(t, ins.errs, "PostgreSQL holds tenant 2: an insert into clinic 3 is cross-tenant")
+	requireServerAndGuardOnTenant2(t, send)
 }
 
 // TestSkippedPreparingAgainIsRetried: the guard's Close+Parse for s1 is
@@ -211,11 +207,7 @@ func TestFailedSetThenEmptyTransaction(t *testing.T) {
 	require.Equal(t, "CEZ", receiveUntilReady(t, fe).types)
 	require.Equal(t, "CZ", receiveUntilReady(t, fe).types)
 	require.Equal(t, "CZ", receiveUntilReady(t, fe).types)
-	show := send(&pgproto3.Query{String: "SELECT current_setting('app.clinic_id')"})
-	r := send(&pgproto3.Query{String: "INSERT INTO patients (id, clinic_id, full_name) VALUES (1000, 3, 'x') RETURNING clinic_id"})
-	t.Logf("server setting %v; insert of clinic 3: %s %v %v", show.rows, r.types, r.rows, r.errs)
-	require.Equal(t, []string{"2"}, show.rows)
-	require.NotEmpty(t, r.errs, "PostgreSQL holds tenant 2: an insert into clinic 3 is cross-tenant")
+	requireServerAndGuardOnTenant2(t, send)
 }
 
 // TestReadyKeepsLaterPortals: an idle ReadyForQuery ends the portals of the
@@ -285,4 +277,15 @@ func TestCopyFailingBeforeCopyInKeepsStep(t *testing.T) {
 	r = send(&pgproto3.Bind{PreparedStatement: "s1", Parameters: zero}, &pgproto3.Execute{}, &pgproto3.Sync{})
 	require.Equal(t, "2DCZ", r.types)
 	onlyMarker(t, "3", r.rows)
+}
+
+// requireServerAndGuardOnTenant2: the server holds tenant 2, and so does the
+// guard: an INSERT into clinic 3 is refused as cross-tenant.
+func requireServerAndGuardOnTenant2(t *testing.T, send func(msgs ...pgproto3.FrontendMessage) received) {
+	t.Helper()
+	show := send(&pgproto3.Query{String: "SELECT current_setting('app.clinic_id')"})
+	ins := send(&pgproto3.Query{String: "INSERT INTO patients (id, clinic_id, full_name) VALUES (1000, 3, 'x') RETURNING clinic_id"})
+	t.Logf("server setting %v; insert of clinic 3: %s %v %v", show.rows, ins.types, ins.rows, ins.errs)
+	require.Equal(t, []string{"2"}, show.rows)
+	require.NotEmpty(t, ins.errs, "PostgreSQL holds tenant 2: an insert into clinic 3 is cross-tenant")
 }

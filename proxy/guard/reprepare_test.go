@@ -84,12 +84,7 @@ func TestPinnedPreparedStatementsArePreparedAgain(t *testing.T) {
 // does not.)
 func TestPreparedAgainInAFailedTransaction(t *testing.T) {
 	e := start(t, basePolicy)
-	conn := e.connect(t, "2")
-	hj, err := conn.PgConn().Hijack()
-	require.NoError(t, err)
-	defer hj.Conn.Close()
-	require.NoError(t, hj.Conn.SetDeadline(time.Now().Add(20*time.Second)))
-	fe := hj.Frontend
+	fe, _ := rawSession(t, e)
 	const q = "SELECT full_name FROM patients WHERE id > $1 ORDER BY id LIMIT 3"
 	zero := [][]byte{[]byte("0")}
 	query := func(sql, want string) {
@@ -206,12 +201,7 @@ func receiveUntilReady(t *testing.T, fe *pgproto3.Frontend) received {
 // its own tenant's rows.
 func TestPreparedAgainInAPipeline(t *testing.T) {
 	e := start(t, basePolicy)
-	conn := e.connect(t, "2")
-	hj, err := conn.PgConn().Hijack()
-	require.NoError(t, err)
-	defer hj.Conn.Close()
-	require.NoError(t, hj.Conn.SetDeadline(time.Now().Add(20*time.Second)))
-	fe := hj.Frontend
+	fe, _ := rawSession(t, e)
 	const q = "SELECT full_name FROM patients WHERE id > $1 ORDER BY id LIMIT 3"
 	zero := [][]byte{[]byte("0")}
 	fe.Send(&pgproto3.Parse{Name: "s1", Query: q})
@@ -249,12 +239,7 @@ func TestPreparedAgainInAPipeline(t *testing.T) {
 // transaction) the statement is refused for the new tenant instead.
 func TestNotPreparedAgainUnderAnOpenPortal(t *testing.T) {
 	e := start(t, basePolicy)
-	conn := e.connect(t, "2")
-	hj, err := conn.PgConn().Hijack()
-	require.NoError(t, err)
-	defer hj.Conn.Close()
-	require.NoError(t, hj.Conn.SetDeadline(time.Now().Add(20*time.Second)))
-	fe := hj.Frontend
+	fe, _ := rawSession(t, e)
 	const q = "SELECT full_name FROM patients WHERE id > $1 ORDER BY id LIMIT 3"
 	zero := [][]byte{[]byte("0")}
 	fe.Send(&pgproto3.Query{String: "BEGIN"})
@@ -306,19 +291,10 @@ func TestLiteralNeverRunsElsewhere(t *testing.T) {
 	const q = "SELECT full_name FROM patients WHERE id > $1 ORDER BY id LIMIT 3"
 	zero := [][]byte{[]byte("0")}
 	raw := func(t *testing.T, e *env) (*pgproto3.Frontend, func(want string, msgs ...pgproto3.FrontendMessage) received) {
-		conn := e.connect(t, "2")
-		hj, err := conn.PgConn().Hijack()
-		require.NoError(t, err)
-		t.Cleanup(func() { hj.Conn.Close() })
-		require.NoError(t, hj.Conn.SetDeadline(time.Now().Add(20*time.Second)))
-		fe := hj.Frontend
+		fe, send := rawSession(t, e)
 		return fe, func(want string, msgs ...pgproto3.FrontendMessage) received {
 			t.Helper()
-			for _, m := range msgs {
-				fe.Send(m)
-			}
-			require.NoError(t, fe.Flush())
-			r := receiveUntilReady(t, fe)
+			r := send(msgs...)
 			require.Equal(t, want, r.types)
 			return r
 		}
@@ -526,12 +502,7 @@ func TestTenantAfterAPipelinedError(t *testing.T) {
 	for i, tc := range cases {
 		t.Run(strconv.Itoa(i), func(t *testing.T) {
 			e := start(t, basePolicy)
-			conn := e.connect(t, "2")
-			hj, err := conn.PgConn().Hijack()
-			require.NoError(t, err)
-			defer hj.Conn.Close()
-			require.NoError(t, hj.Conn.SetDeadline(time.Now().Add(20*time.Second)))
-			fe := hj.Frontend
+			fe, _ := rawSession(t, e)
 			for _, m := range tc.send {
 				fe.Send(m)
 			}
@@ -616,11 +587,7 @@ func TestPreparedAgainChaos(t *testing.T) {
 	rng := newRand(t)
 	rows := 0
 	for s := 0; s < 12; s++ {
-		conn := e.connect(t, "2")
-		hj, err := conn.PgConn().Hijack()
-		require.NoError(t, err)
-		require.NoError(t, hj.Conn.SetDeadline(time.Now().Add(time.Minute)))
-		fe := hj.Frontend
+		fe, _ := rawSession(t, e)
 		var history []string
 		for p := 0; p < 10; p++ {
 			cycles := 0
@@ -680,7 +647,6 @@ func TestPreparedAgainChaos(t *testing.T) {
 				}
 			}
 		}
-		hj.Conn.Close()
 	}
 	require.NotZero(t, rows, "no tenant row was read: the test proves nothing")
 	t.Logf("%d rows checked; statements prepared again: %.0f", rows, counterValue(t, e.metrics.StatementsPreparedAgain))
@@ -692,12 +658,7 @@ func TestPreparedAgainChaos(t *testing.T) {
 // statements: the session ends with 08P01 instead (no driver sends this).
 func TestSimpleQueryInsideAPipelineIsRefused(t *testing.T) {
 	e := start(t, basePolicy)
-	conn := e.connect(t, "2")
-	hj, err := conn.PgConn().Hijack()
-	require.NoError(t, err)
-	defer hj.Conn.Close()
-	require.NoError(t, hj.Conn.SetDeadline(time.Now().Add(20*time.Second)))
-	fe := hj.Frontend
+	fe, _ := rawSession(t, e)
 	fe.Send(&pgproto3.Parse{Query: "SELECT 1 / 0"})
 	fe.Send(&pgproto3.Bind{})
 	fe.Send(&pgproto3.Execute{})
