@@ -23,6 +23,10 @@ const (
 	msgParseComplete = '1'
 	msgCloseComplete = '3'
 	msgCopyIn        = 'G'
+	msgBindComplete  = '2'
+	msgNoData        = 'n'
+	msgRowDesc       = 'T'
+	msgParamDesc     = 't'
 )
 
 // BackendInterest selects the backend messages the guard sees: statement
@@ -33,6 +37,9 @@ func (g *Guard) BackendInterest(typ byte) proxy.Interest {
 	case proxy.MsgErrorResponse, proxy.MsgCommandComplete, proxy.MsgReadyForQuery:
 		return proxy.Inspect
 	case proxy.MsgDataRow, msgEmptyQuery, msgPortalSuspend:
+		return proxy.Notify
+	case msgBindComplete, msgNoData, msgRowDesc, msgParamDesc:
+		// Seen by length only, to be dropped after a row-guard cut.
 		return proxy.Notify
 	case msgNotification, msgParseComplete, msgCloseComplete, msgCopyIn:
 		return proxy.Inspect
@@ -64,6 +71,10 @@ func (g *Guard) OnBackend(s *proxy.Session, m proxy.Message) (proxy.Verdict, err
 	case msgCopyIn:
 		if f := c.head(g); f != nil && f.dec.CopyIn {
 			f.copyStarted = true
+		}
+	case msgBindComplete, msgNoData, msgRowDesc, msgParamDesc:
+		if c.cutting {
+			return drop, nil // the client was told the cycle failed
 		}
 	case proxy.MsgDataRow:
 		return g.onDataRow(c)

@@ -289,3 +289,25 @@ func requireServerAndGuardOnTenant2(t *testing.T, send func(msgs ...pgproto3.Fro
 	require.Equal(t, []string{"2"}, show.rows)
 	require.NotEmpty(t, ins.errs, "PostgreSQL holds tenant 2: an insert into clinic 3 is cross-tenant")
 }
+
+// TestRowGuardCutDropsLaterReplies: after the row guard's 54000 the client
+// sees nothing more of the cycle until ReadyForQuery: no BindComplete,
+// RowDescription or NoData of the statements pipelined after the cut one
+// (a BindComplete used to follow the error).
+func TestRowGuardCutDropsLaterReplies(t *testing.T) {
+	cat := &rewriter.Catalog{Relations: map[string]*rewriter.Relation{
+		"public.patients": {Schema: "public", Name: "patients", Kind: rewriter.KindTable,
+			Columns: []string{"id", "clinic_id", "full_name", "email", "status"}, UniqueKeys: [][]string{{"id"}, {"status"}}},
+	}}
+	e := startWith(t, strings.Replace(basePolicy, "max_rows: 50", "max_rows: 5", 1), cat)
+	_, send := rawSession(t, e)
+	r := send(
+		&pgproto3.Parse{Query: "SELECT full_name FROM patients WHERE status = 'active'"}, &pgproto3.Bind{}, &pgproto3.Execute{},
+		&pgproto3.Parse{Query: "SELECT 1"}, &pgproto3.Bind{}, &pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{},
+		&pgproto3.Parse{Query: "SET app.clinic_id = 2"}, &pgproto3.Bind{}, &pgproto3.Describe{ObjectType: 'P'},
+		&pgproto3.Sync{})
+	require.Equal(t, "12DEZ", r.types)
+	require.Equal(t, "54000", r.errs[0].Code)
+	// The session goes on, in step.
+	require.Equal(t, "TDCZ", send(&pgproto3.Query{String: "SELECT 1"}).types)
+}
