@@ -337,11 +337,19 @@ func (g *Guard) onError(c *conn, body []byte) (proxy.Verdict, error) {
 	// An error ends the implicit transaction of its cycle: undo its SETs
 	// (even while the row guard cuts the cycle's replies).
 	c.undoCycle(c.backCycle)
-	if f := c.head(g); f != nil && f.dec.CopyIn && !f.copyStarted {
-		// The COPY failed before copy-in: the server answers the Syncs
-		// the client sent before its CopyDone after all.
+	if f := c.lastCopy; f != nil && !f.copyStarted && f.cycle == c.backCycle {
+		// The COPY failed, or was skipped, before copy-in: the server
+		// answers the Syncs the client sent before its CopyDone after
+		// all, and the client may send no CopyDone (pgx does not).
 		c.extraReady += f.uncountedSyncs
+		if c.copyIn == f {
+			if f.uncountedSyncs > 0 && c.extMessages == f.extAtSync {
+				c.unsynced = false
+			}
+			c.copyIn = nil
+		}
 		f.uncountedSyncs = 0
+		c.lastCopy = nil
 	}
 	var e pgproto3.ErrorResponse
 	if err := e.Decode(append([]byte(nil), body...)); err != nil {

@@ -53,7 +53,7 @@ func (g *Guard) OnFrontend(s *proxy.Session, m proxy.Message) (proxy.Verdict, er
 		return g.onQuery(c, m.Body)
 	case proxy.MsgDescribe, proxy.MsgFlush:
 		c.mu.Lock()
-		c.unsynced = true
+		c.markUnsynced()
 		c.mu.Unlock()
 	case proxy.MsgParse:
 		return g.onParse(c, m.Body)
@@ -67,6 +67,7 @@ func (g *Guard) OnFrontend(s *proxy.Session, m proxy.Message) (proxy.Verdict, er
 		c.mu.Lock()
 		if c.copyIn != nil {
 			c.copyIn.uncountedSyncs++ // ignored in copy-in mode
+			c.copyIn.extAtSync = c.extMessages
 		} else {
 			c.frontCycle++
 			c.unsynced = false
@@ -78,6 +79,13 @@ func (g *Guard) OnFrontend(s *proxy.Session, m proxy.Message) (proxy.Verdict, er
 		c.mu.Unlock()
 	}
 	return proxy.Verdict{}, nil
+}
+
+// markUnsynced records an extended-protocol message sent upstream. Callers
+// hold c.mu.
+func (c *conn) markUnsynced() {
+	c.unsynced = true
+	c.extMessages++
 }
 
 // cstring returns the NUL-terminated string at the start of b and the rest.
@@ -146,7 +154,7 @@ func (g *Guard) onQuery(c *conn, body []byte) (proxy.Verdict, error) {
 		f := &inflight{cycle: cycle, dec: *d, start: g.opts.Now(), tenant: c.current().v, protocol: "simple", injected: d.Enforced && d.Verdict == rewriter.VerdictRewritten}
 		c.queue = append(c.queue, f)
 		if d.CopyIn {
-			c.copyIn = f
+			c.copyIn, c.lastCopy = f, f
 		}
 		c.applyEffects(d, "")
 		if d.Enforced {
@@ -246,7 +254,7 @@ func (g *Guard) onParse(c *conn, body []byte) (proxy.Verdict, error) {
 	e := g.engine()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.unsynced = true
+	c.markUnsynced()
 	c.beginCycle()
 	// Every Parse reaches the upstream, as itself or as a sentinel.
 	r := c.expectReply(reply{cycle: c.frontCycle, typ: proxy.MsgParse, name: p.Name, stmt: true, prev: c.statements[p.Name]})
@@ -378,7 +386,7 @@ func (g *Guard) onBind(c *conn, body []byte) (proxy.Verdict, error) {
 	e := g.engine()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.unsynced = true
+	c.markUnsynced()
 	c.beginCycle()
 	p := c.statements[stmtName]
 	// prepare, when set, prepares the statement again upstream before the
@@ -623,7 +631,7 @@ func (g *Guard) onExecute(c *conn, body []byte) (proxy.Verdict, error) {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.unsynced = true
+	c.markUnsynced()
 	pt := c.portals[string(body[:end])] // no allocation for the lookup
 	if pt != nil && pt.rejected {
 		return proxy.Verdict{}, nil // the server skips it after the rejection's error
@@ -639,7 +647,7 @@ func (g *Guard) onExecute(c *conn, body []byte) (proxy.Verdict, error) {
 		g.countDecision(c, &pt.dec)
 		c.applyEffects(&pt.dec, pt.effectValue)
 		if pt.dec.CopyIn {
-			c.copyIn = f
+			c.copyIn, c.lastCopy = f, f
 		}
 	}
 	c.queue = append(c.queue, f)
@@ -649,7 +657,7 @@ func (g *Guard) onExecute(c *conn, body []byte) (proxy.Verdict, error) {
 func (g *Guard) onClose(c *conn, body []byte) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.unsynced = true
+	c.markUnsynced()
 	if len(body) < 2 {
 		return // the server refuses it
 	}

@@ -190,8 +190,10 @@ type conn struct {
 	// upstream, backCycle the ReadyForQuery messages received: an inflight
 	// statement of an older cycle than backCycle was skipped by the server.
 	frontCycle, backCycle uint64
-	// unsynced: extended-protocol messages were sent since the last Sync.
-	unsynced bool
+	// unsynced: extended-protocol messages were sent since the last Sync;
+	// extMessages counts them all.
+	unsynced    bool
+	extMessages uint64
 	// copyIn is the COPY ... FROM STDIN sent and not yet ended by the
 	// client's CopyDone or CopyFail: a Sync sent meanwhile is ignored by a
 	// server in copy-in mode, so it does not end a cycle (copyIn counts it
@@ -200,6 +202,9 @@ type conn struct {
 	// end no cycle of the guard's.
 	copyIn     *inflight
 	extraReady int
+	// lastCopy is the last COPY ... FROM STDIN sent, until the server
+	// enters copy-in for it or fails its cycle.
+	lastCopy *inflight
 
 	// cutting is set when the row guard cut a result: backend messages are
 	// dropped until ReadyForQuery.
@@ -288,6 +293,7 @@ type inflight struct {
 	// and whether the server entered copy-in mode.
 	uncountedSyncs int
 	copyStarted    bool
+	extAtSync      uint64 // conn.extMessages at the last of those Syncs
 }
 
 // rejection is a statement refused by tenantguard.

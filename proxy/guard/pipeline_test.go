@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/stretchr/testify/require"
 
@@ -310,4 +311,27 @@ func TestRowGuardCutDropsLaterReplies(t *testing.T) {
 	require.Equal(t, "54000", r.errs[0].Code)
 	// The session goes on, in step.
 	require.Equal(t, "TDCZ", send(&pgproto3.Query{String: "SELECT 1"}).types)
+}
+
+// TestFailedCopyKeepsStep: a COPY ... FROM STDIN the server refuses before
+// copy-in gets no CopyDone from pgx; the Syncs after it end cycles as
+// usual (the guard took them for Syncs a server in copy-in mode ignores,
+// and fell out of step with the server).
+func TestFailedCopyKeepsStep(t *testing.T) {
+	e := start(t, basePolicy)
+	conn := e.connect(t, "2")
+	const q = "SELECT full_name FROM patients WHERE id > $1 ORDER BY id LIMIT 3"
+	for _, src := range []string{"simple", "extended"} {
+		_, err := conn.CopyFrom(ctx(t), pgx.Identifier{"clinics"}, []string{"no_such_column"}, pgx.CopyFromRows([][]any{{1}}))
+		pgErr(t, err, "42703")
+		if src == "extended" {
+			_, err = conn.Exec(ctx(t), "COPY clinics (no_such_column) FROM STDIN", pgx.QueryExecModeDescribeExec)
+			require.Error(t, err)
+		}
+		for _, tenant := range []string{"2", "3", "1", "2"} {
+			_, err = conn.Exec(ctx(t), "SET app.clinic_id = "+tenant)
+			require.NoError(t, err)
+			onlyMarker(t, tenant, queryStrings(t, conn, pgx.QueryExecModeCacheStatement, q, 0))
+		}
+	}
 }
