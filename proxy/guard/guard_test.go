@@ -548,11 +548,7 @@ func TestRowGuardCutsLongResults(t *testing.T) {
 func TestRowGuardCutsAtRunTime(t *testing.T) {
 	// A stale catalog claims status is unique, so the statement passes the
 	// static bound; the run-time guard must still cut it.
-	cat := &rewriter.Catalog{Relations: map[string]*rewriter.Relation{
-		"public.patients": {Schema: "public", Name: "patients", Kind: rewriter.KindTable,
-			Columns: []string{"id", "clinic_id", "full_name", "email", "status"}, UniqueKeys: [][]string{{"id"}, {"status"}}},
-	}}
-	e := startWith(t, strings.Replace(basePolicy, "max_rows: 50", "max_rows: 5", 1), cat)
+	e := startRowGuard5(t)
 	conn := e.connect(t, "1")
 	for _, m := range modes {
 		t.Run(m.name, func(t *testing.T) {
@@ -872,11 +868,7 @@ func TestStartupTenantFollowsTheServer(t *testing.T) {
 // portal in one pipeline are counted apart; together they may pass
 // max_rows, each alone does not.
 func TestRowGuardCountsEachPipelinedExecute(t *testing.T) {
-	cat := &rewriter.Catalog{Relations: map[string]*rewriter.Relation{
-		"public.patients": {Schema: "public", Name: "patients", Kind: rewriter.KindTable,
-			Columns: []string{"id", "clinic_id", "full_name", "email", "status"}, UniqueKeys: [][]string{{"id"}, {"status"}}},
-	}}
-	e := startWith(t, strings.Replace(basePolicy, "max_rows: 50", "max_rows: 5", 1), cat)
+	e := startRowGuard5(t)
 	var ids []int64
 	rows, err := e.direct(t).Query(ctx(t), "SELECT id FROM patients WHERE clinic_id = 1 AND status = 'active' ORDER BY id")
 	require.NoError(t, err)
@@ -1044,4 +1036,16 @@ GRANT SELECT ON rep.plain_t TO `+pgtest.AppUser)
 	_, err = sqlConn.Exec(ctx(t), "PREPARE p AS "+q, pgx.QueryExecModeSimpleProtocol)
 	pe = pgErr(t, err, "0A000") // decided again: the name reaches the view now
 	assert.Contains(t, pe.Message, "does not expose the tenant column")
+}
+
+// startRowGuard5 starts tenantguard with max_rows 5 and a catalog that
+// (wrongly) calls patients.status unique, so that a statement on one status
+// passes the static bound and only the run-time row guard can cut it.
+func startRowGuard5(t *testing.T) *env {
+	t.Helper()
+	cat := &rewriter.Catalog{Relations: map[string]*rewriter.Relation{
+		"public.patients": {Schema: "public", Name: "patients", Kind: rewriter.KindTable,
+			Columns: []string{"id", "clinic_id", "full_name", "email", "status"}, UniqueKeys: [][]string{{"id"}, {"status"}}},
+	}}
+	return startWith(t, strings.Replace(basePolicy, "max_rows: 50", "max_rows: 5", 1), cat)
 }

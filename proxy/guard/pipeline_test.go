@@ -1,15 +1,12 @@
 package guard_test
 
 import (
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/stretchr/testify/require"
-
-	"github.com/tenantguard/tenantguard/rewriter"
 )
 
 // The tests of this file came from a review of the pinned-literal change:
@@ -151,11 +148,7 @@ func TestFailedSetThenPipelinedBegin(t *testing.T) {
 // transaction back: the SET is undone although the cycle's replies are
 // being cut (onError used to return before undoing).
 func TestRowGuardCutThenErrorUndoesSet(t *testing.T) {
-	cat := &rewriter.Catalog{Relations: map[string]*rewriter.Relation{
-		"public.patients": {Schema: "public", Name: "patients", Kind: rewriter.KindTable,
-			Columns: []string{"id", "clinic_id", "full_name", "email", "status"}, UniqueKeys: [][]string{{"id"}, {"status"}}},
-	}}
-	e := startWith(t, strings.Replace(basePolicy, "max_rows: 50", "max_rows: 5", 1), cat)
+	e := startRowGuard5(t)
 	_, send := rawSession(t, e)
 	r := send(
 		&pgproto3.Parse{Query: "SELECT full_name FROM patients WHERE status = 'active'"}, &pgproto3.Bind{}, &pgproto3.Execute{},
@@ -234,11 +227,7 @@ func TestReadyKeepsLaterPortals(t *testing.T) {
 // TestReadyKeepsLaterPortalsRowGuard: the same portal keeps its row guard:
 // a result above max_rows is cut.
 func TestReadyKeepsLaterPortalsRowGuard(t *testing.T) {
-	cat := &rewriter.Catalog{Relations: map[string]*rewriter.Relation{
-		"public.patients": {Schema: "public", Name: "patients", Kind: rewriter.KindTable,
-			Columns: []string{"id", "clinic_id", "full_name", "email", "status"}, UniqueKeys: [][]string{{"id"}, {"status"}}},
-	}}
-	e := startWith(t, strings.Replace(basePolicy, "max_rows: 50", "max_rows: 5", 1), cat)
+	e := startRowGuard5(t)
 	fe, send := rawSession(t, e)
 	fe.Send(&pgproto3.Query{String: "SELECT 1"})
 	fe.Send(&pgproto3.Parse{Query: "SELECT full_name FROM patients WHERE status = 'active'"})
@@ -296,11 +285,7 @@ func requireServerAndGuardOnTenant2(t *testing.T, send func(msgs ...pgproto3.Fro
 // RowDescription or NoData of the statements pipelined after the cut one
 // (a BindComplete used to follow the error).
 func TestRowGuardCutDropsLaterReplies(t *testing.T) {
-	cat := &rewriter.Catalog{Relations: map[string]*rewriter.Relation{
-		"public.patients": {Schema: "public", Name: "patients", Kind: rewriter.KindTable,
-			Columns: []string{"id", "clinic_id", "full_name", "email", "status"}, UniqueKeys: [][]string{{"id"}, {"status"}}},
-	}}
-	e := startWith(t, strings.Replace(basePolicy, "max_rows: 50", "max_rows: 5", 1), cat)
+	e := startRowGuard5(t)
 	_, send := rawSession(t, e)
 	r := send(
 		&pgproto3.Parse{Query: "SELECT full_name FROM patients WHERE status = 'active'"}, &pgproto3.Bind{}, &pgproto3.Execute{},

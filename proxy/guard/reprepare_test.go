@@ -84,7 +84,7 @@ func TestPinnedPreparedStatementsArePreparedAgain(t *testing.T) {
 // does not.)
 func TestPreparedAgainInAFailedTransaction(t *testing.T) {
 	e := start(t, basePolicy)
-	fe, _ := rawSession(t, e)
+	fe, send := rawSession(t, e)
 	const q = "SELECT full_name FROM patients WHERE id > $1 ORDER BY id LIMIT 3"
 	zero := [][]byte{[]byte("0")}
 	query := func(sql, want string) {
@@ -95,31 +95,19 @@ func TestPreparedAgainInAFailedTransaction(t *testing.T) {
 	}
 	query("BEGIN", "CZ")
 	fe.Send(&pgproto3.Parse{Name: "s1", Query: q})
-	fe.Send(&pgproto3.Bind{PreparedStatement: "s1", Parameters: zero})
-	fe.Send(&pgproto3.Execute{})
-	fe.Send(&pgproto3.Sync{})
-	require.NoError(t, fe.Flush())
-	r := receiveUntilReady(t, fe)
+	r := send(&pgproto3.Bind{PreparedStatement: "s1", Parameters: zero}, &pgproto3.Execute{}, &pgproto3.Sync{})
 	require.Equal(t, "12DCZ", r.types)
 	onlyMarker(t, "2", r.rows)
 	query("SET LOCAL app.clinic_id = 3", "CZ")
 	query("SELECT 1 / 0", "EZ")
 
-	fe.Send(&pgproto3.Bind{PreparedStatement: "s1", Parameters: zero})
-	fe.Send(&pgproto3.Execute{})
-	fe.Send(&pgproto3.Sync{})
-	require.NoError(t, fe.Flush())
-	r = receiveUntilReady(t, fe)
+	r = send(&pgproto3.Bind{PreparedStatement: "s1", Parameters: zero}, &pgproto3.Execute{}, &pgproto3.Sync{})
 	require.Equal(t, "EZ", r.types)
 	require.Equal(t, "25P02", r.errs[0].Code)
 	require.Equal(t, 1.0, counterValue(t, e.metrics.StatementsPreparedAgain))
 
 	query("ROLLBACK", "CZ")
-	fe.Send(&pgproto3.Bind{PreparedStatement: "s1", Parameters: zero})
-	fe.Send(&pgproto3.Execute{})
-	fe.Send(&pgproto3.Sync{})
-	require.NoError(t, fe.Flush())
-	r = receiveUntilReady(t, fe)
+	r = send(&pgproto3.Bind{PreparedStatement: "s1", Parameters: zero}, &pgproto3.Execute{}, &pgproto3.Sync{})
 	require.Equal(t, "2DCZ", r.types, "the statement exists upstream again")
 	onlyMarker(t, "2", r.rows)
 	require.Equal(t, 2.0, counterValue(t, e.metrics.StatementsPreparedAgain))
@@ -201,7 +189,7 @@ func receiveUntilReady(t *testing.T, fe *pgproto3.Frontend) received {
 // its own tenant's rows.
 func TestPreparedAgainInAPipeline(t *testing.T) {
 	e := start(t, basePolicy)
-	fe, _ := rawSession(t, e)
+	fe, send := rawSession(t, e)
 	const q = "SELECT full_name FROM patients WHERE id > $1 ORDER BY id LIMIT 3"
 	zero := [][]byte{[]byte("0")}
 	fe.Send(&pgproto3.Parse{Name: "s1", Query: q})
@@ -212,11 +200,7 @@ func TestPreparedAgainInAPipeline(t *testing.T) {
 	fe.Send(&pgproto3.Execute{})
 	fe.Send(&pgproto3.Bind{PreparedStatement: "s1", Parameters: zero})
 	fe.Send(&pgproto3.Execute{})
-	fe.Send(&pgproto3.Describe{ObjectType: 'S', Name: "s1"})
-	fe.Send(&pgproto3.Close{ObjectType: 'S', Name: "never_prepared"})
-	fe.Send(&pgproto3.Sync{})
-	require.NoError(t, fe.Flush())
-	r := receiveUntilReady(t, fe)
+	r := send(&pgproto3.Describe{ObjectType: 'S', Name: "s1"}, &pgproto3.Close{ObjectType: 'S', Name: "never_prepared"}, &pgproto3.Sync{})
 	require.Equal(t, "12DC12C2DCtT3Z", r.types)
 	require.Len(t, r.rows, 6)
 	onlyMarker(t, "2", r.rows[:3])
@@ -225,11 +209,7 @@ func TestPreparedAgainInAPipeline(t *testing.T) {
 
 	// The session goes on, in step with the server.
 	fe.Send(&pgproto3.Bind{PreparedStatement: "s1", Parameters: zero})
-	fe.Send(&pgproto3.Execute{})
-	fe.Send(&pgproto3.Close{ObjectType: 'S', Name: "s1"})
-	fe.Send(&pgproto3.Sync{})
-	require.NoError(t, fe.Flush())
-	r = receiveUntilReady(t, fe)
+	r = send(&pgproto3.Execute{}, &pgproto3.Close{ObjectType: 'S', Name: "s1"}, &pgproto3.Sync{})
 	require.Equal(t, "2DC3Z", r.types)
 	onlyMarker(t, "3", r.rows)
 }
