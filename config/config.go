@@ -91,8 +91,8 @@ var keys = []struct {
 	{"drain-timeout", "on SIGTERM, how long open sessions may run before they are closed", DefaultDrainTimeout},
 	{"max-message-size", "largest protocol message accepted from a client, in bytes", DefaultMaxMessageSize},
 	{"catalog-refresh", "how often the upstream catalog is reloaded", DefaultCatalogRefresh},
-	{"procs", "threads running tenantguard's Go code (GOMAXPROCS); 0: GOMAXPROCS from the environment, else the CPU or container limit Go sees, else half the machine's CPUs", 0},
-	{"event-loops", "epoll loops relaying established plain-TCP sessions (Linux); 0: one per proc; -1: none (two goroutines per session, as for TLS)", 0},
+	{"procs", "threads running tenantguard's Go code (GOMAXPROCS); 0: GOMAXPROCS from the environment, else the CPU or container limit Go sees, else half the machine's CPUs plus one", 0},
+	{"event-loops", "epoll loops relaying established plain-TCP sessions (Linux); 0: one per proc but one, at least one (with a proc to spare each loop waits on its own thread); -1: none (two goroutines per session, as for TLS)", 0},
 }
 
 // BindFlags declares every key as a flag on fs and binds it, with the

@@ -19,7 +19,7 @@ type loopConn struct {
 
 type eventLoop struct{}
 
-func newEventLoops(int, *zap.Logger) []*eventLoop { return nil }
+func newEventLoops(int, bool, *zap.Logger) []*eventLoop { return nil }
 
 func (l *eventLoop) request(*Session, bool) bool { return false }
 
@@ -28,3 +28,5 @@ func (s *Session) enterLoop() bool { return false }
 func (s *Session) leaveLoop() bool { return true }
 
 func (l *eventLoop) sessions() int { return 0 }
+
+func (l *eventLoop) quietParks() uint64 { return 0 }

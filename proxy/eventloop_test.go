@@ -2,6 +2,7 @@ package proxy_test
 
 import (
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"net"
 	"runtime"
@@ -405,8 +406,45 @@ func TestEventLoopShutdownRacesSessions(t *testing.T) {
 // alone and pipelined, in both protocols: every result exactly right,
 // whether the session is still in the loop or was handed back.
 func TestEventLoopRandomTraffic(t *testing.T) {
-	p := startProxy(t, nil)
-	loopsOn(t, p)
+	for _, m := range loopModes(t) {
+		t.Run(m.name, func(t *testing.T) {
+			p := startProxy(t, m.mod)
+			if loopsOn(t, p) {
+				require.Equal(t, m.block, p.srv.EventLoopsBlock(), "loops block")
+			}
+			randomTraffic(t, p)
+		})
+	}
+}
+
+// loopMode is a way of running the event loops.
+type loopMode struct {
+	name  string
+	mod   func(*proxy.Config)
+	block bool
+}
+
+// loopModes are the event loop modes a test should run in: blocking loops
+// (one loop, with a processor to spare: GOMAXPROCS is raised to 2 for the
+// test when needed) and parking loops (one per processor); or the relay
+// goroutines alone when the run has no loops.
+func loopModes(t *testing.T) []loopMode {
+	if runtime.GOOS != "linux" || testEventLoops(t) < 0 {
+		return []loopMode{{name: "goroutines"}}
+	}
+	return []loopMode{
+		{name: "blocking", block: true, mod: func(cfg *proxy.Config) {
+			if prev := runtime.GOMAXPROCS(0); prev < 2 {
+				runtime.GOMAXPROCS(2)
+				t.Cleanup(func() { runtime.GOMAXPROCS(prev) })
+			}
+			cfg.EventLoops = 1
+		}},
+		{name: "parking", mod: func(cfg *proxy.Config) { cfg.EventLoops = runtime.GOMAXPROCS(0) }},
+	}
+}
+
+func randomTraffic(t *testing.T, p *testProxy) {
 	ctx := testCtx(t)
 	seed := time.Now().UnixNano()
 	t.Logf("seed %d", seed)
@@ -453,4 +491,84 @@ func TestEventLoopRandomTraffic(t *testing.T) {
 		require.NoError(t, conn.Close(ctx))
 	}
 	waitFor(t, 10*time.Second, "every session to leave the loop", func() bool { return p.srv.LoopSessions() == 0 })
+}
+
+// A blocking event loop waits in epoll_pwait holding its processor, where
+// the runtime cannot stop it without a signal: garbage collections (which
+// stop the world and scan its stack) must still complete, with sessions
+// busy and with sessions idle in the loop, and the sessions must work on.
+// A loop that went quiet parks on the runtime's poller, and the next query
+// wakes it.
+func TestEventLoopBlockingYieldsToTheRuntime(t *testing.T) {
+	if runtime.GOOS != "linux" || testEventLoops(t) < 0 {
+		t.Skip("no event loops in this run (TENANTGUARD_TEST_EVENT_LOOPS=-1, or not Linux)")
+	}
+	p := startProxy(t, loopModes(t)[0].mod)
+	require.True(t, p.srv.EventLoopsBlock(), "one loop with a processor to spare blocks")
+	ctx := testCtx(t)
+	conns := make([]*pgx.Conn, 3)
+	for i := range conns {
+		conns[i] = p.connect(t, pgtest.SuperUser, "", "postgres")
+	}
+	waitFor(t, 10*time.Second, "the sessions to be in the loop", func() bool { return p.srv.LoopSessions() == len(conns) })
+
+	// collect runs garbage collections and fails the test if they do not
+	// finish. A loop that never yields stops the whole process at the first
+	// stop-the-world, this timer included: go test's -timeout ends that run.
+	collect := func(what string, n int) {
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for range n {
+				runtime.GC()
+			}
+		}()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%d garbage collections did not finish in 30 s %s", n, what)
+		}
+	}
+
+	// Busy: queries on every session while collections run.
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	errs := make(chan error, len(conns))
+	for i, conn := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := 0; ; n++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				var got int
+				if err := conn.QueryRow(ctx, "select $1::int + 1", i*100000+n).Scan(&got); err != nil || got != i*100000+n+1 {
+					errs <- fmt.Errorf("session %d query %d: got %d, %v", i, n, got, err)
+					return
+				}
+			}
+		}()
+	}
+	collect("with busy sessions", 20)
+	close(stop)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+
+	// Idle: the loop goes quiet and parks; collections still finish, and a
+	// query wakes the loop.
+	parks := p.srv.LoopQuietParks()
+	waitFor(t, 10*time.Second, "the quiet loop to park", func() bool { return p.srv.LoopQuietParks() > parks })
+	collect("with the sessions idle", 5)
+	for i, conn := range conns {
+		var got int
+		require.NoError(t, conn.QueryRow(ctx, "select $1::int * 2", i+21).Scan(&got))
+		require.Equal(t, 2*(i+21), got)
+	}
+	require.Equal(t, len(conns), p.srv.LoopSessions(), "the sessions stayed in the loop")
 }

@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,18 +28,19 @@ type Server struct {
 
 	nextID atomic.Uint64
 
-	mu        sync.Mutex
-	listeners map[net.Listener]struct{}
-	sessions  map[*Session]struct{}
-	keys      map[string]*Session // BackendKeyData (pid+secret) -> session, for CancelRequest
-	draining  bool
-	addr      net.Addr
-	shutdown  chan struct{}
-	wg        sync.WaitGroup // connection goroutines
-	idle      chan struct{}  // signalled when a session ends during drain
-	loops     []*eventLoop   // empty: no event loop
-	handBacks atomic.Uint64
-	reentries atomic.Uint64
+	mu         sync.Mutex
+	listeners  map[net.Listener]struct{}
+	sessions   map[*Session]struct{}
+	keys       map[string]*Session // BackendKeyData (pid+secret) -> session, for CancelRequest
+	draining   bool
+	addr       net.Addr
+	shutdown   chan struct{}
+	wg         sync.WaitGroup // connection goroutines
+	idle       chan struct{}  // signalled when a session ends during drain
+	loops      []*eventLoop   // empty: no event loop
+	loopsBlock bool           // the loops wait in epoll_pwait on their threads
+	handBacks  atomic.Uint64
+	reentries  atomic.Uint64
 }
 
 // NewServer validates cfg, fills defaults and loads certificates.
@@ -76,10 +79,12 @@ func NewServer(cfg Config) (*Server, error) {
 		idle:      make(chan struct{}, 1),
 	}
 	if n := cfg.EventLoops; n >= 0 && eventLoopsAvailable {
+		procs := runtime.GOMAXPROCS(0)
 		if n == 0 {
-			n = runtime.GOMAXPROCS(0)
+			n = max(1, procs-1)
 		}
-		s.loops = newEventLoops(n, s.log)
+		s.loopsBlock = procs > n && asyncPreemption(os.Getenv("GODEBUG"))
+		s.loops = newEventLoops(n, s.loopsBlock, s.log)
 	}
 	if (cfg.TLSCertFile == "") != (cfg.TLSKeyFile == "") {
 		return nil, errors.New("proxy: TLS needs both a certificate and a key file")
@@ -271,6 +276,24 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // EventLoops returns the number of event loops relaying sessions (0: every
 // session is relayed by goroutines of its own).
 func (s *Server) EventLoops() int { return len(s.loops) }
+
+// EventLoopsBlock reports whether the event loops wait on threads of their
+// own (GOMAXPROCS leaves a processor for everything else) rather than park
+// on the runtime's poller.
+func (s *Server) EventLoopsBlock() bool { return s.loopsBlock }
+
+// asyncPreemption reports whether the runtime can preempt a goroutine by
+// signalling its thread, given the GODEBUG setting: a blocking event loop
+// relies on it (the last asyncpreemptoff setting wins, as in the runtime).
+func asyncPreemption(godebug string) bool {
+	on := true
+	for _, kv := range strings.Split(godebug, ",") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(kv), "asyncpreemptoff="); ok {
+			on = v != "1"
+		}
+	}
+	return on
+}
 
 // LoopSessions returns the number of sessions the event loops hold now.
 func (s *Server) LoopSessions() int {

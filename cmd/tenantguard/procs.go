@@ -9,31 +9,32 @@ import (
 // then GOMAXPROCS from the environment (envSet: current is that value);
 // then a limit Go already applied (a container's CPU quota or the affinity
 // mask: current < numCPU). Otherwise tenantguard takes half the machine's
-// CPUs, at least one: a sidecar shares the machine with the application and
-// often the database, and on a 2-core machine one processor measured
-// 0.80 -> 0.82 (prepared) and 0.74 -> 0.87 (simple) of PgBouncer's lookup
-// throughput, with less latency added (a 3-round A/B of make bench's lookup
-// with GOMAXPROCS=2 and 1, figures in the README's Benchmarks section; the
-// raw runs are not kept): idle processors cost a proxy thread wake-ups on
-// every round trip.
+// CPUs for its event loops, at least one, and one processor more for
+// everything else (new sessions, TLS sessions, the admin server, the
+// garbage collector): a sidecar shares the machine with the application
+// and often the database. With a processor to spare, each event loop waits
+// on a thread of its own, as PgBouncer does, instead of parking on the
+// runtime's poller; on a 2-core machine that measured 1–2 µs less CPU per
+// transaction (README, Benchmarks). A one-CPU machine gets one processor.
 func procsFor(configured, current, numCPU int, envSet bool) int {
 	switch {
 	case configured > 0:
 		return configured
 	case envSet, current < numCPU:
 		return current
+	case numCPU <= 1:
+		return 1
 	default:
-		return max(1, numCPU/2)
+		return numCPU/2 + 1
 	}
 }
 
-// setProcs applies procsFor and returns the value in force.
+// setProcs applies procsFor and returns the value in force. It always sets
+// GOMAXPROCS, which stops the runtime from changing it later (when a
+// container's CPU limit changes): the event loops are sized by it once.
 func setProcs(configured int) int {
 	_, envSet := os.LookupEnv("GOMAXPROCS")
-	cur := runtime.GOMAXPROCS(0)
-	n := procsFor(configured, cur, runtime.NumCPU(), envSet)
-	if n != cur {
-		runtime.GOMAXPROCS(n)
-	}
+	n := procsFor(configured, runtime.GOMAXPROCS(0), runtime.NumCPU(), envSet)
+	runtime.GOMAXPROCS(n)
 	return n
 }

@@ -186,7 +186,7 @@ func serve(ctx context.Context, cfg *config.Config) error {
 	log.Info("tenantguard serving",
 		zap.String("listen", ln.Addr().String()), zap.String("upstream", upstream.Addr()),
 		zap.String("admin", cfg.Admin), zap.String("policy", cfg.Policy), zap.String("mode", string(pol.Mode)),
-		zap.Int("procs", procs), zap.Int("event_loops", srv.EventLoops()))
+		zap.Int("procs", procs), zap.Int("event_loops", srv.EventLoops()), zap.Bool("event_loops_block", srv.EventLoopsBlock()))
 
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
