@@ -142,9 +142,13 @@ trap 'exit 143' TERM
 
 used_ports=" "
 free_port() {
-  local p
+  # Below the kernel's ephemeral range (32768 and up by default): a port
+  # there can be the local end of some outgoing connection, which nothing
+  # answers on, so the probe below finds it free and the bind then fails.
+  local p lo
+  lo=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
   for _ in $(seq 1 200); do
-    p=$((20000 + RANDOM % 30000))
+    p=$((20000 + RANDOM % (lo > 22000 ? lo - 20000 : 2000)))
     case $used_ports in *" $p "*) continue ;; esac
     if ! (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; then used_ports+="$p "; echo "$p"; return; fi
   done

@@ -24,9 +24,12 @@ if [ ! -x "$bindir/initdb" ]; then
 fi
 
 free_port() {
-  local p
+  # Below the ephemeral range: a port there can be the local end of an
+  # outgoing connection, free to the probe below and not to a bind.
+  local p lo
+  lo=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
   for _ in $(seq 1 100); do
-    p=$((20000 + RANDOM % 30000))
+    p=$((20000 + RANDOM % (lo > 22000 ? lo - 20000 : 2000)))
     if ! (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; then echo "$p"; return; fi
   done
   echo "demo: no free port found" >&2; exit 1
