@@ -283,6 +283,10 @@ tg_procs=$(sed -n 's/.*"msg":"tenantguard serving".*"procs":\([0-9]*\).*/\1/p' "
 tg_procs=${tg_procs:-unknown}
 tg_loops=$(sed -n 's/.*"msg":"tenantguard serving".*"event_loops":\([0-9]*\).*/\1/p' "$work/tenantguard-audit.log" | head -n1)
 tg_loops=${tg_loops:-unknown}
+case $(sed -n 's/.*"msg":"tenantguard serving".*"event_loops_block":\([a-z]*\).*/\1/p' "$work/tenantguard-audit.log" | head -n1) in
+  true) tg_loops+=" (each waiting on its own thread)" ;;
+  false) tg_loops+=" (parking on the runtime's poller)" ;;
+esac
 tg_audit_pid=$tg_pid
 targets="direct pgbouncer tg"
 if [ "$audit_null" = 1 ]; then
