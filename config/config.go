@@ -92,7 +92,7 @@ var keys = []struct {
 	{"max-message-size", "largest protocol message accepted from a client, in bytes", DefaultMaxMessageSize},
 	{"catalog-refresh", "how often the upstream catalog is reloaded", DefaultCatalogRefresh},
 	{"procs", "threads running tenantguard's Go code (GOMAXPROCS); 0: GOMAXPROCS from the environment, else the CPU or container limit Go sees, else half the machine's CPUs plus one", 0},
-	{"event-loops", "epoll loops relaying established plain-TCP sessions (Linux); 0: one per proc but one, at least one (with a proc to spare each loop waits on its own thread); -1: none (two goroutines per session, as for TLS)", 0},
+	{"event-loops", "epoll loops relaying established plain-TCP sessions (Linux); 0: as many as procs leaves after the spare ones (1, and 1 + (procs+2)/4 from 4 procs on), at least one; when procs leaves the spare ones after all loops each waits on its own thread; -1: none (two goroutines per session, as for TLS)", 0},
 }
 
 // BindFlags declares every key as a flag on fs and binds it, with the

@@ -58,12 +58,13 @@ type Config struct {
 	// everything unchanged.
 	Hooks Hooks
 	// EventLoops is how many epoll loops relay established plain-socket
-	// sessions (Linux): 0 one per GOMAXPROCS but one (at least one),
-	// negative none (every session is relayed by goroutines of its own, as
-	// TLS sessions always are). When GOMAXPROCS is larger than the number of
-	// loops, each loop waits in epoll_pwait on a thread of its own;
-	// otherwise it parks on the runtime's poller (eventloop_linux.go,
-	// loopWaiter).
+	// sessions (Linux): 0 as many as GOMAXPROCS leaves after the spare
+	// processors (one, more from four processors on: spareProcs), at least
+	// one; negative none (every session is relayed by goroutines of its
+	// own, as TLS sessions always are). When GOMAXPROCS leaves the spare
+	// processors after all the loops, each waits in epoll_pwait on a thread
+	// of its own; otherwise they park on the runtime's poller
+	// (eventloop_linux.go, loopWaiter).
 	EventLoops int
 }
 

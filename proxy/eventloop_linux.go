@@ -165,15 +165,22 @@ func (l *eventLoop) request(s *Session, add bool) bool {
 }
 
 // start creates the epoll instance and the wake pipe and starts the
-// goroutine; l.mu is held. A parking loop's epoll descriptor is put on the
-// runtime's poller (non-blocking); a blocking loop's is not (see
-// loopWaiter).
+// goroutine; l.mu is held. A loop that may block takes a blocking slot
+// (acquireBlocking) if one is free; otherwise it parks, and its epoll
+// descriptor is put on the runtime's poller (non-blocking).
 func (l *eventLoop) start() error {
+	block := l.block && acquireBlocking()
+	started := false
+	defer func() {
+		if block && !started {
+			blockingLoops.Add(-1)
+		}
+	}()
 	epfd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
 	if err != nil {
 		return os.NewSyscallError("epoll_create1", err)
 	}
-	if err := syscall.SetNonblock(epfd, !l.block); err != nil {
+	if err := syscall.SetNonblock(epfd, !block); err != nil {
 		syscall.Close(epfd)
 		return os.NewSyscallError("fcntl", err)
 	}
@@ -192,18 +199,27 @@ func (l *eventLoop) start() error {
 	}
 	l.epf, l.epfd, l.wakeR, l.wakeW = epf, epfd, p[0], p[1]
 	l.running, l.woken = true, false
-	go l.run(epf, epfd, p[0])
+	started = true
+	go l.run(epf, epfd, p[0], block)
 	return nil
 }
 
-func (l *eventLoop) run(epf *os.File, epfd, wakeR int) {
-	w := loopWaiter{epf: epf, epfd: epfd, block: l.block, quiet: &l.quiet, events: make([]syscall.EpollEvent, 64)}
-	if l.block {
+func (l *eventLoop) run(epf *os.File, epfd, wakeR int, block bool) {
+	w := loopWaiter{log: l.log, epf: epf, epfd: epfd, pollable: !block, block: block, quiet: &l.quiet, events: make([]syscall.EpollEvent, 64)}
+	if block {
 		// One thread: a preempted loop resumes where its sockets' data and
 		// its own state are in cache, instead of on whichever thread the
 		// scheduler finds (measured: the loop spread over three threads).
 		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
+	}
+	defer w.unblock()
+	if !block {
+		rc, err := epf.SyscallConn()
+		if err != nil {
+			l.fail(epfd, wakeR, err)
+			return
+		}
+		w.rc = rc
 	}
 	for {
 		n, err := w.wait()
@@ -253,84 +269,160 @@ func (l *eventLoop) run(epf *os.File, epfd, wakeR int) {
 // scheduler (park, find work, poll, wake), and leaves every processor idle,
 // which keeps the runtime's monitor thread waking.
 //
-// A blocking loop (GOMAXPROCS leaves a processor for everything else) waits
-// in epoll_pwait on its thread, as PgBouncer does: the runtime sees a
-// running goroutine and the loop keeps its processor. Measured under
-// pgbench (one loop, paired rounds against the parking loop): 4.4 system
-// calls per prepared lookup against 4.7 (PgBouncer 4.3), and tenantguard's
-// CPU per transaction 0.7 µs lower (prepared, median of 4 rounds) to 1–2
-// µs lower (simple, 3 rounds). The runtime stops or preempts a goroutine by
-// signalling its thread, which interrupts the wait (EINTR); the loop yields
-// then, and after every timeout. After loopIdleWaits waits in a row
-// without an event (at most ~80 ms without traffic) it parks instead until
-// the next event, so an idle proxy does not wake 100 times a second.
+// A blocking loop (GOMAXPROCS leaves processors for everything else, see
+// acquireBlocking) waits in epoll_pwait on its thread, as PgBouncer does:
+// the runtime sees a running goroutine and the loop keeps its processor.
+// Measured under pgbench (one loop, paired rounds against the parking
+// loop): 4.4 system calls per prepared lookup against 4.7 (PgBouncer 4.3),
+// and tenantguard's CPU per transaction 0.7 µs lower (prepared, median of 4
+// rounds) to 1–2 µs lower (simple, 3 rounds). The runtime stops or
+// preempts a goroutine by signalling its thread, which interrupts the wait
+// (EINTR); the loop yields then. After loopIdleWaits waits without an event
+// the loop is quiet: it parks on the runtime's poller until the next event,
+// through a duplicate of its epoll descriptor that is on the poller only
+// for that wait (kept there, the poller's thread would wake for every event
+// the loop takes itself). An idle proxy therefore does not wake 100 times a
+// second; a lightly used one costs more wake-ups than a parking loop (see
+// loopIdleWaits).
 type loopWaiter struct {
-	epf    *os.File // the epoll instance (blocking loops: not on the poller)
-	epfd   int
-	block  bool
-	events []syscall.EpollEvent
-	empty  int // blocking: waits in a row that returned no event
-	busy   int // parking: collections in a row that found events at once
-	quiet  *atomic.Uint64
+	log      *zap.Logger
+	epf      *os.File // the epoll instance
+	epfd     int
+	pollable bool            // epf is on the runtime's poller (a parking loop)
+	rc       syscall.RawConn // epf's, when pollable
+	block    bool            // holds a blocking slot (acquireBlocking) and its thread
+	events   []syscall.EpollEvent
+	empty    int  // blocking: waits in a row without an event
+	busy     int  // parking: collections in a row that found events at once
+	dupErr   bool // a duplicate for a quiet wait failed (logged once)
+	quiet    *atomic.Uint64
 }
 
-// loopWaitMillis is a blocking loop's epoll_pwait timeout: a bound on how
-// long it runs without yielding, whatever the runtime's signals do.
-const loopWaitMillis = 10
+// loopWaitMillis is a blocking loop's epoll_pwait timeout, and
+// loopIdleWaits how many waits in a row without an event (timeouts, or
+// signals, each followed by a yield) make it quiet: at most ~80 ms without
+// traffic. A loop that parked at every pause would pay more: each time a
+// processor turns busy after all were idle, the runtime's monitor thread
+// polls every 20 µs for a millisecond and more (with a query every 40 ms
+// and a park after each: ~1,300 context switches a second, against ~700).
+const (
+	loopWaitMillis = 10
+	loopIdleWaits  = 8
+)
 
-// loopIdleWaits is how many empty waits make a blocking loop park.
-const loopIdleWaits = 8
+// blockingLoops is the number of event loops, in all the servers of the
+// process, that hold a processor of their own.
+var blockingLoops atomic.Int32
+
+// acquireBlocking takes a blocking slot if GOMAXPROCS, as it is now, leaves
+// the spare processors after it; release gives it back.
+func acquireBlocking() bool {
+	procs := runtime.GOMAXPROCS(0)
+	limit := int32(procs - spareProcs(procs))
+	for {
+		n := blockingLoops.Load()
+		if n >= limit {
+			return false
+		}
+		if blockingLoops.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
+
+// unblock gives a blocking loop's slot and thread back; the loop goes on
+// parking (through its quiet path, for every wait) until it stops.
+func (w *loopWaiter) unblock() {
+	if w.block {
+		w.block = false
+		blockingLoops.Add(-1)
+		runtime.UnlockOSThread()
+	}
+}
 
 // wait returns the number of events collected into w.events.
 func (w *loopWaiter) wait() (int, error) {
-	if !w.block {
-		return w.park(w.epf)
+	if w.pollable {
+		return w.park(w.rc)
 	}
-	for w.empty < loopIdleWaits {
-		r, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_PWAIT, uintptr(w.epfd), uintptr(unsafe.Pointer(&w.events[0])), uintptr(len(w.events)), loopWaitMillis, 0, 0)
-		if e == 0 && r > 0 {
-			w.empty = 0
-			return int(r), nil
+	if w.block {
+		for w.empty < loopIdleWaits {
+			r, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_PWAIT, uintptr(w.epfd), uintptr(unsafe.Pointer(&w.events[0])), uintptr(len(w.events)), loopWaitMillis, 0, 0)
+			if e == 0 && r > 0 {
+				w.empty = 0
+				return int(r), nil
+			}
+			if e == syscall.EINTR {
+				// A signal: most likely the runtime asking this goroutine
+				// to stop (a stop-the-world, a stack scan, a long-running
+				// goroutine's preemption), which it can only do at a call
+				// like this one: the system call wrapper is not a
+				// preemption point, and the runtime interrupts a wait it
+				// cannot preempt every 10 ms or sooner.
+				runtime.Gosched()
+			} else if e != 0 {
+				return 0, os.NewSyscallError("epoll_pwait", e)
+			}
+			w.empty++
 		}
-		if e != 0 && e != syscall.EINTR {
-			return 0, os.NewSyscallError("epoll_pwait", e)
+		w.empty = 0
+		// GOMAXPROCS may have been lowered since the slot was taken: then
+		// the loop keeps no processor from the rest any longer.
+		if procs := runtime.GOMAXPROCS(0); int(blockingLoops.Load()) > procs-spareProcs(procs) {
+			w.unblock()
 		}
-		// A timeout, or a signal: most likely the runtime asking this
-		// goroutine to stop (a stop-the-world, a stack scan, a long-running
-		// goroutine's preemption), which it can only do at a call like this
-		// one: the system call wrapper is not a preemption point.
-		w.empty++
-		runtime.Gosched()
 	}
-	// Quiet: park on the runtime's poller, through a duplicate of the epoll
-	// descriptor that is on it only until the next event.
-	fd, _, e := syscall.Syscall(syscall.SYS_FCNTL, uintptr(w.epfd), syscall.F_DUPFD_CLOEXEC, 0)
-	if e != 0 {
-		return 0, os.NewSyscallError("fcntl", e)
-	}
-	// Non-blocking for the poller; epoll_pwait ignores the flag, which the
-	// original shares.
-	if err := syscall.SetNonblock(int(fd), true); err != nil {
-		syscall.Close(int(fd))
-		return 0, os.NewSyscallError("fcntl", err)
-	}
-	f := os.NewFile(fd, "epoll")
-	defer f.Close()
-	w.empty = 0
-	w.quiet.Add(1)
-	return w.park(f)
+	return w.parkQuiet()
 }
 
-// park collects events from f, an epoll descriptor on the runtime's poller,
-// and parks until it is readable when there are none.
-func (w *loopWaiter) park(f *os.File) (int, error) {
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return 0, err
+// parkQuiet parks on the runtime's poller through a duplicate of the epoll
+// descriptor. Without a descriptor to spare (EMFILE) it waits once more in
+// epoll_pwait instead, holding the processor for at most loopWaitMillis:
+// the loop goes on.
+func (w *loopWaiter) parkQuiet() (int, error) {
+	fd, _, e := syscall.Syscall(syscall.SYS_FCNTL, uintptr(w.epfd), syscall.F_DUPFD_CLOEXEC, 0)
+	var err error
+	if e != 0 {
+		err = os.NewSyscallError("fcntl", e)
+	} else if err = syscall.SetNonblock(int(fd), true); err != nil {
+		// Non-blocking for the poller; epoll_pwait ignores the flag, which
+		// the original shares.
+		syscall.Close(int(fd))
+	} else {
+		f := os.NewFile(fd, "epoll")
+		rc, perr := f.SyscallConn()
+		var n int
+		if perr == nil {
+			w.quiet.Add(1)
+			n, perr = w.park(rc)
+		}
+		f.Close()
+		if perr == nil {
+			return n, nil
+		}
+		err = perr // the poller refused it, most likely: wait below, where a broken epoll shows
 	}
+	if !w.dupErr {
+		w.dupErr = true
+		w.log.Warn("event loop: cannot park on the runtime's poller, waiting in epoll_pwait instead", zap.Error(err))
+	}
+	r, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_PWAIT, uintptr(w.epfd), uintptr(unsafe.Pointer(&w.events[0])), uintptr(len(w.events)), loopWaitMillis, 0, 0)
+	runtime.Gosched()
+	switch {
+	case e == syscall.EINTR:
+		return 0, nil
+	case e != 0:
+		return 0, os.NewSyscallError("epoll_pwait", e)
+	}
+	return int(r), nil
+}
+
+// park collects events through rc, an epoll descriptor on the runtime's
+// poller, and parks until it is readable when there are none.
+func (w *loopWaiter) park(rc syscall.RawConn) (int, error) {
 	var n, calls int
 	var errno syscall.Errno
-	err = rc.Read(func(fd uintptr) bool {
+	err := rc.Read(func(fd uintptr) bool {
 		calls++
 		for {
 			r, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_PWAIT, fd, uintptr(unsafe.Pointer(&w.events[0])), uintptr(len(w.events)), 0, 0, 0)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"os"
 	"runtime"
 	"strconv"
 	"strings"
@@ -432,6 +433,10 @@ func loopModes(t *testing.T) []loopMode {
 	if runtime.GOOS != "linux" || testEventLoops(t) < 0 {
 		return []loopMode{{name: "goroutines"}}
 	}
+	parking := loopMode{name: "parking", mod: func(cfg *proxy.Config) { cfg.EventLoops = runtime.GOMAXPROCS(0) }}
+	if !proxy.AsyncPreemption(os.Getenv("GODEBUG")) {
+		return []loopMode{parking} // loops never block then
+	}
 	return []loopMode{
 		{name: "blocking", block: true, mod: func(cfg *proxy.Config) {
 			if prev := runtime.GOMAXPROCS(0); prev < 2 {
@@ -440,8 +445,26 @@ func loopModes(t *testing.T) []loopMode {
 			}
 			cfg.EventLoops = 1
 		}},
-		{name: "parking", mod: func(cfg *proxy.Config) { cfg.EventLoops = runtime.GOMAXPROCS(0) }},
+		parking,
 	}
+}
+
+// blockingProxy starts a proxy whose one event loop blocks, or skips the
+// test when this run has no loops or cannot block.
+func blockingProxy(t *testing.T, mod func(*proxy.Config)) *testProxy {
+	t.Helper()
+	m := loopModes(t)[0]
+	if !m.block {
+		t.Skip("no blocking event loop in this run (TENANTGUARD_TEST_EVENT_LOOPS=-1, GODEBUG=asyncpreemptoff, or not Linux)")
+	}
+	p := startProxy(t, func(cfg *proxy.Config) {
+		m.mod(cfg)
+		if mod != nil {
+			mod(cfg)
+		}
+	})
+	require.True(t, p.srv.EventLoopsBlock(), "one loop with a processor to spare blocks")
+	return p
 }
 
 func randomTraffic(t *testing.T, p *testProxy) {
@@ -500,11 +523,7 @@ func randomTraffic(t *testing.T, p *testProxy) {
 // A loop that went quiet parks on the runtime's poller, and the next query
 // wakes it.
 func TestEventLoopBlockingYieldsToTheRuntime(t *testing.T) {
-	if runtime.GOOS != "linux" || testEventLoops(t) < 0 {
-		t.Skip("no event loops in this run (TENANTGUARD_TEST_EVENT_LOOPS=-1, or not Linux)")
-	}
-	p := startProxy(t, loopModes(t)[0].mod)
-	require.True(t, p.srv.EventLoopsBlock(), "one loop with a processor to spare blocks")
+	p := blockingProxy(t, nil)
 	ctx := testCtx(t)
 	conns := make([]*pgx.Conn, 3)
 	for i := range conns {

@@ -12,3 +12,6 @@ func (s *Server) LoopQuietParks() uint64 {
 	}
 	return n
 }
+
+// AsyncPreemption is asyncPreemption, for the tests.
+var AsyncPreemption = asyncPreemption

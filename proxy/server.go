@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -81,9 +82,11 @@ func NewServer(cfg Config) (*Server, error) {
 	if n := cfg.EventLoops; n >= 0 && eventLoopsAvailable {
 		procs := runtime.GOMAXPROCS(0)
 		if n == 0 {
-			n = max(1, procs-1)
+			n = max(1, procs-spareProcs(procs))
 		}
-		s.loopsBlock = procs > n && asyncPreemption(os.Getenv("GODEBUG"))
+		// All the loops block, or none: more loops than processors to give
+		// them park, every one.
+		s.loopsBlock = n <= procs-spareProcs(procs) && asyncPreemption(os.Getenv("GODEBUG"))
 		s.loops = newEventLoops(n, s.loopsBlock, s.log)
 	}
 	if (cfg.TLSCertFile == "") != (cfg.TLSKeyFile == "") {
@@ -277,19 +280,38 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // session is relayed by goroutines of its own).
 func (s *Server) EventLoops() int { return len(s.loops) }
 
-// EventLoopsBlock reports whether the event loops wait on threads of their
-// own (GOMAXPROCS leaves a processor for everything else) rather than park
-// on the runtime's poller.
+// EventLoopsBlock reports whether the event loops may wait on threads of
+// their own (GOMAXPROCS leaves the spare processors after all of them, see
+// spareProcs) rather than park on the runtime's poller. Each loop takes a processor when it
+// starts, if GOMAXPROCS at that moment still leaves the spare ones after it
+// (counting every server's loops), and gives it back when GOMAXPROCS has
+// been lowered since.
 func (s *Server) EventLoopsBlock() bool { return s.loopsBlock }
 
+// spareProcs is how many processors blocking event loops leave to
+// everything else (new sessions, TLS sessions, the audit flusher, the admin
+// server, timers): one, and from four processors on as many more as the
+// garbage collector may run dedicated mark workers on (a quarter of them,
+// rounded up from a half), which would otherwise take the spare one for a
+// whole mark phase.
+func spareProcs(procs int) int {
+	if procs < 4 {
+		return 1 // below four the collector runs no dedicated worker
+	}
+	return 1 + (procs+2)/4
+}
+
 // asyncPreemption reports whether the runtime can preempt a goroutine by
-// signalling its thread, given the GODEBUG setting: a blocking event loop
-// relies on it (the last asyncpreemptoff setting wins, as in the runtime).
+// signalling its thread, given the GODEBUG environment variable: a blocking
+// event loop relies on it. As in the runtime, the last asyncpreemptoff
+// setting wins and any non-zero number turns it off. Settings compiled in
+// with //go:debug are not seen; tenantguard has none.
 func asyncPreemption(godebug string) bool {
 	on := true
 	for _, kv := range strings.Split(godebug, ",") {
 		if v, ok := strings.CutPrefix(strings.TrimSpace(kv), "asyncpreemptoff="); ok {
-			on = v != "1"
+			n, err := strconv.ParseInt(v, 10, 64)
+			on = err == nil && n == 0
 		}
 	}
 	return on

@@ -9,13 +9,14 @@ import (
 // then GOMAXPROCS from the environment (envSet: current is that value);
 // then a limit Go already applied (a container's CPU quota or the affinity
 // mask: current < numCPU). Otherwise tenantguard takes half the machine's
-// CPUs for its event loops, at least one, and one processor more for
-// everything else (new sessions, TLS sessions, the admin server, the
-// garbage collector): a sidecar shares the machine with the application
-// and often the database. With a processor to spare, each event loop waits
-// on a thread of its own, as PgBouncer does, instead of parking on the
-// runtime's poller; on a 2-core machine that measured 1–2 µs less CPU per
-// transaction (README, Benchmarks). A one-CPU machine gets one processor.
+// CPUs plus one, one on a one-CPU machine: a sidecar shares the machine
+// with the application and often the database. The event loops get what
+// the spare processors leave (new sessions, TLS sessions, the admin server
+// and the garbage collector run there: proxy's spareProcs), one on a 2-CPU
+// machine, and each waits on a thread of its own, as PgBouncer does,
+// instead of parking on the runtime's poller; on a 2-core machine that
+// measured 0.7–2 µs less CPU per transaction under load (README,
+// Benchmarks).
 func procsFor(configured, current, numCPU int, envSet bool) int {
 	switch {
 	case configured > 0:
