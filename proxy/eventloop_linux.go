@@ -293,6 +293,7 @@ type loopWaiter struct {
 	block    bool            // holds a blocking slot (acquireBlocking) and its thread
 	events   []syscall.EpollEvent
 	empty    int  // blocking: waits in a row without an event
+	waits    int  // blocking: waits so far
 	busy     int  // parking: collections in a row that found events at once
 	dupErr   bool // a duplicate for a quiet wait failed (logged once)
 	quiet    *atomic.Uint64
@@ -340,10 +341,25 @@ func (w *loopWaiter) unblock() {
 	}
 }
 
+// checkProcs gives the blocking slot back if GOMAXPROCS has been lowered
+// since it was taken and no longer leaves the spare processors: the loop
+// then keeps no processor from the rest.
+func (w *loopWaiter) checkProcs() {
+	if procs := runtime.GOMAXPROCS(0); int(blockingLoops.Load()) > procs-spareProcs(procs) {
+		w.unblock()
+	}
+}
+
 // wait returns the number of events collected into w.events.
 func (w *loopWaiter) wait() (int, error) {
 	if w.pollable {
 		return w.park(w.rc)
+	}
+	if w.block {
+		// A loop that is never quiet looks at GOMAXPROCS now and then too.
+		if w.waits++; w.waits%64 == 0 {
+			w.checkProcs()
+		}
 	}
 	if w.block {
 		for w.empty < loopIdleWaits {
@@ -366,11 +382,7 @@ func (w *loopWaiter) wait() (int, error) {
 			w.empty++
 		}
 		w.empty = 0
-		// GOMAXPROCS may have been lowered since the slot was taken: then
-		// the loop keeps no processor from the rest any longer.
-		if procs := runtime.GOMAXPROCS(0); int(blockingLoops.Load()) > procs-spareProcs(procs) {
-			w.unblock()
-		}
+		w.checkProcs()
 	}
 	return w.parkQuiet()
 }

@@ -2,6 +2,7 @@ package proxy_test
 
 import (
 	"context"
+	"fmt"
 	"runtime"
 	"syscall"
 	"testing"
@@ -105,4 +106,36 @@ func TestEventLoopGivesItsProcessorBack(t *testing.T) {
 	require.NoError(t, c2.QueryRow(ctx, "select 2").Scan(&got))
 	require.Equal(t, 2, got)
 	waitFor(t, 10*time.Second, "both sessions in the (now parking) loop", func() bool { return p.srv.LoopSessions() == 2 })
+}
+
+// The same under a steady stream of queries: a loop that is never quiet
+// gives its processor back too.
+func TestEventLoopGivesItsProcessorBackUnderLoad(t *testing.T) {
+	p := blockingProxy(t, nil)
+	ctx := testCtx(t)
+	conn := p.connect(t, pgtest.SuperUser, "", "postgres")
+	waitFor(t, 10*time.Second, "the session to be in the loop", func() bool { return p.srv.LoopSessions() == 1 })
+	waitFor(t, 10*time.Second, "the loop to hold a processor", func() bool { return proxy.BlockingLoops() == 1 })
+	stop := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				done <- nil
+				return
+			default:
+			}
+			var got int
+			if err := conn.QueryRow(ctx, "select $1::int", i).Scan(&got); err != nil || got != i {
+				done <- fmt.Errorf("query %d: got %d, %v", i, got, err)
+				return
+			}
+		}
+	}()
+	prev := runtime.GOMAXPROCS(1)
+	t.Cleanup(func() { runtime.GOMAXPROCS(prev) })
+	waitFor(t, 10*time.Second, "the busy loop to give its processor back", func() bool { return proxy.BlockingLoops() == 0 })
+	close(stop)
+	require.NoError(t, <-done)
 }
