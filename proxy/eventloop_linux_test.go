@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/tenantguard/tenantguard/proxy"
@@ -87,11 +88,8 @@ func TestEventLoopServesRequestsWhileParked(t *testing.T) {
 // (Found in review: with GOMAXPROCS 1 the loop kept the only processor, and
 // a new session took 45–100 ms to start.)
 func TestEventLoopGivesItsProcessorBack(t *testing.T) {
-	p := blockingProxy(t, nil)
+	p, conn := blockingSession(t)
 	ctx := testCtx(t)
-	conn := p.connect(t, pgtest.SuperUser, "", "postgres")
-	waitFor(t, 10*time.Second, "the session to be in the loop", func() bool { return p.srv.LoopSessions() == 1 })
-	waitFor(t, 10*time.Second, "the loop to hold a processor", func() bool { return proxy.BlockingLoops() == 1 })
 
 	prev := runtime.GOMAXPROCS(1)
 	t.Cleanup(func() { runtime.GOMAXPROCS(prev) })
@@ -111,11 +109,8 @@ func TestEventLoopGivesItsProcessorBack(t *testing.T) {
 // The same under a steady stream of queries: a loop that is never quiet
 // gives its processor back too.
 func TestEventLoopGivesItsProcessorBackUnderLoad(t *testing.T) {
-	p := blockingProxy(t, nil)
+	_, conn := blockingSession(t)
 	ctx := testCtx(t)
-	conn := p.connect(t, pgtest.SuperUser, "", "postgres")
-	waitFor(t, 10*time.Second, "the session to be in the loop", func() bool { return p.srv.LoopSessions() == 1 })
-	waitFor(t, 10*time.Second, "the loop to hold a processor", func() bool { return proxy.BlockingLoops() == 1 })
 	stop := make(chan struct{})
 	done := make(chan error, 1)
 	go func() {
@@ -138,4 +133,15 @@ func TestEventLoopGivesItsProcessorBackUnderLoad(t *testing.T) {
 	waitFor(t, 10*time.Second, "the busy loop to give its processor back", func() bool { return proxy.BlockingLoops() == 0 })
 	close(stop)
 	require.NoError(t, <-done)
+}
+
+// blockingSession starts a proxy with one blocking loop and a session in
+// it, and waits until the loop holds a processor.
+func blockingSession(t *testing.T) (*testProxy, *pgx.Conn) {
+	t.Helper()
+	p := blockingProxy(t, nil)
+	conn := p.connect(t, pgtest.SuperUser, "", "postgres")
+	waitFor(t, 10*time.Second, "the session to be in the loop", func() bool { return p.srv.LoopSessions() == 1 })
+	waitFor(t, 10*time.Second, "the loop to hold a processor", func() bool { return proxy.BlockingLoops() == 1 })
+	return p, conn
 }
