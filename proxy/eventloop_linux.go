@@ -205,7 +205,7 @@ func (l *eventLoop) start() error {
 }
 
 func (l *eventLoop) run(epf *os.File, epfd, wakeR int, block bool) {
-	w := loopWaiter{log: l.log, epf: epf, epfd: epfd, pollable: !block, block: block, quiet: &l.quiet, events: make([]syscall.EpollEvent, 64)}
+	w := loopWaiter{log: l.log, epfd: epfd, pollable: !block, block: block, quiet: &l.quiet, events: make([]syscall.EpollEvent, 64)}
 	if block {
 		// One thread: a preempted loop resumes where its sockets' data and
 		// its own state are in cache, instead of on whichever thread the
@@ -286,8 +286,7 @@ func (l *eventLoop) run(epf *os.File, epfd, wakeR int, block bool) {
 // loopIdleWaits).
 type loopWaiter struct {
 	log      *zap.Logger
-	epf      *os.File // the epoll instance
-	epfd     int
+	epfd     int             // the epoll instance
 	pollable bool            // epf is on the runtime's poller (a parking loop)
 	rc       syscall.RawConn // epf's, when pollable
 	block    bool            // holds a blocking slot (acquireBlocking) and its thread
@@ -318,8 +317,7 @@ var blockingLoops atomic.Int32
 // acquireBlocking takes a blocking slot if GOMAXPROCS, as it is now, leaves
 // the spare processors after it; release gives it back.
 func acquireBlocking() bool {
-	procs := runtime.GOMAXPROCS(0)
-	limit := int32(procs - spareProcs(procs))
+	limit := int32(blockingProcs(runtime.GOMAXPROCS(0)))
 	for {
 		n := blockingLoops.Load()
 		if n >= limit {
@@ -345,7 +343,7 @@ func (w *loopWaiter) unblock() {
 // since it was taken and no longer leaves the spare processors: the loop
 // then keeps no processor from the rest.
 func (w *loopWaiter) checkProcs() {
-	if procs := runtime.GOMAXPROCS(0); int(blockingLoops.Load()) > procs-spareProcs(procs) {
+	if int(blockingLoops.Load()) > blockingProcs(runtime.GOMAXPROCS(0)) {
 		w.unblock()
 	}
 }
@@ -361,12 +359,12 @@ func (w *loopWaiter) wait() (int, error) {
 			w.checkProcs()
 		}
 	}
-	if w.block {
+	if w.block { // checkProcs may have unblocked it
 		for w.empty < loopIdleWaits {
-			r, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_PWAIT, uintptr(w.epfd), uintptr(unsafe.Pointer(&w.events[0])), uintptr(len(w.events)), loopWaitMillis, 0, 0)
-			if e == 0 && r > 0 {
+			n, e := epollWait(w.epfd, w.events, loopWaitMillis)
+			if e == 0 && n > 0 {
 				w.empty = 0
-				return int(r), nil
+				return n, nil
 			}
 			if e == syscall.EINTR {
 				// A signal: most likely the runtime asking this goroutine
@@ -418,7 +416,7 @@ func (w *loopWaiter) parkQuiet() (int, error) {
 		w.dupErr = true
 		w.log.Warn("event loop: cannot park on the runtime's poller, waiting in epoll_pwait instead", zap.Error(err))
 	}
-	r, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_PWAIT, uintptr(w.epfd), uintptr(unsafe.Pointer(&w.events[0])), uintptr(len(w.events)), loopWaitMillis, 0, 0)
+	n, e := epollWait(w.epfd, w.events, loopWaitMillis)
 	runtime.Gosched()
 	switch {
 	case e == syscall.EINTR:
@@ -426,7 +424,15 @@ func (w *loopWaiter) parkQuiet() (int, error) {
 	case e != 0:
 		return 0, os.NewSyscallError("epoll_pwait", e)
 	}
-	return int(r), nil
+	return n, nil
+}
+
+// epollWait is epoll_pwait on epfd into events for at most msec
+// milliseconds (0: do not wait), as a raw system call: the runtime does not
+// see it.
+func epollWait(epfd int, events []syscall.EpollEvent, msec int) (int, syscall.Errno) {
+	r, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), uintptr(msec), 0, 0)
+	return int(r), e
 }
 
 // park collects events through rc, an epoll descriptor on the runtime's
@@ -437,11 +443,11 @@ func (w *loopWaiter) park(rc syscall.RawConn) (int, error) {
 	err := rc.Read(func(fd uintptr) bool {
 		calls++
 		for {
-			r, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_PWAIT, fd, uintptr(unsafe.Pointer(&w.events[0])), uintptr(len(w.events)), 0, 0, 0)
+			r, e := epollWait(int(fd), w.events, 0)
 			if e == syscall.EINTR {
 				continue
 			}
-			n, errno = int(r), e
+			n, errno = r, e
 			return e != 0 || r > 0 // false: park until readable
 		}
 	})

@@ -60,6 +60,9 @@ func lowestFreeDescriptor() uint64 {
 
 // Requests reach a loop parked on the runtime's poller: a new session is
 // added to it, and a drain hands its idle sessions back and ends them.
+// (From the review; it passed before any fix: a guard against a lost
+// wake-up through the wake pipe while the loop is parked on a duplicate
+// descriptor.)
 func TestEventLoopServesRequestsWhileParked(t *testing.T) {
 	p := blockingProxy(t, func(cfg *proxy.Config) { cfg.DrainTimeout = 20 * time.Second })
 	conn := p.connect(t, pgtest.SuperUser, "", "postgres")

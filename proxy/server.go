@@ -82,11 +82,11 @@ func NewServer(cfg Config) (*Server, error) {
 	if n := cfg.EventLoops; n >= 0 && eventLoopsAvailable {
 		procs := runtime.GOMAXPROCS(0)
 		if n == 0 {
-			n = max(1, procs-spareProcs(procs))
+			n = max(1, blockingProcs(procs))
 		}
 		// All the loops block, or none: more loops than processors to give
 		// them park, every one.
-		s.loopsBlock = n <= procs-spareProcs(procs) && asyncPreemption(os.Getenv("GODEBUG"))
+		s.loopsBlock = n <= blockingProcs(procs) && asyncPreemption(os.Getenv("GODEBUG"))
 		s.loops = newEventLoops(n, s.loopsBlock, s.log)
 	}
 	if (cfg.TLSCertFile == "") != (cfg.TLSKeyFile == "") {
@@ -300,6 +300,10 @@ func spareProcs(procs int) int {
 	}
 	return 1 + (procs+2)/4
 }
+
+// blockingProcs is how many of procs processors blocking event loops may
+// hold: those spareProcs leaves.
+func blockingProcs(procs int) int { return procs - spareProcs(procs) }
 
 // asyncPreemption reports whether the runtime can preempt a goroutine by
 // signalling its thread, given the GODEBUG environment variable: a blocking
