@@ -84,6 +84,24 @@ func BenchmarkDecideLiteral(b *testing.B) {
 			}
 		}
 	})
+	// Pinned sessions (the tenant as a literal) of eight tenants in turn,
+	// on a template learnt in another tenant's session.
+	b.Run("hit_pinned_tenants", func(b *testing.B) {
+		r := New(testPolicy("default"), testCatalog(), WithTenantSetting())
+		pinned := make([]Session, 8)
+		for i := range pinned {
+			t := strconv.Itoa(10 + i)
+			pinned[i] = Session{Tenant: t, HasTenant: true, StartupTenant: t, HasStartupTenant: true, TenantLiteral: true}
+		}
+		r.Decide(texts[0], Session{Tenant: "7", HasTenant: true, TenantLiteral: true})
+		b.ReportAllocs()
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			if res := r.Decide(texts[i%len(texts)], pinned[i%len(pinned)]); !res.CacheHit || res.Statements[0].Verdict != VerdictRewritten {
+				b.Fatalf("not served by the literal path: %+v", res.Statements[0])
+			}
+		}
+	})
 	b.Run("full", func(b *testing.B) {
 		r := New(testPolicy("default"), testCatalog(), WithTenantSetting(), WithCacheSize(0))
 		b.ReportAllocs()

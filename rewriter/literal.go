@@ -202,6 +202,21 @@ type literalTemplate struct {
 	litSegs     [][]string
 	fingerprint string
 	normalized  string
+	// proven[1] says the hit path is proven exact for sessions with
+	// Session.TenantLiteral, proven[0] for sessions without it.
+	proven [2]bool
+	// abstract is the abstract statement's decision for any session with a
+	// valid tenant, when it does not depend on which tenant (tenantFree):
+	// a hit then renders nothing. Nil otherwise.
+	abstract *Decision
+}
+
+// modeIndex is the proven index of a session.
+func modeIndex(s Session) int {
+	if s.TenantLiteral {
+		return 1
+	}
+	return 0
 }
 
 // literalCache is a bounded cache of literal templates; when full it starts
@@ -234,16 +249,24 @@ func (c *literalCache) put(k cacheKey, t *literalTemplate) {
 // renderLiteral decides sql from a literal template, or reports false when
 // the full path must decide it.
 func (r *Rewriter) renderLiteral(lt *literalTemplate, sql string, lits []literalSpan, s Session, role roleInfo) (*Result, bool) {
-	if lt.qt == nil {
+	if lt.qt == nil || !lt.proven[modeIndex(s)] {
 		return nil, false // known not to be served by the literal path
 	}
-	as := s
-	as.Extended = true
-	res := lt.qt.render(r, as, role.role)
-	if len(res.Statements) != 1 {
-		return nil, false
+	// The abstract statement is rendered without the literal tenant: its
+	// SQL then holds the setting expression, the same for every tenant,
+	// and litSegs puts the literal in below.
+	var d Decision
+	if lt.abstract != nil && s.HasTenant && validTenant(r.pol.Tenant.Type, s.Tenant) {
+		d = *lt.abstract
+	} else {
+		as := s
+		as.Extended, as.TenantLiteral = true, false
+		res := lt.qt.render(r, as, role.role)
+		if len(res.Statements) != 1 {
+			return nil, false
+		}
+		d = res.Statements[0]
 	}
-	d := res.Statements[0]
 	if d.Verdict == VerdictRejected || d.SQL != lt.sql || d.TenantParam != 0 || d.TenantEffect != nil || d.TxOp != nil || d.Notify != nil {
 		return nil, false
 	}
@@ -326,15 +349,20 @@ func (r *Rewriter) renderLiteral(lt *literalTemplate, sql string, lits []literal
 		d.MaxRows = 0
 	}
 	d.Fingerprint, d.Normalized = lt.fingerprint, lt.normalized
-	res.Statements[0] = d
-	return res, true
+	return &Result{Statements: []Decision{d}}, true
+}
+
+// validTenant reports whether v is a valid tenant of type t.
+func validTenant(t policy.TenantType, v string) bool {
+	_, err := CanonicalTenant(t, v)
+	return err == nil
 }
 
 // learnLiteral builds a literal template from a statement and its full
 // decision and stores it when the two agree exactly, or stores that the
 // statement's shape is not for the literal path.
-func (r *Rewriter) learnLiteral(key cacheKey, sql string, lits []literalSpan, s Session, role roleInfo, full *Result) *literalTemplate {
-	lt := r.buildLiteral(sql, lits, s, role, full)
+func (r *Rewriter) learnLiteral(key cacheKey, sql string, lits []literalSpan, s Session, role roleInfo, tpl *queryTemplate, full *Result) *literalTemplate {
+	lt := r.buildLiteral(sql, lits, s, role, tpl, full)
 	if lt == nil {
 		// Remember the failure so that the next miss does not try again:
 		// rejected and value-dependent decisions stay on the full path.
@@ -344,7 +372,11 @@ func (r *Rewriter) learnLiteral(key cacheKey, sql string, lits []literalSpan, s 
 	return lt
 }
 
-func (r *Rewriter) buildLiteral(sql string, lits []literalSpan, s Session, role roleInfo, full *Result) *literalTemplate {
+// buildLiteral compiles the abstract statement of sql and proves, for
+// sessions with and without Session.TenantLiteral, that the hit path
+// decides sql exactly as the full path (tpl, whose decision for s is full)
+// does; the template serves the modes proven.
+func (r *Rewriter) buildLiteral(sql string, lits []literalSpan, s Session, role roleInfo, tpl *queryTemplate, full *Result) *literalTemplate {
 	if len(full.Statements) != 1 {
 		return nil
 	}
@@ -357,7 +389,7 @@ func (r *Rewriter) buildLiteral(sql string, lits []literalSpan, s Session, role 
 		return nil
 	}
 	as := s
-	as.Extended = true
+	as.Extended, as.TenantLiteral = true, false
 	ad := qt.render(r, as, role.role).Statements[0]
 	if ad.Verdict != fd.Verdict || ad.Reason != fd.Reason || ad.Kind != fd.Kind || ad.RowGuard != fd.RowGuard ||
 		ad.TenantParam != 0 || ad.TenantEffect != nil || !equalStrings(ad.Relations, fd.Relations) {
@@ -378,9 +410,33 @@ func (r *Rewriter) buildLiteral(sql string, lits []literalSpan, s Session, role 
 			lt.litSegs = split
 		}
 	}
-	// The proof: the hit path must produce exactly the full decision.
-	got, ok := r.renderLiteral(lt, sql, lits, s, role)
-	if !ok || len(got.Statements) != 1 || !sameDecision(&got.Statements[0], &fd) {
+	if st := qt.stmts[0]; s.HasTenant && len(st.checks) == 0 && (!st.needsTenant || len(st.segments) <= 1) {
+		// With a valid tenant, renderTenant reads it only to check the
+		// literals the statement compares it with (none here) and to splice
+		// it into the text (not here: the text holds the setting
+		// expression, or no tenant at all).
+		abstract := ad
+		lt.abstract = &abstract
+	}
+	// The proof: the hit path must produce exactly the full decision, in
+	// both modes.
+	for _, literal := range [2]bool{s.TenantLiteral, !s.TenantLiteral} {
+		ps := s
+		ps.TenantLiteral = literal
+		want := &fd
+		if literal != s.TenantLiteral {
+			other := tpl.render(r, ps, role.role)
+			if len(other.Statements) != 1 {
+				continue
+			}
+			want = &other.Statements[0]
+		}
+		i := modeIndex(ps)
+		lt.proven[i] = true
+		got, ok := r.renderLiteral(lt, sql, lits, ps, role)
+		lt.proven[i] = ok && len(got.Statements) == 1 && sameDecision(&got.Statements[0], want)
+	}
+	if !lt.proven[0] && !lt.proven[1] {
 		return nil
 	}
 	return lt

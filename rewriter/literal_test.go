@@ -2,6 +2,7 @@ package rewriter
 
 import (
 	"encoding/json"
+	"fmt"
 	"strconv"
 	"strings"
 	"testing"
@@ -123,6 +124,44 @@ func TestLiteralCacheIsExact(t *testing.T) {
 		t.Fatal("the literal path never hit: the test proves nothing")
 	}
 	t.Logf("%d decisions served from templates learnt with other literals", hits)
+}
+
+// TestLiteralCacheServesEveryTenant: a template learnt in one tenant's
+// session serves the sessions of other tenants, with and without the
+// literal tenant (pinned sessions), and renders nothing for them when the
+// abstract decision does not depend on the tenant. Before, a pinned
+// session's template held its tenant's literal and every other tenant's
+// statement took the full parse.
+func TestLiteralCacheServesEveryTenant(t *testing.T) {
+	rs := New(testPolicy("default"), testCatalog(), WithTenantSetting())
+	pinned := func(tenant string) Session {
+		return Session{Tenant: tenant, HasTenant: true, StartupTenant: tenant, HasStartupTenant: true, TenantLiteral: true}
+	}
+	const sql = "SELECT full_name FROM patients WHERE id = %d LIMIT 5"
+	rs.Decide(fmt.Sprintf(sql, 1), pinned("7")) // learn
+	lt := rs.literals.get(cacheKey{sql: "SELECT full_name FROM patients WHERE id = \x00n LIMIT \x00n"})
+	if lt == nil || lt.qt == nil || !lt.proven[0] || !lt.proven[1] || lt.abstract == nil {
+		t.Fatalf("template not learnt for both modes with a tenant-free abstract decision: %+v", lt)
+	}
+	for i, s := range []Session{pinned("8"), pinned("7"), pinned("123"), withTenant(Session{}, "9")} {
+		res := rs.Decide(fmt.Sprintf(sql, 100+i), s)
+		if !res.CacheHit {
+			t.Errorf("tenant %s (literal %v): not served by the template", s.Tenant, s.TenantLiteral)
+		}
+		d := res.Statements[0]
+		want := "clinic_id = " + s.Tenant
+		if !s.TenantLiteral {
+			want = "current_setting("
+		}
+		if d.Verdict != VerdictRewritten || !strings.Contains(d.SQL, want) || !strings.Contains(d.SQL, fmt.Sprintf("id = %d", 100+i)) {
+			t.Errorf("tenant %s: %s %q, want it rewritten with %q", s.Tenant, d.Verdict, d.SQL, want)
+		}
+	}
+	// An invalid tenant is not served from the tenant-free decision: the
+	// full path rejects it.
+	if res := rs.Decide(fmt.Sprintf(sql, 200), withTenant(Session{}, "x7")); res.Statements[0].Verdict != VerdictRejected {
+		t.Errorf("invalid tenant: %s %q, want rejected", res.Statements[0].Verdict, res.Statements[0].SQL)
+	}
 }
 
 func withTenant(s Session, tenant string) Session {

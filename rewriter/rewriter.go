@@ -332,9 +332,9 @@ func (r *Rewriter) Decide(sql string, s Session) *Result {
 	if litOK {
 		lt := r.literals.get(litKey)
 		if lt == nil {
-			lt = r.learnLiteral(litKey, sql, lits, s, roleInfo{role, roleKey}, res)
+			lt = r.learnLiteral(litKey, sql, lits, s, roleInfo{role, roleKey}, tpl, res)
 		}
-		served = lt.qt != nil
+		served = lt.qt != nil && lt.proven[modeIndex(s)]
 	}
 	if r.cache != nil && len(sql) <= maxCachedSQL && !served {
 		// Texts the literal path serves would only fill the text cache
