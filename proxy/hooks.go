@@ -22,6 +22,9 @@ type Verdict struct {
 	// client for frontend messages, to the upstream for backend messages):
 	// complete encoded messages, e.g. an ErrorResponse. It is written
 	// before Replace is forwarded.
+	//
+	// The relay writes or copies Replace and Reply before it calls the
+	// hook again, so a hook may reuse their memory for its next verdict.
 	Reply []byte
 }
 

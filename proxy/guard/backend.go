@@ -301,6 +301,7 @@ func (g *Guard) onCommandComplete(c *conn, body []byte) (proxy.Verdict, error) {
 		c.tenant.UndoCommit()
 	}
 	g.complete(c, f, rows, "")
+	c.recycleInflight(f)
 	return proxy.Verdict{}, nil
 }
 
@@ -458,9 +459,20 @@ func (g *Guard) onReady(c *conn, body []byte) {
 	case 'I':
 		// Every portal of the cycles the server has finished ended with
 		// the transaction (a later cycle's Bind may be here already).
-		for name, pt := range c.portals {
-			if pt.cycle < c.backCycle {
-				delete(c.portals, name)
+		if pt := c.unnamed; pt != nil && pt.cycle < c.backCycle {
+			c.unnamed = nil
+			if len(c.queue) == 0 {
+				// Every statement of its cycles has completed: nothing
+				// counts rows through it any more.
+				*pt = portal{}
+				c.sparePortal = pt
+			}
+		}
+		if len(c.portals) > 0 {
+			for name, pt := range c.portals {
+				if pt.cycle < c.backCycle {
+					delete(c.portals, name)
+				}
 			}
 		}
 		if c.tenant.InTx() {

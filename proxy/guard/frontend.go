@@ -125,7 +125,7 @@ func (g *Guard) onQuery(c *conn, body []byte) (proxy.Verdict, error) {
 	defer c.mu.Unlock()
 	// A simple Query destroys the unnamed statement and portal.
 	delete(c.statements, "")
-	delete(c.portals, "")
+	c.dropPortal("")
 	c.beginCycle()
 	sess := c.rwSession(false)
 	sess.TenantLiteral = c.pinned
@@ -135,7 +135,8 @@ func (g *Guard) onQuery(c *conn, body []byte) (proxy.Verdict, error) {
 	c.frontCycle++
 
 	changed := false
-	var parts []string
+	var partsBuf [1]string
+	parts := partsBuf[:0]
 	for i := range res.Statements {
 		d := &res.Statements[i]
 		c.scopeNotify(d)
@@ -151,7 +152,8 @@ func (g *Guard) onQuery(c *conn, body []byte) (proxy.Verdict, error) {
 		if d.Enforced && d.Verdict == rewriter.VerdictRewritten {
 			changed = true
 		}
-		f := &inflight{cycle: cycle, dec: *d, start: g.opts.Now(), tenant: c.current().v, protocol: "simple", injected: d.Enforced && d.Verdict == rewriter.VerdictRewritten}
+		f := c.newInflight()
+		*f = inflight{cycle: cycle, dec: *d, start: g.opts.Now(), tenant: c.current().v, protocol: "simple", injected: d.Enforced && d.Verdict == rewriter.VerdictRewritten}
 		c.queue = append(c.queue, f)
 		if d.CopyIn {
 			c.copyIn, c.lastCopy = f, f
@@ -166,7 +168,36 @@ func (g *Guard) onQuery(c *conn, body []byte) (proxy.Verdict, error) {
 	}
 	// The newline before each ';' ends a trailing line comment of the
 	// statement before it, so the separator can never be commented out.
-	return proxy.Verdict{Replace: encode(&pgproto3.Query{String: strings.Join(parts, "\n;\n")})}, nil
+	// The Query goes into the session's own buffer: the relay writes or
+	// copies Replace before the next message.
+	if cap(c.queryBuf) > maxKeptQuery {
+		c.queryBuf = nil
+	}
+	c.queryBuf = appendQuery(c.queryBuf[:0], parts, "\n;\n")
+	return proxy.Verdict{Replace: c.queryBuf}, nil
+}
+
+// maxKeptQuery is the largest Query buffer a session keeps between
+// statements.
+const maxKeptQuery = 16 << 10
+
+// appendQuery appends a Query message whose text is parts joined by sep.
+func appendQuery(dst []byte, parts []string, sep string) []byte {
+	n := 4 + 1
+	for i, p := range parts {
+		if i > 0 {
+			n += len(sep)
+		}
+		n += len(p)
+	}
+	dst = append(dst, proxy.MsgQuery, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+	for i, p := range parts {
+		if i > 0 {
+			dst = append(dst, sep...)
+		}
+		dst = append(dst, p...)
+	}
+	return append(dst, 0)
 }
 
 // beginCycle remembers the tenant state at the start of an implicit
@@ -393,7 +424,7 @@ func (g *Guard) onBind(c *conn, body []byte) (proxy.Verdict, error) {
 	// Bind: a Close and a Parse of the same name, answered to the guard.
 	var prepare []byte
 	refuse := func(err *rewriter.Error, reason string, d *rewriter.Decision) (proxy.Verdict, error) {
-		c.portals[portalName] = &portal{rejected: true, cycle: c.frontCycle}
+		c.setPortal(portalName, &portal{rejected: true, cycle: c.frontCycle})
 		if d == nil {
 			d = &rewriter.Decision{Kind: rewriter.KindUtility}
 		}
@@ -418,12 +449,12 @@ func (g *Guard) onBind(c *conn, body []byte) (proxy.Verdict, error) {
 			return refuse(&rewriter.Error{SQLState: "0A000", Message: "tenantguard: the prepared statement is not valid for the session's new tenant", Hint: "prepare the statement again after switching tenants"}, rewriter.ReasonUnsupported, nil)
 		}
 		// Its Parse failed upstream: the server refuses this Bind itself.
-		c.portals[portalName] = &portal{rejected: true, cycle: c.frontCycle}
+		c.setPortal(portalName, &portal{rejected: true, cycle: c.frontCycle})
 		return proxy.Verdict{}, nil
 	}
 	if p == nil {
 		if c.bypass {
-			c.portals[portalName] = &portal{dec: rewriter.Decision{Kind: rewriter.KindUtility, Verdict: rewriter.VerdictBypassed}, cycle: c.frontCycle}
+			c.setPortal(portalName, &portal{dec: rewriter.Decision{Kind: rewriter.KindUtility, Verdict: rewriter.VerdictBypassed}, cycle: c.frontCycle})
 			return proxy.Verdict{}, nil
 		}
 		return refuse(&rewriter.Error{SQLState: "26000", Message: "tenantguard: the prepared statement was not seen by tenantguard", Hint: "prepare the statement on this connection before binding it"}, "unknown_statement", nil)
@@ -483,9 +514,11 @@ func (g *Guard) onBind(c *conn, body []byte) (proxy.Verdict, error) {
 			Hint:    "set the tenant first, for example SET " + e.pol.Tenant.Setting + ", or connect with it as a startup parameter"},
 			rewriter.ReasonNoTenant, &d)
 	}
-	// A new portal each time, never a reused one: an Execute still in the
-	// queue counts its rows through &pt.rows.
-	pt := &portal{dec: d, stmt: stmtName, cycle: c.frontCycle, injected: enforce && d.Verdict == rewriter.VerdictRewritten}
+	// A new portal each time, never the one it replaces: an Execute still
+	// in the queue counts its rows through &pt.rows. (The spare is a portal
+	// of a finished cycle, see onReady.)
+	pt := c.newPortal()
+	*pt = portal{dec: d, stmt: stmtName, cycle: c.frontCycle, injected: enforce && d.Verdict == rewriter.VerdictRewritten}
 	if len(d.LimitParams) > 0 || len(d.OffsetParams) > 0 || len(d.VerifyParams) > 0 || (d.TenantEffect != nil && d.TenantEffect.ValueParam > 0) {
 		msg, err := proxy.DecodeFrontend(proxy.MsgBind, body)
 		if err != nil {
@@ -536,7 +569,7 @@ func (g *Guard) onBind(c *conn, body []byte) (proxy.Verdict, error) {
 			}
 		}
 	}
-	c.portals[portalName] = pt
+	c.setPortal(portalName, pt)
 	if prepare != nil {
 		return proxy.Verdict{Replace: appendMessage(prepare, proxy.MsgBind, body)}, nil
 	}
@@ -548,8 +581,14 @@ func (g *Guard) onBind(c *conn, body []byte) (proxy.Verdict, error) {
 // a transaction block that is still open (portals end with their
 // transaction). Callers hold c.mu.
 func (c *conn) portalOpenFrom(stmt, dest string) bool {
+	open := func(pt *portal) bool {
+		return pt.stmt == stmt && !pt.rejected && (pt.cycle == c.frontCycle || c.tenant.InTx())
+	}
+	if dest != "" && c.unnamed != nil && open(c.unnamed) {
+		return true
+	}
 	for name, pt := range c.portals {
-		if name != dest && pt.stmt == stmt && !pt.rejected && (pt.cycle == c.frontCycle || c.tenant.InTx()) {
+		if name != dest && open(pt) {
 			return true
 		}
 	}
@@ -632,11 +671,15 @@ func (g *Guard) onExecute(c *conn, body []byte) (proxy.Verdict, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.markUnsynced()
-	pt := c.portals[string(body[:end])] // no allocation for the lookup
+	pt := c.unnamed
+	if end > 0 {
+		pt = c.portals[string(body[:end])] // no allocation for the lookup
+	}
 	if pt != nil && pt.rejected {
 		return proxy.Verdict{}, nil // the server skips it after the rejection's error
 	}
-	f := &inflight{cycle: c.frontCycle, start: g.opts.Now(), tenant: c.current().v, protocol: "extended"}
+	f := c.newInflight()
+	*f = inflight{cycle: c.frontCycle, start: g.opts.Now(), tenant: c.current().v, protocol: "extended"}
 	if pt == nil {
 		// A cursor opened with DECLARE (decided when it was declared), or a
 		// portal that does not exist (the server reports it).
@@ -668,7 +711,7 @@ func (g *Guard) onClose(c *conn, body []byte) {
 		r.prev = c.statements[name]
 		delete(c.statements, name)
 	case 'P':
-		delete(c.portals, name)
+		c.dropPortal(name)
 	}
 }
 

@@ -158,7 +158,18 @@ type conn struct {
 	// sqlPrepared: the engine each SQL-level PREPARE name was decided with
 	// (trackPrepared); nil until the first PREPARE.
 	sqlPrepared map[string]*engine
-	portals     map[string]*portal
+	// portals holds the named portals; unnamed is the unnamed one (most
+	// are: one per Bind, kept out of the map). Use portal, setPortal and
+	// dropPortal.
+	portals map[string]*portal
+	unnamed *portal
+	// sparePortal and spareInflight are a finished portal and statement,
+	// zeroed, for the next Bind and Execute: the steady state of a
+	// prepared statement allocates neither.
+	sparePortal   *portal
+	spareInflight *inflight
+	// queryBuf holds the last rewritten Query (onQuery's Replace).
+	queryBuf []byte
 	// replies holds the Parse and Close messages sent upstream whose
 	// ParseComplete or CloseComplete has not arrived, in order. The guard's
 	// own (a statement prepared again for a new tenant, see onBind) are
@@ -271,6 +282,60 @@ type portal struct {
 	rows        int64 // rows returned so far, across suspensions (row guard)
 	// rejected: its Bind was refused; the server skips its Execute.
 	rejected bool
+}
+
+// portal returns the portal called name, or nil.
+func (c *conn) portal(name string) *portal {
+	if name == "" {
+		return c.unnamed
+	}
+	return c.portals[name]
+}
+
+// setPortal records portal pt as name.
+func (c *conn) setPortal(name string, pt *portal) {
+	if name == "" {
+		c.unnamed = pt
+		return
+	}
+	c.portals[name] = pt
+}
+
+// dropPortal forgets the portal called name.
+func (c *conn) dropPortal(name string) {
+	if name == "" {
+		c.unnamed = nil
+		return
+	}
+	delete(c.portals, name)
+}
+
+// newPortal returns a zeroed portal, the spare one if there is one.
+func (c *conn) newPortal() *portal {
+	if pt := c.sparePortal; pt != nil {
+		c.sparePortal = nil
+		return pt
+	}
+	return &portal{}
+}
+
+// newInflight returns a zeroed statement record, the spare one if any.
+func (c *conn) newInflight() *inflight {
+	if f := c.spareInflight; f != nil {
+		c.spareInflight = nil
+		return f
+	}
+	return &inflight{}
+}
+
+// recycleInflight keeps f, completed and out of the queue, for the next
+// statement, unless a COPY still refers to it.
+func (c *conn) recycleInflight(f *inflight) {
+	if f == c.copyIn || f == c.lastCopy {
+		return
+	}
+	*f = inflight{}
+	c.spareInflight = f
 }
 
 // inflight is a statement sent upstream, awaiting its completion.
