@@ -157,19 +157,27 @@ func (l *Logger) Log(e *Event) {
 	if t.IsZero() {
 		t = l.now()
 	}
+	s := l.sink
+	if s.buffered {
+		// Encode straight into the batch: no pooled line to copy.
+		s.mu.Lock()
+		s.appendLocked(e, t)
+		s.mu.Unlock()
+		return
+	}
 	bp := linePool.Get().(*[]byte)
 	line := e.AppendJSON((*bp)[:0], t)
 	// Write errors are handled (counted, reported) by the sink, which
 	// copies the line when it buffers.
-	_, _ = l.sink.Write(line)
+	_, _ = s.Write(line)
 	if cap(line) <= maxPooledLine {
 		*bp = line
 		linePool.Put(bp)
 	}
 }
 
-// linePool holds the buffers Log encodes into, so that a statement event
-// costs no allocation once the pool is warm.
+// linePool holds the buffers Log encodes into without a buffered sink, so
+// that a statement event costs no allocation once the pool is warm.
 var linePool = sync.Pool{New: func() any {
 	b := make([]byte, 0, 1024)
 	return &b
@@ -250,6 +258,16 @@ func (s *sink) Write(p []byte) (int, error) {
 		return len(p), nil
 	}
 	return s.writeLocked(p, 1)
+}
+
+// appendLocked encodes e at t onto the buffered events, as Write buffers
+// an encoded line. Callers hold mu.
+func (s *sink) appendLocked(e *Event, t time.Time) {
+	s.buf = e.AppendJSON(s.buf, t)
+	s.pending++
+	if len(s.buf) >= flushSize {
+		s.flushLocked()
+	}
 }
 
 // flushSize is the buffered amount that triggers a write before the timer.

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -152,4 +154,120 @@ func TestBufferedSinkCountsLostEvents(t *testing.T) {
 	require.NoError(t, l.Close())
 	require.EqualValues(t, 7, l.Failures(), "every event of a failed batch is counted")
 	require.Equal(t, 1, reported)
+}
+
+// recordingWriter keeps what is written to it and the size of each write.
+type recordingWriter struct {
+	mu     sync.Mutex
+	buf    bytes.Buffer
+	writes []int
+	fail   bool
+	// entered, when set, is closed at the first write, which then waits
+	// for release.
+	entered, release chan struct{}
+}
+
+func (w *recordingWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	first := len(w.writes) == 0
+	w.writes = append(w.writes, len(p))
+	fail := w.fail
+	if !fail {
+		w.buf.Write(p)
+	}
+	w.mu.Unlock()
+	if first && w.entered != nil {
+		close(w.entered)
+		<-w.release
+	}
+	if fail {
+		return 0, errors.New("disk full")
+	}
+	return len(p), nil
+}
+
+func (w *recordingWriter) sizes() []int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]int(nil), w.writes...)
+}
+
+// TestBufferedSinkFlushesAt64KiB checks the buffered Log path against the
+// sink's contract: nothing written below 64 KiB, one write of every
+// pending event at the event that reaches it, and a failed batch counted
+// once per event; the unbuffered path writes each event at once.
+func TestBufferedSinkFlushesAt64KiB(t *testing.T) {
+	ts := time.Date(2026, 11, 27, 3, 7, 56, 5, time.UTC)
+	e := benchStatement()
+	line := e.AppendJSON(nil, ts)
+	k := (64<<10 + len(line) - 1) / len(line) // the event that reaches 64 KiB
+	for _, fail := range []bool{false, true} {
+		w := &recordingWriter{fail: fail}
+		failures, reported := 0, 0
+		l, err := New(Options{
+			Stdout: w, FlushInterval: time.Hour, Now: func() time.Time { return ts },
+			OnFailure: func() { failures++ }, OnError: func(error) { reported++ },
+		})
+		require.NoError(t, err)
+		for i := 1; i < k; i++ {
+			l.Log(e)
+		}
+		require.Empty(t, w.sizes(), "written below 64 KiB")
+		l.Log(e)
+		require.Equal(t, []int{k * len(line)}, w.sizes(), "one write of the %d events at 64 KiB", k)
+		l.Log(e)
+		require.NoError(t, l.Close())
+		require.Equal(t, []int{k * len(line), len(line)}, w.sizes(), "Close writes the rest")
+		if fail {
+			require.EqualValues(t, k+1, l.Failures())
+			require.Equal(t, k+1, failures, "OnFailure once per lost event")
+			require.Equal(t, 1, reported, "OnError once per run of failures")
+		} else {
+			require.Zero(t, l.Failures())
+			require.Equal(t, strings.Repeat(string(line), k+1), w.buf.String())
+		}
+	}
+
+	w := &recordingWriter{}
+	l, err := New(Options{Stdout: w, Now: func() time.Time { return ts }})
+	require.NoError(t, err)
+	for i := 0; i < 3; i++ {
+		l.Log(e)
+	}
+	require.Equal(t, []int{len(line), len(line), len(line)}, w.sizes(), "unbuffered: one write per event")
+	require.NoError(t, l.Close())
+}
+
+// TestBufferedLogConcurrent logs from many goroutines at once through the
+// buffered sink and checks that every line is whole and present once.
+func TestBufferedLogConcurrent(t *testing.T) {
+	ts := time.Date(2026, 11, 27, 3, 7, 56, 5, time.UTC)
+	w := &recordingWriter{}
+	l, err := New(Options{Stdout: w, FlushInterval: time.Millisecond, Now: func() time.Time { return ts }})
+	require.NoError(t, err)
+	const goroutines, events = 8, 2000
+	want := map[string]int{}
+	var wg sync.WaitGroup
+	for g := 0; g < goroutines; g++ {
+		e := benchStatement()
+		e.ConnID = uint64(g + 1)
+		e.Statement = strings.Repeat("x", g*100)
+		want[string(e.AppendJSON(nil, ts))] = events
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < events; i++ {
+				l.Log(e)
+			}
+		}()
+	}
+	wg.Wait()
+	require.NoError(t, l.Close())
+	got := map[string]int{}
+	for _, line := range strings.SplitAfter(w.buf.String(), "\n") {
+		if line != "" {
+			got[line]++
+		}
+	}
+	require.Equal(t, want, got)
 }

@@ -44,6 +44,31 @@ func BenchmarkLog(b *testing.B) {
 	}
 }
 
+// BenchmarkLogParallel is BenchmarkLog from as many goroutines as
+// GOMAXPROCS, as sessions log at once: the buffered sink encodes under its
+// mutex.
+func BenchmarkLogParallel(b *testing.B) {
+	for _, bc := range []struct {
+		name  string
+		flush time.Duration
+	}{{"buffered", time.Hour}, {"unbuffered", 0}} {
+		b.Run(bc.name, func(b *testing.B) {
+			l, err := New(Options{Stdout: io.Discard, FlushInterval: bc.flush})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer l.Close()
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				e := benchStatement()
+				for pb.Next() {
+					l.Log(e)
+				}
+			})
+		})
+	}
+}
+
 // BenchmarkEncode compares AppendJSON with the zap encoding it replaced, at
 // a fixed time (no clock read).
 func BenchmarkEncode(b *testing.B) {
@@ -68,4 +93,57 @@ func BenchmarkEncode(b *testing.B) {
 		}
 		b.SetBytes(int64(n))
 	})
+}
+
+// benchStrings are the strings of a typical statement event, and a few
+// that need escaping, for BenchmarkAppendString.
+var benchStrings = []struct{ name, s string }{
+	{"statement", "SELECT abalance FROM pgbench_accounts WHERE aid = $1"},
+	{"fingerprint", "9f1c2b3a4d5e6f70"},
+	{"short", "app_user"},
+	{"long", "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2 AND bid IN (SELECT bid FROM pgbench_branches WHERE bbalance > $3) RETURNING abalance, filler"},
+	{"escaped", "SELECT \"x\"\n  FROM t\tWHERE a = $1 -- é"},
+	{"multiline", "SELECT a.aid, a.abalance, b.bbalance\n  FROM pgbench_accounts a\n  JOIN pgbench_branches b ON b.bid = a.bid\n WHERE a.aid = $1\n   AND b.bbalance > $2\n ORDER BY a.aid\n LIMIT $3"},
+	{"cjk", "SELECT 名前, 住所 FROM 顧客 WHERE 顧客番号 = $1 AND 地域 = $2 -- 日本語のコメント"},
+	{"utf8", "SELECT name FROM öffentlich.größe WHERE id = $1 -- 日本語"},
+}
+
+// BenchmarkAppendString measures the JSON string escaper alone.
+func BenchmarkAppendString(b *testing.B) {
+	for _, bc := range benchStrings {
+		b.Run(bc.name, func(b *testing.B) {
+			buf := make([]byte, 0, 1024)
+			b.SetBytes(int64(len(bc.s)))
+			for i := 0; i < b.N; i++ {
+				buf = appendString(buf[:0], bc.s)
+			}
+		})
+	}
+}
+
+// BenchmarkTimestamp measures the "ts" value alone: time.AppendFormat and
+// what AppendJSON uses, in UTC and in a fixed-offset zone.
+func BenchmarkTimestamp(b *testing.B) {
+	utc := time.Date(2026, 11, 27, 3, 7, 56, 123456789, time.UTC)
+	for _, bc := range []struct {
+		name string
+		t    time.Time
+	}{
+		{"utc", utc},
+		{"offset", utc.In(time.FixedZone("x", -(5*3600 + 30*60)))},
+		{"local", utc.Local()},
+	} {
+		b.Run("AppendFormat/"+bc.name, func(b *testing.B) {
+			buf := make([]byte, 0, 64)
+			for i := 0; i < b.N; i++ {
+				buf = bc.t.AppendFormat(buf[:0], time.RFC3339Nano)
+			}
+		})
+		b.Run("appendTimestamp/"+bc.name, func(b *testing.B) {
+			buf := make([]byte, 0, 64)
+			for i := 0; i < b.N; i++ {
+				buf = appendTimestamp(buf[:0], bc.t)
+			}
+		})
+	}
 }

@@ -1,6 +1,8 @@
 package audit
 
 import (
+	"encoding/binary"
+	"slices"
 	"strconv"
 	"time"
 	"unicode/utf8"
@@ -21,7 +23,7 @@ func (e *Event) AppendJSON(dst []byte, t time.Time) []byte {
 		dst = append(dst, `{"event":`...)
 	} else {
 		dst = append(dst, `{"ts":"`...)
-		dst = t.AppendFormat(dst, time.RFC3339Nano)
+		dst = appendTimestamp(dst, t)
 		dst = append(dst, `","event":`...)
 	}
 	dst = appendString(dst, e.Event)
@@ -151,6 +153,41 @@ const (
 // as \u00XX, each byte of invalid UTF-8 as \ufffd, and everything else
 // (DEL, U+2028, U+2029, '<', '>', '&') copied unchanged.
 func appendString(dst []byte, s string) []byte {
+	switch {
+	case len(s) > 16:
+	case len(s) >= 8:
+		// Most audit strings (user, decision, protocol, fingerprint,
+		// client address) are this long: two overlapping words hold all
+		// of s, check them at once and store them as they are.
+		w1, w2 := word(s), word(s[len(s)-8:])
+		if (unplainBits(w1)|unplainBits(w2))&highs == 0 {
+			n := len(dst)
+			if cap(dst)-n < 18 {
+				dst = slices.Grow(dst, 18)
+			}
+			out := dst[n : n+18]
+			out[0] = '"'
+			binary.LittleEndian.PutUint64(out[1:9], w1)
+			binary.LittleEndian.PutUint64(out[len(s)-7:len(s)+1], w2)
+			out[len(s)+1] = '"'
+			return dst[:n+len(s)+2]
+		}
+	case len(s) >= 4:
+		// Likewise two overlapping half words (database, kind, tenant).
+		lo, hi := half(s), half(s[len(s)-4:])
+		if plainWord(uint64(lo) | uint64(hi)<<32) {
+			n := len(dst)
+			if cap(dst)-n < 10 {
+				dst = slices.Grow(dst, 10)
+			}
+			out := dst[n : n+10]
+			out[0] = '"'
+			binary.LittleEndian.PutUint32(out[1:5], lo)
+			binary.LittleEndian.PutUint32(out[len(s)-3:len(s)+1], hi)
+			out[len(s)+1] = '"'
+			return dst[:n+len(s)+2]
+		}
+	}
 	dst = append(dst, '"')
 	// Skip the plain prefix, eight bytes at a time while they last: audit
 	// strings are mostly ASCII with nothing to escape.
@@ -183,22 +220,33 @@ func word(b string) uint64 {
 		uint64(b[4])<<32 | uint64(b[5])<<40 | uint64(b[6])<<48 | uint64(b[7])<<56
 }
 
+// half loads the first four bytes of b (len(b) >= 4), little-endian.
+func half(b string) uint32 {
+	b = b[:4]
+	return uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24
+}
+
 // plainWord says whether the eight bytes of w are all plain (see
 // plainByte). It is exact: a byte-by-byte check gives the same answer.
-func plainWord(w uint64) bool {
+func plainWord(w uint64) bool { return unplainBits(w)&highs == 0 }
+
+// unplainBits has a bit under the mask highs exactly when some byte of w
+// is not plain (see plainByte). The bits are exact for the word as a
+// whole, not byte by byte; the OR of two words' bits is exact for both.
+func unplainBits(w uint64) uint64 {
 	// A byte with its high bit set is flagged by w itself. When no byte
 	// has it, each subtraction sets a high bit exactly when some byte is
 	// below the subtrahend: no borrow crosses a byte before the lowest
 	// such byte, which wraps to 0xE0 or more.
-	return (w|
-		(w-0x20*ones)| // some byte < 0x20
-		((w^'"'*ones)-ones)| // some byte == '"'
-		((w^'\\'*ones)-ones))& // some byte == '\\'
-		highs == 0
+	return w |
+		(w - 0x20*ones) | // some byte < 0x20
+		((w ^ '"'*ones) - ones) | // some byte == '"'
+		((w ^ '\\'*ones) - ones) // some byte == '\\'
 }
 
 // appendEscaped finishes appendString from s[i], the first byte that may
-// need escaping, with zap's rules byte by byte, and closes the quote.
+// need escaping, with zap's rules byte by byte (after an escape, plain
+// bytes a word at a time), and closes the quote.
 func appendEscaped(dst []byte, s string, i int) []byte {
 	last := 0
 	for i < len(s) {
@@ -223,6 +271,12 @@ func appendEscaped(dst []byte, s string, i int) []byte {
 			}
 			i++
 			last = i
+			// A line break or a quote is mostly followed by a run of
+			// plain text (a formatted statement's next line): skip it a
+			// word at a time.
+			for i+8 <= len(s) && plainWord(word(s[i:])) {
+				i += 8
+			}
 			continue
 		}
 		r, size := utf8.DecodeRuneInString(s[i:])
