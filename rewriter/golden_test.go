@@ -356,7 +356,7 @@ func TestTemplateHoldsNoTenant(t *testing.T) {
 			if !ok && r.literals != nil && !s.Extended {
 				// Served by the literal-insensitive cache instead.
 				if k, _, lok := scanLiterals(gc.SQL); lok {
-					if lt := r.literals.get(cacheKey{sql: k, role: roleKey}); lt != nil && lt.qt != nil {
+					if lt := r.literals.get(append(literalKeyPrefix(nil, roleKey), k...)); lt != nil && lt.qt != nil {
 						tpl, ok = lt.qt, true
 						extra = append([]string{lt.sql}, lt.segments...)
 					}

@@ -48,11 +48,16 @@ const maxLiteralSQL = 8 << 10
 // fully understand (comments, dollar quoting, escapes, prefixed strings,
 // parameters, odd numbers): the caller then takes the full path.
 func scanLiterals(sql string) (key string, lits []literalSpan, ok bool) {
+	k, lits, ok := appendLiteralKey(nil, nil, sql)
+	return string(k), lits, ok
+}
+
+// appendLiteralKey is scanLiterals appending the key to b and the
+// literals to lits (the caller's buffers: no allocation while they last).
+func appendLiteralKey(b []byte, lits []literalSpan, sql string) ([]byte, []literalSpan, bool) {
 	if len(sql) > maxLiteralSQL {
-		return "", nil, false
+		return b, lits, false
 	}
-	var b strings.Builder
-	b.Grow(len(sql))
 	last := 0
 	i := 0
 	for i < len(sql) {
@@ -69,7 +74,7 @@ func scanLiterals(sql string) (key string, lits []literalSpan, ok bool) {
 			for {
 				k := strings.IndexByte(sql[j:], '"')
 				if k < 0 {
-					return "", nil, false
+					return b, lits, false
 				}
 				j += k + 1
 				if j < len(sql) && sql[j] == '"' {
@@ -79,18 +84,18 @@ func scanLiterals(sql string) (key string, lits []literalSpan, ok bool) {
 				break
 			}
 			if i > 0 && (sql[i-1] == '&' || isIdentCont(sql[i-1])) {
-				return "", nil, false // U&"..." and friends
+				return b, lits, false // U&"..." and friends
 			}
 			i = j
 		case c == '\'':
 			if i > 0 && (isIdentCont(sql[i-1]) || sql[i-1] == '&' || sql[i-1] == '\'') {
-				return "", nil, false // E'', B'', X'', N'', U&'' and odd adjacency
+				return b, lits, false // E'', B'', X'', N'', U&'' and odd adjacency
 			}
 			j := i + 1
 			for {
 				k := strings.IndexAny(sql[j:], "'\\")
 				if k < 0 || sql[j+k] == '\\' {
-					return "", nil, false // unterminated, or a backslash (escape rules)
+					return b, lits, false // unterminated, or a backslash (escape rules)
 				}
 				j += k + 1
 				if j < len(sql) && sql[j] == '\'' {
@@ -105,16 +110,15 @@ func scanLiterals(sql string) (key string, lits []literalSpan, ok bool) {
 				k++
 			}
 			if k < len(sql) && sql[k] == '\'' {
-				return "", nil, false
+				return b, lits, false
 			}
-			b.WriteString(sql[last:i])
-			b.WriteByte(0)
-			b.WriteByte(litString)
+			b = append(b, sql[last:i]...)
+			b = append(b, 0, litString)
 			lits = append(lits, literalSpan{i, j})
 			i, last = j, j
 		case c >= '0' && c <= '9' || c == '.' && i+1 < len(sql) && sql[i+1] >= '0' && sql[i+1] <= '9':
 			if i > 0 && (isIdentCont(sql[i-1]) || sql[i-1] == '.') {
-				return "", nil, false
+				return b, lits, false
 			}
 			j := i
 			for j < len(sql) && sql[j] >= '0' && sql[j] <= '9' {
@@ -132,7 +136,7 @@ func scanLiterals(sql string) (key string, lits []literalSpan, ok bool) {
 					k++
 				}
 				if k >= len(sql) || sql[k] < '0' || sql[k] > '9' {
-					return "", nil, false
+					return b, lits, false
 				}
 				for k < len(sql) && sql[k] >= '0' && sql[k] <= '9' {
 					k++
@@ -140,26 +144,24 @@ func scanLiterals(sql string) (key string, lits []literalSpan, ok bool) {
 				j = k
 			}
 			if j < len(sql) && (isIdentCont(sql[j]) || sql[j] == '.') {
-				return "", nil, false // 0x1F, 1_000, 123abc, 1.2.3
+				return b, lits, false // 0x1F, 1_000, 123abc, 1.2.3
 			}
-			b.WriteString(sql[last:i])
-			b.WriteByte(0)
-			b.WriteByte(litNumber)
+			b = append(b, sql[last:i]...)
+			b = append(b, 0, litNumber)
 			lits = append(lits, literalSpan{i, j})
 			i, last = j, j
 		case c == '$' || c == '\\' || c < 0x20 || c >= 0x80:
-			return "", nil, false
+			return b, lits, false
 		case c == '-' && i+1 < len(sql) && sql[i+1] == '-', c == '/' && i+1 < len(sql) && sql[i+1] == '*':
-			return "", nil, false // comments
+			return b, lits, false // comments
 		default:
 			i++
 		}
 	}
 	if len(lits) == 0 {
-		return "", nil, false // nothing to abstract: the text cache serves it
+		return b, lits, false // nothing to abstract: the text cache serves it
 	}
-	b.WriteString(sql[last:])
-	return b.String(), lits, true
+	return append(b, sql[last:]...), lits, true
 }
 
 func isIdentStart(c byte) bool {
@@ -220,28 +222,40 @@ func modeIndex(s Session) int {
 }
 
 // literalCache is a bounded cache of literal templates; when full it starts
-// over (simple, and the working set of an application is small).
+// over (simple, and the working set of an application is small). A key is
+// the role's cache class, literalRoleEnd, and the statement's literal key
+// (literalKeyPrefix, appendLiteralKey): one byte string, looked up without
+// allocating it.
 type literalCache struct {
 	mu    sync.RWMutex
 	max   int
-	items map[cacheKey]*literalTemplate
+	items map[string]*literalTemplate
+}
+
+// literalRoleEnd ends the role part of a literal cache key: neither a role
+// name nor a scanned statement holds a NUL followed by '|'.
+const literalRoleEnd = "\x00|"
+
+// literalKeyPrefix appends the role part of a literal cache key to b.
+func literalKeyPrefix(b []byte, role string) []byte {
+	return append(append(b, role...), literalRoleEnd...)
 }
 
 func newLiteralCache(max int) *literalCache {
-	return &literalCache{max: max, items: make(map[cacheKey]*literalTemplate)}
+	return &literalCache{max: max, items: make(map[string]*literalTemplate)}
 }
 
-func (c *literalCache) get(k cacheKey) *literalTemplate {
+func (c *literalCache) get(k []byte) *literalTemplate {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	return c.items[k]
+	return c.items[string(k)] // no allocation for the lookup
 }
 
-func (c *literalCache) put(k cacheKey, t *literalTemplate) {
+func (c *literalCache) put(k string, t *literalTemplate) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if len(c.items) >= c.max {
-		c.items = make(map[cacheKey]*literalTemplate)
+		c.items = make(map[string]*literalTemplate)
 	}
 	c.items[k] = t
 }
@@ -349,7 +363,16 @@ func (r *Rewriter) renderLiteral(lt *literalTemplate, sql string, lits []literal
 		d.MaxRows = 0
 	}
 	d.Fingerprint, d.Normalized = lt.fingerprint, lt.normalized
-	return &Result{Statements: []Decision{d}}, true
+	one := &singleResult{}
+	one.d[0] = d
+	one.res.Statements = one.d[:]
+	return &one.res, true
+}
+
+// singleResult is a Result of one statement in one allocation.
+type singleResult struct {
+	res Result
+	d   [1]Decision
 }
 
 // validTenant reports whether v is a valid tenant of type t.
@@ -361,7 +384,7 @@ func validTenant(t policy.TenantType, v string) bool {
 // learnLiteral builds a literal template from a statement and its full
 // decision and stores it when the two agree exactly, or stores that the
 // statement's shape is not for the literal path.
-func (r *Rewriter) learnLiteral(key cacheKey, sql string, lits []literalSpan, s Session, role roleInfo, tpl *queryTemplate, full *Result) *literalTemplate {
+func (r *Rewriter) learnLiteral(key string, sql string, lits []literalSpan, s Session, role roleInfo, tpl *queryTemplate, full *Result) *literalTemplate {
 	lt := r.buildLiteral(sql, lits, s, role, tpl, full)
 	if lt == nil {
 		// Remember the failure so that the next miss does not try again:

@@ -139,7 +139,7 @@ func TestLiteralCacheServesEveryTenant(t *testing.T) {
 	}
 	const sql = "SELECT full_name FROM patients WHERE id = %d LIMIT 5"
 	rs.Decide(fmt.Sprintf(sql, 1), pinned("7")) // learn
-	lt := rs.literals.get(cacheKey{sql: "SELECT full_name FROM patients WHERE id = \x00n LIMIT \x00n"})
+	lt := rs.literals.get(append(literalKeyPrefix(nil, ""), "SELECT full_name FROM patients WHERE id = \x00n LIMIT \x00n"...))
 	if lt == nil || lt.qt == nil || !lt.proven[0] || !lt.proven[1] || lt.abstract == nil {
 		t.Fatalf("template not learnt for both modes with a tenant-free abstract decision: %+v", lt)
 	}

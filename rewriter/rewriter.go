@@ -310,14 +310,14 @@ func (r *Rewriter) Decide(sql string, s Session) *Result {
 	// read from the setting, one statement that differs from a known one
 	// only in its literals.
 	var (
-		litKey cacheKey
+		litKey []byte
 		lits   []literalSpan
 		litOK  bool
+		keyBuf [256]byte
+		litBuf [8]literalSpan
 	)
 	if r.literals != nil && !s.Extended {
-		var k string
-		if k, lits, litOK = scanLiterals(sql); litOK {
-			litKey = cacheKey{sql: k, role: roleKey}
+		if litKey, lits, litOK = appendLiteralKey(literalKeyPrefix(keyBuf[:0], roleKey), litBuf[:0], sql); litOK {
 			if lt := r.literals.get(litKey); lt != nil {
 				if res, ok := r.renderLiteral(lt, sql, lits, s, roleInfo{role, roleKey}); ok {
 					res.CacheHit = true
@@ -332,7 +332,7 @@ func (r *Rewriter) Decide(sql string, s Session) *Result {
 	if litOK {
 		lt := r.literals.get(litKey)
 		if lt == nil {
-			lt = r.learnLiteral(litKey, sql, lits, s, roleInfo{role, roleKey}, tpl, res)
+			lt = r.learnLiteral(string(litKey), sql, lits, s, roleInfo{role, roleKey}, tpl, res)
 		}
 		served = lt.qt != nil && lt.proven[modeIndex(s)]
 	}
