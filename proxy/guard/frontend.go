@@ -90,11 +90,17 @@ func (c *conn) markUnsynced() {
 
 // cstring returns the NUL-terminated string at the start of b and the rest.
 func cstring(b []byte) (string, []byte, bool) {
+	s, rest, ok := cbytes(b)
+	return string(s), rest, ok
+}
+
+// cbytes is cstring without the copy.
+func cbytes(b []byte) ([]byte, []byte, bool) {
 	i := bytes.IndexByte(b, 0)
 	if i < 0 {
-		return "", nil, false
+		return nil, nil, false
 	}
-	return string(b[:i]), b[i+1:], true
+	return b[:i], b[i+1:], true
 }
 
 // rwSession is the rewriter's view of the session. Callers hold c.mu.
@@ -290,6 +296,7 @@ func (g *Guard) onParse(c *conn, body []byte) (proxy.Verdict, error) {
 	// Every Parse reaches the upstream, as itself or as a sentinel.
 	r := c.expectReply(reply{cycle: c.frontCycle, typ: proxy.MsgParse, name: p.Name, stmt: true, prev: c.statements[p.Name]})
 	record := func(x *prepared) {
+		x.name = p.Name
 		c.statements[p.Name] = x
 		r.p = x
 	}
@@ -410,7 +417,7 @@ func touchesTenant(d *rewriter.Decision) bool {
 
 func (g *Guard) onBind(c *conn, body []byte) (proxy.Verdict, error) {
 	portalName, rest, ok1 := cstring(body)
-	stmtName, _, ok2 := cstring(rest)
+	stmtBytes, _, ok2 := cbytes(rest)
 	if !ok1 || !ok2 {
 		return proxy.Verdict{}, &proxy.ProtocolError{Code: proxy.CodeProtocolViolation, Message: "malformed Bind message"}
 	}
@@ -419,7 +426,13 @@ func (g *Guard) onBind(c *conn, body []byte) (proxy.Verdict, error) {
 	defer c.mu.Unlock()
 	c.markUnsynced()
 	c.beginCycle()
-	p := c.statements[stmtName]
+	p := c.statements[string(stmtBytes)] // no allocation for the lookup
+	stmtName := ""
+	if p != nil {
+		stmtName = p.name // the same name, without a copy per Bind
+	} else {
+		stmtName = string(stmtBytes)
+	}
 	// prepare, when set, prepares the statement again upstream before the
 	// Bind: a Close and a Parse of the same name, answered to the guard.
 	var prepare []byte

@@ -235,6 +235,7 @@ type conn struct {
 
 // prepared is a statement the client prepared (Parse).
 type prepared struct {
+	name   string // its name (the key in conn.statements)
 	dec    rewriter.Decision
 	eng    *engine     // policy and catalog the decision was made with
 	tenant tenantValue // tenant the decision was made with
