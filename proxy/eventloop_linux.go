@@ -709,12 +709,70 @@ func (s *Session) loopBackend() {
 			break
 		}
 		ur.want = 0
+		if typ == MsgDataRow && s.rows != nil {
+			if !s.loopRows() {
+				lc.leave = true
+			}
+			continue
+		}
 		ur.r += int(n) + 1
 		if !s.backendMessage(typ, b[5:n+1], s.interest[typ]) {
 			lc.leave = true
 		}
 	}
 	ur.release()
+}
+
+// loopRows relays the run of whole DataRows at the head of the upstream
+// buffer (at least one) through RowCounter.OnRows: one call and one write
+// for the run. It reports false when the session is over.
+func (s *Session) loopRows() bool {
+	ur := s.ur
+	start, end, k := ur.r, ur.r, 0
+	for ur.w-end >= 5 && ur.buf[end] == MsgDataRow {
+		n := int(binary.BigEndian.Uint32(ur.buf[end+1 : end+5]))
+		if n < 4 || ur.w-end < n+1 {
+			break
+		}
+		end += n + 1
+		k++
+	}
+	ur.r = end
+	pass, v, err := s.rows.OnRows(s, k)
+	if !s.applyBackendVerdict(v, err) {
+		return false
+	}
+	passEnd := end
+	if pass < k { // rare: the row guard cut the result (or a dropped cycle)
+		passEnd = start
+		for i := 0; i < pass; i++ {
+			passEnd += 1 + int(binary.BigEndian.Uint32(ur.buf[passEnd+1:passEnd+5]))
+		}
+	}
+	var replace []byte
+	if pass < k {
+		replace = v.Replace
+	}
+	if passEnd == start && len(replace) == 0 {
+		return true
+	}
+	s.cwMu.Lock()
+	var werr error
+	if passEnd > start {
+		_, werr = s.cw.Write(ur.buf[start:passEnd])
+	}
+	if werr == nil && len(replace) > 0 {
+		_, werr = s.cw.Write(replace)
+	}
+	if werr == nil && ur.Buffered() == 0 {
+		werr = s.cw.Flush()
+	}
+	s.cwMu.Unlock()
+	if werr != nil {
+		s.clientWriteFailed(werr)
+		return false
+	}
+	return true
 }
 
 // enterLoop moves an authenticated plain-socket session into its event

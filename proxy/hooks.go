@@ -46,6 +46,18 @@ const (
 	Inspect
 )
 
+// RowCounter may be implemented by Hooks whose interest in DataRow is
+// Notify. The event loop then shows it a run of consecutive DataRows it
+// holds whole in one call, instead of one OnBackend per row (a page of 20
+// rows cost 20 calls, locks and writes).
+type RowCounter interface {
+	// OnRows sees n consecutive DataRows, as n OnBackend calls of type
+	// DataRow would. The first pass of them go to the client as they are;
+	// when pass < n, v.Replace (if non-nil) goes after them and the other
+	// rows are dropped. v.Reply and err are handled as OnBackend's.
+	OnRows(s *Session, n int) (pass int, v Verdict, err error)
+}
+
 // Hooks intercept a session's traffic; the enforcement layer implements
 // them. OnFrontend runs on the session's client-reading goroutine and
 // OnBackend on its upstream-reading goroutine, so they may run concurrently

@@ -81,6 +81,12 @@ func (h *rewriteHooks) OnBackend(s *proxy.Session, m proxy.Message) (proxy.Verdi
 	return proxy.Verdict{}, nil
 }
 
+// OnRows counts a run of DataRows the event loop shows at once.
+func (h *rewriteHooks) OnRows(s *proxy.Session, n int) (int, proxy.Verdict, error) {
+	h.rows.Add(int64(n))
+	return n, proxy.Verdict{}, nil
+}
+
 func (h *rewriteHooks) OnEnd(*proxy.Session) { h.ended.Add(1) }
 
 func TestHooks(t *testing.T) {

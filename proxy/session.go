@@ -39,6 +39,7 @@ type Session struct {
 	log        sessionLog
 	paramOrder []string
 	interest   [256]Interest
+	rows       RowCounter // the hooks, when they count rows in runs (event loop)
 
 	client net.Conn // replaced by the TLS conn after SSLRequest
 	cr     *connReader

@@ -47,6 +47,9 @@ func (s *Session) startup(ctx context.Context) error {
 		for t := 0; t < 256; t++ {
 			s.interest[t] = cfg.Hooks.BackendInterest(byte(t))
 		}
+		if rc, ok := cfg.Hooks.(RowCounter); ok && s.interest[MsgDataRow] == Notify {
+			s.rows = rc
+		}
 	}
 	s.srv.log.Info("client session", zap.Uint64("session", s.ID), zap.Stringer("client", s.ClientAddr), zap.String("user", s.Params["user"]),
 		zap.String("database", s.Params["database"]), zap.Bool("client_tls", s.ClientTLS))

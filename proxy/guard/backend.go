@@ -116,6 +116,29 @@ func (g *Guard) OnBackend(s *proxy.Session, m proxy.Message) (proxy.Verdict, err
 	return proxy.Verdict{}, nil
 }
 
+// OnRows implements proxy.RowCounter: n DataRows in a row, decided one by
+// one exactly as OnBackend decides each, under one lock. The run stops
+// passing at the first row the row guard replaces or drops; the rows after
+// it would be dropped too (the result is being cut).
+func (g *Guard) OnRows(s *proxy.Session, n int) (int, proxy.Verdict, error) {
+	c, _ := s.State.(*conn)
+	if c == nil {
+		return 0, proxy.Verdict{}, errNoState
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.refusal != nil {
+		return n, proxy.Verdict{}, nil
+	}
+	for i := 0; i < n; i++ {
+		v, err := g.onDataRow(c)
+		if err != nil || v.Replace != nil {
+			return i, v, err
+		}
+	}
+	return n, proxy.Verdict{}, nil
+}
+
 // onPrepareReply matches a ParseComplete or CloseComplete with the Parse or
 // Close it answers, and drops the guard's own. Callers hold c.mu.
 func (g *Guard) onPrepareReply(c *conn, typ byte) (proxy.Verdict, error) {

@@ -285,6 +285,9 @@ type portal struct {
 	rejected bool
 }
 
+// The event loop shows the guard runs of DataRows.
+var _ proxy.RowCounter = (*Guard)(nil)
+
 // portal returns the portal called name, or nil.
 func (c *conn) portal(name string) *portal {
 	if name == "" {
