@@ -408,7 +408,12 @@ func (r *Rewriter) buildLiteral(sql string, lits []literalSpan, s Session, role 
 		return nil
 	}
 	qt := r.compile(abstractSQL(sql, lits), true, role.role)
-	if len(qt.stmts) != 1 {
+	// An abstract statement refused, or changing the tenant, is not for the
+	// hit path: a bypass role's decision drops the tenant effect of a
+	// refused SET, so SET app.clinic_id = 'abc' (refused in the abstract
+	// too) would teach a template that served every valid SET of that role
+	// without its effect (found in review).
+	if len(qt.stmts) != 1 || qt.stmts[0].d.Verdict == VerdictRejected || qt.stmts[0].d.TenantEffect != nil {
 		return nil
 	}
 	as := s

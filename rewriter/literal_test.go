@@ -164,6 +164,29 @@ func TestLiteralCacheServesEveryTenant(t *testing.T) {
 	}
 }
 
+// TestLiteralCacheBypassSetInvalidFirst: a bypass role's SET of an invalid
+// tenant, decided first, does not teach a template that serves the role's
+// valid SETs without their tenant effect (found in review; the guard would
+// have kept the old tenant for the session's audit).
+func TestLiteralCacheBypassSetInvalidFirst(t *testing.T) {
+	rc := New(testPolicy("default"), testCatalog(), WithTenantSetting())
+	rf := New(testPolicy("default"), testCatalog(), WithTenantSetting(), WithCacheSize(0))
+	s := Session{User: "migrator"}
+	rc.Decide("SET app.clinic_id = 'abc'", s) // learn from an invalid value
+	for _, v := range []string{"8", "9"} {
+		sql := "SET app.clinic_id = '" + v + "'"
+		got, want := rc.Decide(sql, s), rf.Decide(sql, s)
+		gj, _ := json.Marshal(got)
+		wj, _ := json.Marshal(want)
+		if string(gj) != string(wj) {
+			t.Errorf("%s:\n cached %s\n fresh  %s", sql, gj, wj)
+		}
+		if e := got.Statements[0].TenantEffect; e == nil || e.Value != v {
+			t.Errorf("%s: tenant effect %+v, want a SET of %s", sql, e, v)
+		}
+	}
+}
+
 func withTenant(s Session, tenant string) Session {
 	s.Tenant, s.HasTenant = tenant, true
 	return s
