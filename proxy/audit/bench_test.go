@@ -24,30 +24,31 @@ func benchStatement() *Event {
 // flusher writes to io.Discard) and unbuffered (every event written to
 // io.Discard).
 func BenchmarkLog(b *testing.B) {
-	for _, bc := range []struct {
-		name  string
-		flush time.Duration
-	}{{"buffered", time.Hour}, {"unbuffered", 0}} {
-		b.Run(bc.name, func(b *testing.B) {
-			l, err := New(Options{Stdout: io.Discard, FlushInterval: bc.flush})
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer l.Close()
-			e := benchStatement()
-			b.ReportAllocs()
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				l.Log(e)
-			}
-		})
-	}
+	benchLog(b, func(b *testing.B, l *Logger) {
+		e := benchStatement()
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			l.Log(e)
+		}
+	})
 }
 
 // BenchmarkLogParallel is BenchmarkLog from as many goroutines as
 // GOMAXPROCS, as sessions log at once: the buffered sink encodes under its
 // mutex.
 func BenchmarkLogParallel(b *testing.B) {
+	benchLog(b, func(b *testing.B, l *Logger) {
+		b.RunParallel(func(pb *testing.PB) {
+			e := benchStatement()
+			for pb.Next() {
+				l.Log(e)
+			}
+		})
+	})
+}
+
+// benchLog runs run on a buffered and an unbuffered Logger to io.Discard.
+func benchLog(b *testing.B, run func(*testing.B, *Logger)) {
 	for _, bc := range []struct {
 		name  string
 		flush time.Duration
@@ -59,12 +60,7 @@ func BenchmarkLogParallel(b *testing.B) {
 			}
 			defer l.Close()
 			b.ReportAllocs()
-			b.RunParallel(func(pb *testing.PB) {
-				e := benchStatement()
-				for pb.Next() {
-					l.Log(e)
-				}
-			})
+			run(b, l)
 		})
 	}
 }
