@@ -208,7 +208,7 @@ type literalTemplate struct {
 	// Session.TenantLiteral, proven[0] for sessions without it.
 	proven [2]bool
 	// abstract is the abstract statement's decision for any session with a
-	// valid tenant, when it does not depend on which tenant (tenantFree):
+	// valid tenant, when it does not depend on which tenant (buildLiteral):
 	// a hit then renders nothing. Nil otherwise.
 	abstract *Decision
 }
