@@ -742,37 +742,19 @@ func (s *Session) loopRows() bool {
 	if !s.applyBackendVerdict(v, err) {
 		return false
 	}
-	passEnd := end
-	if pass < k { // rare: the row guard cut the result (or a dropped cycle)
-		passEnd = start
-		for i := 0; i < pass; i++ {
-			passEnd += 1 + int(binary.BigEndian.Uint32(ur.buf[passEnd+1:passEnd+5]))
-		}
+	if pass == k {
+		return s.writeClientOrGone(ur.buf[start:end], nil, MsgDataRow, false)
 	}
-	var replace []byte
-	if pass < k {
-		replace = v.Replace
+	// Rare: the row guard cut the result (or the cycle's replies are being
+	// dropped): the rows before the cut, then its reply.
+	passEnd := start
+	for i := 0; i < pass; i++ {
+		passEnd += 1 + int(binary.BigEndian.Uint32(ur.buf[passEnd+1:passEnd+5]))
 	}
-	if passEnd == start && len(replace) == 0 {
-		return true
-	}
-	s.cwMu.Lock()
-	var werr error
-	if passEnd > start {
-		_, werr = s.cw.Write(ur.buf[start:passEnd])
-	}
-	if werr == nil && len(replace) > 0 {
-		_, werr = s.cw.Write(replace)
-	}
-	if werr == nil && ur.Buffered() == 0 {
-		werr = s.cw.Flush()
-	}
-	s.cwMu.Unlock()
-	if werr != nil {
-		s.clientWriteFailed(werr)
+	if passEnd > start && !s.writeClientOrGone(ur.buf[start:passEnd], nil, MsgDataRow, false) {
 		return false
 	}
-	return true
+	return len(v.Replace) == 0 || s.writeClientOrGone(v.Replace, nil, MsgDataRow, false)
 }
 
 // enterLoop moves an authenticated plain-socket session into its event

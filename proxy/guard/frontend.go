@@ -187,23 +187,11 @@ func (g *Guard) onQuery(c *conn, body []byte) (proxy.Verdict, error) {
 // statements.
 const maxKeptQuery = 16 << 10
 
-// appendQuery appends a Query message whose text is parts joined by sep.
+// appendQuery appends a Query message whose text is parts joined by sep
+// (no allocation for one part once dst has room).
 func appendQuery(dst []byte, parts []string, sep string) []byte {
-	n := 4 + 1
-	for i, p := range parts {
-		if i > 0 {
-			n += len(sep)
-		}
-		n += len(p)
-	}
-	dst = append(dst, proxy.MsgQuery, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
-	for i, p := range parts {
-		if i > 0 {
-			dst = append(dst, sep...)
-		}
-		dst = append(dst, p...)
-	}
-	return append(dst, 0)
+	q := pgproto3.Query{String: strings.Join(parts, sep)}
+	return mustEncode(q.Encode(dst)) // the concrete type: q stays on the stack
 }
 
 // beginCycle remembers the tenant state at the start of an implicit
@@ -751,11 +739,13 @@ func (g *Guard) onFunctionCall(c *conn) (proxy.Verdict, error) {
 func encode(m pgproto3.Message) []byte { return encodeAppend(nil, m) }
 
 // encodeAppend appends the wire form of a message to dst.
-func encodeAppend(dst []byte, m pgproto3.Message) []byte {
-	b, err := m.Encode(dst)
+func encodeAppend(dst []byte, m pgproto3.Message) []byte { return mustEncode(m.Encode(dst)) }
+
+// mustEncode returns an encoded message. Only oversized messages fail to
+// encode; the statement texts and names built here are far below the
+// protocol limits.
+func mustEncode(b []byte, err error) []byte {
 	if err != nil {
-		// Only oversized messages fail to encode; the statement texts and
-		// names built here are far below the protocol limits.
 		panic("guard: encode: " + err.Error())
 	}
 	return b

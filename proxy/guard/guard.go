@@ -159,8 +159,7 @@ type conn struct {
 	// (trackPrepared); nil until the first PREPARE.
 	sqlPrepared map[string]*engine
 	// portals holds the named portals; unnamed is the unnamed one (most
-	// are: one per Bind, kept out of the map). Use portal, setPortal and
-	// dropPortal.
+	// are: one per Bind, kept out of the map). Use setPortal and dropPortal.
 	portals map[string]*portal
 	unnamed *portal
 	// sparePortal and spareInflight are a finished portal and statement,
@@ -287,14 +286,6 @@ type portal struct {
 
 // The event loop shows the guard runs of DataRows.
 var _ proxy.RowCounter = (*Guard)(nil)
-
-// portal returns the portal called name, or nil.
-func (c *conn) portal(name string) *portal {
-	if name == "" {
-		return c.unnamed
-	}
-	return c.portals[name]
-}
 
 // setPortal records portal pt as name.
 func (c *conn) setPortal(name string, pt *portal) {
