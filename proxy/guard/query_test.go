@@ -20,4 +20,11 @@ func TestAppendQuery(t *testing.T) {
 			t.Errorf("%q: %q, want %q", parts, got, want)
 		}
 	}
+	// One statement into a buffer with room: no allocation (onQuery reuses
+	// the session's buffer for every rewritten Query).
+	buf := make([]byte, 0, 256)
+	parts := []string{"SELECT full_name FROM patients WHERE patients.clinic_id = 7 AND id = 42"}
+	if n := testing.AllocsPerRun(100, func() { buf = appendQuery(buf[:0], parts, "\n;\n") }); n != 0 {
+		t.Errorf("appendQuery allocated %v times per call, want 0", n)
+	}
 }
