@@ -263,7 +263,7 @@ func (g *Guard) skipped(c *conn, f *inflight) {
 	if f.reject != nil {
 		return // already answered by its sentinel error
 	}
-	ev := g.statementEvent(c, &f.dec, f.protocol)
+	ev := g.statementEvent(c, f.dec, f.protocol)
 	ev.Tenant = f.tenant
 	ev.Result = "not_executed"
 	g.opts.Audit.Log(ev)
@@ -290,9 +290,9 @@ func (g *Guard) onDataRow(c *conn) (proxy.Verdict, error) {
 		g.opts.Metrics.RowGuardCuts.Inc()
 		g.opts.Metrics.Rejections.WithLabelValues("row_limit").Inc()
 		c.queue = c.queue[1:]
-		ev := g.statementEvent(c, &f.dec, f.protocol)
+		ev := g.statementEvent(c, f.dec, f.protocol)
 		ev.Tenant, ev.Decision, ev.Reason, ev.SQLState = f.tenant, audit.DecisionRejected, "row_limit", "54000"
-		ev.Rows, ev.Duration = f.dec.MaxRows, g.opts.Now().Sub(f.start)
+		ev.Rows, ev.Duration = f.dec.MaxRows, g.since(f.start)
 		g.opts.Audit.Log(ev)
 		return proxy.Verdict{Replace: encode(&pgproto3.ErrorResponse{
 			Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "54000",
@@ -347,10 +347,10 @@ func tagRows(tag []byte) int64 {
 
 // complete audits a finished statement and observes its duration.
 func (g *Guard) complete(c *conn, f *inflight, rows int64, sqlstate string) {
-	now := g.opts.Now()
-	d := now.Sub(f.start)
+	d := g.since(f.start)
+	now := f.start.Add(d) // the wall clock at completion, without reading it
 	g.opts.Metrics.StatementDuration.Observe(d.Seconds())
-	ev := g.statementEvent(c, &f.dec, f.protocol)
+	ev := g.statementEvent(c, f.dec, f.protocol)
 	// The completion time is the event's time: one clock read fewer.
 	ev.Time, ev.Tenant, ev.Rows, ev.Duration, ev.Injected, ev.SQLState = now, f.tenant, rows, d, f.injected, sqlstate
 	g.opts.Audit.Log(ev)
@@ -399,8 +399,8 @@ func (g *Guard) onError(c *conn, body []byte) (proxy.Verdict, error) {
 		delete(c.rejects, name)
 		if f := c.head(g); f != nil && f.reject == rj {
 			c.queue = c.queue[1:]
-			ev := g.statementEvent(c, &f.dec, f.protocol)
-			ev.Tenant, ev.Duration = f.tenant, g.opts.Now().Sub(f.start)
+			ev := g.statementEvent(c, f.dec, f.protocol)
+			ev.Tenant, ev.Duration = f.tenant, g.since(f.start)
 			if f.dec.Error != nil {
 				ev.SQLState = f.dec.Error.SQLState
 			}

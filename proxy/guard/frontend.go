@@ -26,20 +26,18 @@ func (g *Guard) OnFrontend(s *proxy.Session, m proxy.Message) (proxy.Verdict, er
 	if c == nil {
 		return proxy.Verdict{}, errNoState
 	}
-	c.mu.Lock()
-	refusal := c.refusal
-	c.mu.Unlock()
-	if refusal != nil {
-		// A client that sends before ReadyForQuery is refused all the same.
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		return proxy.Verdict{}, g.enforceRefusal(c)
-	}
 	switch m.Type {
-	case proxy.MsgQuery, proxy.MsgFunctionCall:
+	case proxy.MsgQuery, proxy.MsgFunctionCall, proxy.MsgParse:
+		// These decide a statement: they parse outside the lock.
 		c.mu.Lock()
-		unsynced := c.unsynced
+		refused, unsynced := c.refusal != nil, c.unsynced
 		c.mu.Unlock()
+		if refused {
+			break // refused below, like every message
+		}
+		if m.Type == proxy.MsgParse {
+			return g.onParse(c, m.Body)
+		}
 		if unsynced {
 			// The server skips it if an extended message before it fails,
 			// and answers it otherwise: the guard could not tell which
@@ -51,20 +49,30 @@ func (g *Guard) OnFrontend(s *proxy.Session, m proxy.Message) (proxy.Verdict, er
 			return g.onFunctionCall(c)
 		}
 		return g.onQuery(c, m.Body)
-	case proxy.MsgDescribe, proxy.MsgFlush:
-		c.mu.Lock()
-		c.markUnsynced()
-		c.mu.Unlock()
-	case proxy.MsgParse:
-		return g.onParse(c, m.Body)
+	}
+	return g.frontendLocked(c, m)
+}
+
+// frontendLocked handles the other messages, and the refusal, under one
+// lock (one defer, so that it stays cheap: a Bind, Execute or Sync costs
+// one lock, not two).
+func (g *Guard) frontendLocked(c *conn, m proxy.Message) (proxy.Verdict, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.refusal != nil {
+		// A client that sends before ReadyForQuery is refused all the same.
+		return proxy.Verdict{}, g.enforceRefusal(c)
+	}
+	switch m.Type {
 	case proxy.MsgBind:
 		return g.onBind(c, m.Body)
 	case proxy.MsgExecute:
 		return g.onExecute(c, m.Body)
+	case proxy.MsgDescribe, proxy.MsgFlush:
+		c.markUnsynced()
 	case proxy.MsgClose:
 		g.onClose(c, m.Body)
 	case proxy.MsgSync:
-		c.mu.Lock()
 		if c.copyIn != nil {
 			c.copyIn.uncountedSyncs++ // ignored in copy-in mode
 			c.copyIn.extAtSync = c.extMessages
@@ -72,11 +80,8 @@ func (g *Guard) OnFrontend(s *proxy.Session, m proxy.Message) (proxy.Verdict, er
 			c.frontCycle++
 			c.unsynced = false
 		}
-		c.mu.Unlock()
 	case proxy.MsgCopyDone, proxy.MsgCopyFail:
-		c.mu.Lock()
 		c.copyIn = nil
-		c.mu.Unlock()
 	}
 	return proxy.Verdict{}, nil
 }
@@ -150,7 +155,7 @@ func (g *Guard) onQuery(c *conn, body []byte) (proxy.Verdict, error) {
 		g.countDecision(c, d)
 		if d.Verdict == rewriter.VerdictRejected && d.Enforced {
 			name, rj := c.reject(d.Error, d.Reason)
-			c.queue = append(c.queue, &inflight{cycle: cycle, dec: *d, start: g.opts.Now(), tenant: c.current().v, protocol: "simple", reject: rj})
+			c.queue = append(c.queue, &inflight{cycle: cycle, dec: d, start: g.opts.Now(), tenant: c.current().v, protocol: "simple", reject: rj})
 			parts = append(parts, sentinelQuery(name))
 			changed = true
 			break // PostgreSQL would not run the statements after an error
@@ -159,7 +164,7 @@ func (g *Guard) onQuery(c *conn, body []byte) (proxy.Verdict, error) {
 			changed = true
 		}
 		f := c.newInflight()
-		*f = inflight{cycle: cycle, dec: *d, start: g.opts.Now(), tenant: c.current().v, protocol: "simple", injected: d.Enforced && d.Verdict == rewriter.VerdictRewritten}
+		*f = inflight{cycle: cycle, dec: d, start: g.opts.Now(), tenant: c.current().v, protocol: "simple", injected: d.Enforced && d.Verdict == rewriter.VerdictRewritten}
 		c.queue = append(c.queue, f)
 		if d.CopyIn {
 			c.copyIn, c.lastCopy = f, f
@@ -297,7 +302,7 @@ func (g *Guard) onParse(c *conn, body []byte) (proxy.Verdict, error) {
 	g.countCache(res)
 	if len(res.Statements) == 0 {
 		// An empty query: the server answers EmptyQueryResponse at Execute.
-		record(&prepared{dec: rewriter.Decision{Kind: rewriter.KindUtility, Verdict: rewriter.VerdictAllowed, Enforced: true, SQL: p.Query}, eng: e, tenant: c.current(), sql: p.Query, text: p.Query})
+		record(&prepared{dec: &rewriter.Decision{Kind: rewriter.KindUtility, Verdict: rewriter.VerdictAllowed, Enforced: true, SQL: p.Query}, eng: e, tenant: c.current(), sql: p.Query, text: p.Query})
 		return proxy.Verdict{}, nil
 	}
 	d := res.Statements[0]
@@ -333,7 +338,7 @@ func (g *Guard) onParse(c *conn, body []byte) (proxy.Verdict, error) {
 		sql = d.SQL
 	}
 	cur := c.current()
-	record(&prepared{dec: d, eng: e, tenant: cur, sql: sql, text: p.Query, oids: p.ParameterOIDs})
+	record(&prepared{dec: &d, eng: e, tenant: cur, sql: sql, text: p.Query, oids: p.ParameterOIDs})
 	if sess.TenantLiteral && d.Enforced && d.Verdict == rewriter.VerdictRewritten {
 		r.literal = true
 		c.setLiteral(p.Name, r.seq)
@@ -403,6 +408,14 @@ func touchesTenant(d *rewriter.Decision) bool {
 	return len(d.Relations) > 0 || d.RowGuard
 }
 
+// Decisions the guard makes itself, shared (read only) by the portals and
+// statements that carry them.
+var (
+	bypassedUtility = rewriter.Decision{Kind: rewriter.KindUtility, Verdict: rewriter.VerdictBypassed}
+	cursorDecision  = rewriter.Decision{Kind: rewriter.KindSelect, Verdict: rewriter.VerdictAllowed, Reason: "cursor", Enforced: true}
+)
+
+// onBind decides a Bind. Callers hold c.mu.
 func (g *Guard) onBind(c *conn, body []byte) (proxy.Verdict, error) {
 	portalName, rest, ok1 := cstring(body)
 	stmtBytes, _, ok2 := cbytes(rest)
@@ -410,8 +423,6 @@ func (g *Guard) onBind(c *conn, body []byte) (proxy.Verdict, error) {
 		return proxy.Verdict{}, &proxy.ProtocolError{Code: proxy.CodeProtocolViolation, Message: "malformed Bind message"}
 	}
 	e := g.engine()
-	c.mu.Lock()
-	defer c.mu.Unlock()
 	c.markUnsynced()
 	c.beginCycle()
 	p := c.statements[string(stmtBytes)] // no allocation for the lookup
@@ -455,14 +466,14 @@ func (g *Guard) onBind(c *conn, body []byte) (proxy.Verdict, error) {
 	}
 	if p == nil {
 		if c.bypass {
-			c.setPortal(portalName, &portal{dec: rewriter.Decision{Kind: rewriter.KindUtility, Verdict: rewriter.VerdictBypassed}, cycle: c.frontCycle})
+			c.setPortal(portalName, &portal{dec: &bypassedUtility, cycle: c.frontCycle})
 			return proxy.Verdict{}, nil
 		}
 		return refuse(&rewriter.Error{SQLState: "26000", Message: "tenantguard: the prepared statement was not seen by tenantguard", Hint: "prepare the statement on this connection before binding it"}, "unknown_statement", nil)
 	}
 	d := p.dec
 	enforce := d.Enforced && d.Verdict != rewriter.VerdictBypassed
-	if p.reparse || stale || (enforce && ((cur != p.tenant && touchesTenant(&d)) || p.eng != e)) {
+	if p.reparse || stale || (enforce && ((cur != p.tenant && touchesTenant(d)) || p.eng != e)) {
 		// The tenant changed since Parse, or the policy or catalog did
 		// (a relation the name resolves to may read tenant data now):
 		// decide again, and prepare the statement again upstream when
@@ -471,7 +482,7 @@ func (g *Guard) onBind(c *conn, body []byte) (proxy.Verdict, error) {
 		sess.TenantLiteral = c.pinned
 		res := e.rw.Decide(p.text, sess)
 		if len(res.Statements) != 1 {
-			return refuse(&rewriter.Error{SQLState: "0A000", Message: "tenantguard: the statement cannot be decided again after a tenant switch", Hint: "prepare the statement again"}, rewriter.ReasonUnsupported, &d)
+			return refuse(&rewriter.Error{SQLState: "0A000", Message: "tenantguard: the statement cannot be decided again after a tenant switch", Hint: "prepare the statement again"}, rewriter.ReasonUnsupported, d)
 		}
 		nd := res.Statements[0]
 		c.scopeNotify(&nd)
@@ -505,15 +516,15 @@ func (g *Guard) onBind(c *conn, body []byte) (proxy.Verdict, error) {
 			p.sql, p.reparse = sql, false
 			g.opts.Metrics.StatementsPreparedAgain.Inc()
 		}
-		d = nd
-		p.dec, p.eng, p.tenant = nd, e, cur
+		d = &nd
+		p.dec, p.eng, p.tenant = d, e, cur
 		enforce = d.Enforced && d.Verdict != rewriter.VerdictBypassed
 	}
-	if enforce && touchesTenant(&d) && !cur.ok && e.pol.Tenant.Required {
+	if enforce && touchesTenant(d) && !cur.ok && e.pol.Tenant.Required {
 		return refuse(&rewriter.Error{SQLState: "42501",
 			Message: "tenantguard: no tenant is set for a statement on tenant relation " + firstOr(d.Relations, "(tenant relation)"),
 			Hint:    "set the tenant first, for example SET " + e.pol.Tenant.Setting + ", or connect with it as a startup parameter"},
-			rewriter.ReasonNoTenant, &d)
+			rewriter.ReasonNoTenant, d)
 	}
 	// A new portal each time, never the one it replaces: an Execute still
 	// in the queue counts its rows through &pt.rows. (The spare is a portal
@@ -532,7 +543,7 @@ func (g *Guard) onBind(c *conn, body []byte) (proxy.Verdict, error) {
 				if enforce {
 					return refuse(&rewriter.Error{SQLState: "54000",
 						Message: "tenantguard: the LIMIT bound to parameter $" + strconv.Itoa(k) + " is above the allowed maximum or not a number",
-						Hint:    "bind a LIMIT of at most " + strconv.FormatInt(d.MaxRows, 10)}, rewriter.ReasonUnbounded, &d)
+						Hint:    "bind a LIMIT of at most " + strconv.FormatInt(d.MaxRows, 10)}, rewriter.ReasonUnbounded, d)
 				}
 			}
 		}
@@ -541,7 +552,7 @@ func (g *Guard) onBind(c *conn, body []byte) (proxy.Verdict, error) {
 			if (!ok || n > d.MaxOffset) && enforce {
 				return refuse(&rewriter.Error{SQLState: "54000",
 					Message: "tenantguard: the OFFSET bound to parameter $" + strconv.Itoa(k) + " is above the allowed maximum or not a number",
-					Hint:    "paginate with a keyset condition instead of a large OFFSET"}, rewriter.ReasonOffset, &d)
+					Hint:    "paginate with a keyset condition instead of a large OFFSET"}, rewriter.ReasonOffset, d)
 			}
 		}
 		for _, k := range d.VerifyParams {
@@ -550,7 +561,7 @@ func (g *Guard) onBind(c *conn, body []byte) (proxy.Verdict, error) {
 				if enforce {
 					return refuse(&rewriter.Error{SQLState: "42501",
 						Message: "tenantguard: the tenant bound to parameter $" + strconv.Itoa(k) + " is not the session's tenant",
-						Hint:    "bind the session's tenant, or use current_setting('" + e.pol.Tenant.Setting + "')"}, rewriter.ReasonCrossTenant, &d)
+						Hint:    "bind the session's tenant, or use current_setting('" + e.pol.Tenant.Setting + "')"}, rewriter.ReasonCrossTenant, d)
 				}
 			}
 		}
@@ -561,7 +572,7 @@ func (g *Guard) onBind(c *conn, body []byte) (proxy.Verdict, error) {
 				if enforce {
 					return refuse(&rewriter.Error{SQLState: "42501",
 						Message: "tenantguard: the tenant value bound to parameter $" + strconv.Itoa(d.TenantEffect.ValueParam) + " is not a valid " + string(e.pol.Tenant.Type),
-						Hint:    "bind a tenant value of the policy's tenant type"}, rewriter.ReasonInvalidTenant, &d)
+						Hint:    "bind a tenant value of the policy's tenant type"}, rewriter.ReasonInvalidTenant, d)
 				}
 			}
 			pt.effectValue = canon
@@ -664,13 +675,12 @@ func textParam(b *pgproto3.Bind, k int, pol *policy.Policy) (string, bool) {
 	}
 }
 
+// onExecute queues an Execute's statement. Callers hold c.mu.
 func (g *Guard) onExecute(c *conn, body []byte) (proxy.Verdict, error) {
 	end := bytes.IndexByte(body, 0)
 	if end < 0 {
 		return proxy.Verdict{}, &proxy.ProtocolError{Code: proxy.CodeProtocolViolation, Message: "malformed Execute message"}
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
 	c.markUnsynced()
 	pt := c.unnamed
 	if end > 0 {
@@ -684,12 +694,12 @@ func (g *Guard) onExecute(c *conn, body []byte) (proxy.Verdict, error) {
 	if pt == nil {
 		// A cursor opened with DECLARE (decided when it was declared), or a
 		// portal that does not exist (the server reports it).
-		f.dec = rewriter.Decision{Kind: rewriter.KindSelect, Verdict: rewriter.VerdictAllowed, Reason: "cursor", Enforced: true}
+		f.dec = &cursorDecision
 	} else {
 		f.dec, f.value, f.injected = pt.dec, pt.effectValue, pt.injected
 		f.rowsSoFar = &pt.rows
-		g.countDecision(c, &pt.dec)
-		c.applyEffects(&pt.dec, pt.effectValue)
+		g.countDecision(c, pt.dec)
+		c.applyEffects(pt.dec, pt.effectValue)
 		if pt.dec.CopyIn {
 			c.copyIn, c.lastCopy = f, f
 		}
@@ -698,9 +708,8 @@ func (g *Guard) onExecute(c *conn, body []byte) (proxy.Verdict, error) {
 	return proxy.Verdict{}, nil
 }
 
+// onClose records a Close. Callers hold c.mu.
 func (g *Guard) onClose(c *conn, body []byte) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
 	c.markUnsynced()
 	if len(body) < 2 {
 		return // the server refuses it
@@ -723,7 +732,7 @@ func (g *Guard) onFunctionCall(c *conn) (proxy.Verdict, error) {
 	cycle := c.frontCycle
 	c.frontCycle++
 	if c.bypass {
-		c.queue = append(c.queue, &inflight{cycle: cycle, dec: d, start: g.opts.Now(), protocol: "function_call"})
+		c.queue = append(c.queue, &inflight{cycle: cycle, dec: &d, start: g.opts.Now(), protocol: "function_call"})
 		g.countDecision(c, &d)
 		return proxy.Verdict{}, nil
 	}
@@ -731,7 +740,7 @@ func (g *Guard) onFunctionCall(c *conn) (proxy.Verdict, error) {
 	d.Verdict, d.Reason, d.Error = rewriter.VerdictRejected, rewriter.ReasonDeniedFunction, err
 	g.countDecision(c, &d)
 	name, rj := c.reject(err, d.Reason)
-	c.queue = append(c.queue, &inflight{cycle: cycle, dec: d, start: g.opts.Now(), protocol: "function_call", reject: rj})
+	c.queue = append(c.queue, &inflight{cycle: cycle, dec: &d, start: g.opts.Now(), protocol: "function_call", reject: rj})
 	return proxy.Verdict{Replace: encode(&pgproto3.Query{String: sentinelQuery(name)})}, nil
 }
 

@@ -66,6 +66,7 @@ type Options struct {
 // sessions.
 type Guard struct {
 	opts  Options
+	since func(time.Time) time.Duration // time since, by opts.Now
 	log   *zap.Logger
 	nonce string
 
@@ -87,8 +88,12 @@ func New(opts Options) *Guard {
 	if opts.Logger == nil {
 		opts.Logger = zap.NewNop()
 	}
+	since := time.Since // one monotonic clock read, not two
 	if opts.Now == nil {
 		opts.Now = time.Now
+	} else {
+		now := opts.Now
+		since = func(t time.Time) time.Duration { return now().Sub(t) }
 	}
 	if opts.Catalog == nil {
 		opts.Catalog = func() *rewriter.Catalog { return nil }
@@ -98,7 +103,7 @@ func New(opts Options) *Guard {
 	}
 	var b [8]byte
 	_, _ = rand.Read(b[:])
-	return &Guard{opts: opts, log: opts.Logger, nonce: hex.EncodeToString(b[:])}
+	return &Guard{opts: opts, since: since, log: opts.Logger, nonce: hex.EncodeToString(b[:])}
 }
 
 // engine returns the rewriter for the policy and catalog in force, building
@@ -234,13 +239,13 @@ type conn struct {
 
 // prepared is a statement the client prepared (Parse).
 type prepared struct {
-	name   string // its name (the key in conn.statements)
-	dec    rewriter.Decision
-	eng    *engine     // policy and catalog the decision was made with
-	tenant tenantValue // tenant the decision was made with
-	sql    string      // text sent upstream
-	text   string      // client's original text (re-decided at Bind after a tenant switch)
-	oids   []uint32    // the client's parameter types, for preparing it again
+	name   string             // its name (the key in conn.statements)
+	dec    *rewriter.Decision // never changed: a new decision replaces it
+	eng    *engine            // policy and catalog the decision was made with
+	tenant tenantValue        // tenant the decision was made with
+	sql    string             // text sent upstream
+	text   string             // client's original text (re-decided at Bind after a tenant switch)
+	oids   []uint32           // the client's parameter types, for preparing it again
 	// rejected: its Parse was replaced by a sentinel, so it does not exist upstream.
 	rejected bool
 	// reparse: the guard prepared it again and did not see that succeed
@@ -274,10 +279,10 @@ type reply struct {
 
 // portal is a bound portal (Bind).
 type portal struct {
-	dec         rewriter.Decision
-	stmt        string // the prepared statement it was bound from
-	cycle       uint64 // the cycle it was bound in
-	effectValue string // validated tenant from a set_config($k) parameter
+	dec         *rewriter.Decision // shared with the statement: read only
+	stmt        string             // the prepared statement it was bound from
+	cycle       uint64             // the cycle it was bound in
+	effectValue string             // validated tenant from a set_config($k) parameter
 	injected    bool
 	rows        int64 // rows returned so far, across suspensions (row guard)
 	// rejected: its Bind was refused; the server skips its Execute.
@@ -336,8 +341,8 @@ func (c *conn) recycleInflight(f *inflight) {
 // inflight is a statement sent upstream, awaiting its completion.
 type inflight struct {
 	cycle uint64
-	dec   rewriter.Decision
-	value string // tenant effect value (when from a parameter)
+	dec   *rewriter.Decision // shared with its portal or Result: read only
+	value string             // tenant effect value (when from a parameter)
 	start time.Time
 	rows  int64
 	// rowsSoFar counts the rows of the portal across suspensions; nil for
