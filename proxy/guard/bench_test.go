@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"strconv"
 	"testing"
 	"time"
 
@@ -128,14 +129,37 @@ func BenchmarkGuardCycle(b *testing.B) {
 		&pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")},
 		&pgproto3.ReadyForQuery{TxStatus: 'I'})
 
-	b.ReportAllocs()
-	for b.Loop() {
-		for _, m := range frontMsgs {
-			v, err := g.OnFrontend(s, proxy.Message{Type: m[0], Body: m[5:], Len: len(m) - 5})
-			if err != nil || v.Replace != nil {
-				b.Fatalf("frontend %c: replaced %v, %v", m[0], v.Replace != nil, err)
+	b.Run("prepared", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			for _, m := range frontMsgs {
+				v, err := g.OnFrontend(s, proxy.Message{Type: m[0], Body: m[5:], Len: len(m) - 5})
+				if err != nil || v.Replace != nil {
+					b.Fatalf("frontend %c: replaced %v, %v", m[0], v.Replace != nil, err)
+				}
 			}
+			back(replies)
 		}
-		back(replies)
+	})
+	// simple: pgbench -M simple, a literal that changes every query (the
+	// literal-insensitive path) and the rewritten Query relayed instead.
+	var queries [][]byte
+	for id := 6; id < 6+200*64; id += 200 {
+		q, _ := (&pgproto3.Query{String: "SELECT id, full_name, email, birth_date, status FROM patients WHERE id = " + strconv.Itoa(id)}).Encode(nil)
+		queries = append(queries, q)
 	}
+	simpleReplies := replies[1:] // no BindComplete
+	b.Run("simple", func(b *testing.B) {
+		b.ReportAllocs()
+		i := 0
+		for b.Loop() {
+			q := queries[i%len(queries)]
+			i++
+			v, err := g.OnFrontend(s, proxy.Message{Type: q[0], Body: q[5:], Len: len(q) - 5})
+			if err != nil || v.Replace == nil {
+				b.Fatalf("query: replaced %v, %v", v.Replace != nil, err)
+			}
+			back(simpleReplies)
+		}
+	})
 }
