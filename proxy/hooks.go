@@ -46,6 +46,18 @@ const (
 	Inspect
 )
 
+// SetBackendInterest changes the session's interest in backend messages of
+// type typ from the next message on: a hook that needs a type only in some
+// state (the row guard dropping the replies of a cut cycle) is not called
+// for it otherwise. Call it only from OnBackend or OnRows, which run where
+// the upstream's messages are relayed; the relay reads the interest there.
+// DataRow's interest stays what BackendInterest said.
+func (s *Session) SetBackendInterest(typ byte, in Interest) {
+	if typ != MsgDataRow {
+		s.interest[typ] = in
+	}
+}
+
 // RowCounter may be implemented by Hooks whose interest in DataRow is
 // Notify. The event loop then shows it a run of consecutive DataRows it
 // holds whole in one call, instead of one OnBackend per row (a page of 20
@@ -73,7 +85,8 @@ type Hooks interface {
 	OnStartup(s *Session) error
 	// OnFrontend sees every client message after authentication.
 	OnFrontend(s *Session, m Message) (Verdict, error)
-	// BackendInterest is asked once per session and backend type.
+	// BackendInterest is asked once per session and backend type; the
+	// hooks may change a session's interest later (SetBackendInterest).
 	BackendInterest(typ byte) Interest
 	// OnBackend sees backend messages of the types BackendInterest selects,
 	// after authentication.

@@ -39,12 +39,33 @@ func (g *Guard) BackendInterest(typ byte) proxy.Interest {
 	case proxy.MsgDataRow, msgEmptyQuery, msgPortalSuspend:
 		return proxy.Notify
 	case msgBindComplete, msgNoData, msgRowDesc, msgParamDesc:
-		// Seen by length only, to be dropped after a row-guard cut.
-		return proxy.Notify
+		// Not shown, except while a row-guard cut drops the cycle's
+		// replies (cutReplies).
+		return proxy.Ignore
 	case msgNotification, msgParseComplete, msgCloseComplete, msgCopyIn:
 		return proxy.Inspect
 	}
 	return proxy.Ignore
+}
+
+// cutReplies are the replies the guard sees only while it cuts a cycle
+// (c.cutting), to drop them: seen by length only.
+var cutReplies = [...]byte{msgBindComplete, msgNoData, msgRowDesc, msgParamDesc}
+
+// showCut asks the relay for cutReplies while c.cutting, and stops when the
+// cut ends. Callers hold c.mu, in OnBackend or OnRows.
+func (c *conn) showCut(s *proxy.Session) {
+	if c.cutting == c.cutShown {
+		return
+	}
+	c.cutShown = c.cutting
+	in := proxy.Ignore
+	if c.cutting {
+		in = proxy.Notify
+	}
+	for _, t := range cutReplies {
+		s.SetBackendInterest(t, in)
+	}
 }
 
 // drop is the verdict that removes a backend message.
@@ -59,6 +80,13 @@ func (g *Guard) OnBackend(s *proxy.Session, m proxy.Message) (proxy.Verdict, err
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	v, err := g.onBackend(s, c, m)
+	c.showCut(s)
+	return v, err
+}
+
+// onBackend decides one backend message. Callers hold c.mu.
+func (g *Guard) onBackend(s *proxy.Session, c *conn, m proxy.Message) (proxy.Verdict, error) {
 	if c.refusal != nil {
 		if m.Type == proxy.MsgReadyForQuery {
 			return proxy.Verdict{}, g.enforceRefusal(c)
@@ -127,6 +155,7 @@ func (g *Guard) OnRows(s *proxy.Session, n int) (int, proxy.Verdict, error) {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	defer c.showCut(s) // a cut starts here; under the lock (defers run last first)
 	if c.refusal != nil {
 		return n, proxy.Verdict{}, nil
 	}

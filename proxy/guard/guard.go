@@ -224,6 +224,8 @@ type conn struct {
 	// cutting is set when the row guard cut a result: backend messages are
 	// dropped until ReadyForQuery.
 	cutting bool
+	// cutShown: the relay shows the guard cutReplies (conn.showCut).
+	cutShown bool
 
 	refused bool // refused at startup: nothing to count at the end
 	// refusal is the startup refusal, sent once authentication is over.
