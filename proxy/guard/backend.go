@@ -27,6 +27,9 @@ const (
 	msgNoData        = 'n'
 	msgRowDesc       = 'T'
 	msgParamDesc     = 't'
+	msgCopyOut       = 'H'
+	msgCopyData      = 'd'
+	msgCopyDone      = 'c'
 )
 
 // BackendInterest selects the backend messages the guard sees: statement
@@ -50,7 +53,7 @@ func (g *Guard) BackendInterest(typ byte) proxy.Interest {
 
 // cutReplies are the replies the guard sees only while it cuts a cycle
 // (c.cutting), to drop them: seen by length only.
-var cutReplies = [...]byte{msgBindComplete, msgNoData, msgRowDesc, msgParamDesc}
+var cutReplies = [...]byte{msgBindComplete, msgNoData, msgRowDesc, msgParamDesc, msgCopyOut, msgCopyData, msgCopyDone}
 
 // showCut asks the relay for cutReplies while c.cutting, and stops when the
 // cut ends. Callers hold c.mu, in OnBackend or OnRows.
@@ -100,7 +103,7 @@ func (g *Guard) onBackend(s *proxy.Session, c *conn, m proxy.Message) (proxy.Ver
 		if f := c.head(g); f != nil && f.dec.CopyIn {
 			f.copyStarted = true
 		}
-	case msgBindComplete, msgNoData, msgRowDesc, msgParamDesc:
+	case msgBindComplete, msgNoData, msgRowDesc, msgParamDesc, msgCopyOut, msgCopyData, msgCopyDone:
 		if c.cutting {
 			return drop, nil // the client was told the cycle failed
 		}
