@@ -1,0 +1,172 @@
+package guard_test
+
+import (
+	"context"
+	"crypto/tls"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/tenantguard/tenantguard/policy"
+	"github.com/tenantguard/tenantguard/proxy"
+	"github.com/tenantguard/tenantguard/proxy/admin"
+	"github.com/tenantguard/tenantguard/proxy/audit"
+	"github.com/tenantguard/tenantguard/proxy/guard"
+	"github.com/tenantguard/tenantguard/proxy/pgtest"
+	"github.com/tenantguard/tenantguard/rewriter"
+)
+
+// Tests written while reviewing the dynamic backend interest (the guard
+// asks for BindComplete, NoData, RowDescription and ParameterDescription
+// only while a row-guard cut drops a cycle's replies).
+
+const cutQuery = "SELECT full_name FROM patients WHERE status = 'active'" // 10 rows for tenant 2, max_rows 5
+
+func param(v string) [][]byte { return [][]byte{[]byte(v)} }
+
+// TestCutThenPipelinedCycles: the cycles pipelined after a cut one (in the
+// same write, so in the same upstream read buffer as the cut) get every
+// reply of theirs: the guard stops asking for them, and stops dropping
+// them, at the cut cycle's ReadyForQuery. A cut inside a multi-statement
+// simple Query drops the later statement's RowDescription too.
+func TestCutThenPipelinedCycles(t *testing.T) {
+	e := startRowGuard5(t)
+	fe, send := rawSession(t, e)
+	r := send(
+		&pgproto3.Parse{Name: "big", Query: cutQuery}, &pgproto3.Bind{PreparedStatement: "big"}, &pgproto3.Execute{}, &pgproto3.Sync{},
+		&pgproto3.Parse{Name: "one", Query: "SELECT full_name FROM patients WHERE id = $1"},
+		&pgproto3.Bind{PreparedStatement: "one", Parameters: param("4")}, &pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{}, &pgproto3.Sync{},
+		&pgproto3.Describe{ObjectType: 'S', Name: "one"}, &pgproto3.Bind{PreparedStatement: "one", Parameters: param("7")}, &pgproto3.Execute{}, &pgproto3.Sync{},
+		&pgproto3.Query{String: cutQuery + "; SELECT 1"},
+		&pgproto3.Bind{PreparedStatement: "big"}, &pgproto3.Execute{}, // cut again, then a NoData in the same cycle
+		&pgproto3.Parse{Query: "SET app.clinic_id = 2"}, &pgproto3.Bind{}, &pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{}, &pgproto3.Sync{},
+		&pgproto3.Query{String: "SELECT full_name FROM patients WHERE id = 10"},
+	)
+	require.Equal(t, "12DEZ", r.types)
+	require.Equal(t, "54000", r.errs[0].Code)
+	require.Len(t, r.rows, 5)
+	r = receiveUntilReady(t, fe)
+	require.Equal(t, "12TDCZ", r.types, "%v", r.errs)
+	onlyMarker(t, "2", r.rows)
+	r = receiveUntilReady(t, fe)
+	require.Equal(t, "tT2DCZ", r.types, "%v", r.errs)
+	r = receiveUntilReady(t, fe)
+	require.Equal(t, "TDEZ", r.types, "the second statement's RowDescription, row and tag are dropped")
+	require.Len(t, r.rows, 5)
+	r = receiveUntilReady(t, fe)
+	require.Equal(t, "2DEZ", r.types, "no ParseComplete, BindComplete, NoData or tag after the cut")
+	r = receiveUntilReady(t, fe)
+	require.Equal(t, "TDCZ", r.types)
+	onlyMarker(t, "2", r.rows)
+}
+
+// TestCutAcrossHandBack: a cut that starts in the event loop (OnRows) and
+// goes on on the relay goroutines (a DataRow over 64 KiB hands the session
+// back): the replies after the cut are still dropped there, and the next
+// cycle, on the goroutines, gets its replies again.
+func TestCutAcrossHandBack(t *testing.T) {
+	e := startRowGuard5(t)
+	_, err := e.direct(t).Exec(ctx(t), "UPDATE patients SET full_name = repeat('x', 200000) || ' TENANT2' WHERE id = 4")
+	require.NoError(t, err)
+	fe, send := rawSession(t, e)
+	r := send(
+		&pgproto3.Parse{Query: cutQuery}, &pgproto3.Bind{}, &pgproto3.Execute{},
+		&pgproto3.Parse{Name: "one", Query: "SELECT full_name FROM patients WHERE id = $1"},
+		&pgproto3.Bind{PreparedStatement: "one", Parameters: param("4")}, &pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{},
+		&pgproto3.Sync{},
+		&pgproto3.Bind{PreparedStatement: "one", Parameters: param("7")}, &pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{}, &pgproto3.Sync{},
+		&pgproto3.Bind{PreparedStatement: "one", Parameters: param("4")}, &pgproto3.Execute{}, &pgproto3.Sync{},
+	)
+	require.Equal(t, "12DEZ", r.types)
+	require.Equal(t, "54000", r.errs[0].Code)
+	r = receiveUntilReady(t, fe)
+	require.Equal(t, "2TDCZ", r.types, "%v", r.errs)
+	onlyMarker(t, "2", r.rows)
+	r = receiveUntilReady(t, fe)
+	require.Equal(t, "2DCZ", r.types, "%v", r.errs)
+	require.Len(t, r.rows, 1)
+	require.True(t, strings.HasSuffix(r.rows[0], " TENANT2"))
+}
+
+// TestCutOverClientTLS: a client TLS session runs on two relay goroutines
+// (OnFrontend and OnBackend concurrently): cuts and the cycles after them
+// in one long pipeline, under -race, with the interest switching on the
+// backend goroutine while the frontend one decides the next messages.
+func TestCutOverClientTLS(t *testing.T) {
+	e := startRowGuard5(t)
+	// A second server over the same guard setup, answering TLS.
+	cat := &rewriter.Catalog{Relations: map[string]*rewriter.Relation{
+		"public.patients": {Schema: "public", Name: "patients", Kind: rewriter.KindTable,
+			Columns: []string{"id", "clinic_id", "full_name", "email", "status"}, UniqueKeys: [][]string{{"id"}, {"status"}}},
+	}}
+	pol, err := policy.Parse([]byte(strings.Replace(basePolicy, "max_rows: 50", "max_rows: 5", 1)), "test.yaml")
+	require.NoError(t, err)
+	al, err := audit.New(audit.Options{Stdout: &syncBuffer{}})
+	require.NoError(t, err)
+	g := guard.New(guard.Options{Policies: policy.NewHolder(pol), Audit: al, Metrics: admin.NewMetrics(), Logger: zaptest.NewLogger(t),
+		Catalog: func() *rewriter.Catalog { return cat }})
+	srv, err := proxy.NewServer(proxy.Config{
+		Upstream: proxy.UpstreamConfig{Host: e.c.Host, Port: e.c.Port, SSLMode: "disable"},
+		Logger:   zaptest.NewLogger(t), Hooks: g, TLSCertFile: e.c.CertFile, TLSKeyFile: e.c.KeyFile,
+	})
+	require.NoError(t, err)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	sctx, scancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(sctx, l) }()
+	t.Cleanup(func() {
+		dctx, dcancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer dcancel()
+		_ = srv.Shutdown(dctx)
+		scancel()
+		<-done
+	})
+	e.addr = l.Addr().String()
+	u := strings.Replace(e.url(pgtest.AppUser, "app.clinic_id", "2"), "sslmode=disable", "sslmode=require", 1)
+	conn, err := pgx.Connect(ctx(t), u)
+	require.NoError(t, err)
+	hj, err := conn.PgConn().Hijack()
+	require.NoError(t, err)
+	t.Cleanup(func() { hj.Conn.Close() })
+	_, isTLS := hj.Conn.(*tls.Conn)
+	require.True(t, isTLS)
+	require.NoError(t, hj.Conn.SetDeadline(time.Now().Add(30*time.Second)))
+	fe := hj.Frontend
+	fe.Send(&pgproto3.Parse{Name: "big", Query: cutQuery})
+	fe.Send(&pgproto3.Parse{Name: "one", Query: "SELECT full_name FROM patients WHERE id = $1"})
+	fe.Send(&pgproto3.Sync{})
+	require.NoError(t, fe.Flush())
+	require.Equal(t, "11Z", receiveUntilReady(t, fe).types)
+	const rounds = 50
+	go func() {
+		for i := 0; i < rounds; i++ {
+			fe.Send(&pgproto3.Bind{PreparedStatement: "big"})
+			fe.Send(&pgproto3.Execute{})
+			fe.Send(&pgproto3.Bind{PreparedStatement: "one", Parameters: param("4")})
+			fe.Send(&pgproto3.Describe{ObjectType: 'P'})
+			fe.Send(&pgproto3.Execute{})
+			fe.Send(&pgproto3.Sync{})
+			fe.Send(&pgproto3.Describe{ObjectType: 'S', Name: "one"})
+			fe.Send(&pgproto3.Bind{PreparedStatement: "one", Parameters: param("7")})
+			fe.Send(&pgproto3.Execute{})
+			fe.Send(&pgproto3.Sync{})
+			if err := fe.Flush(); err != nil {
+				return
+			}
+		}
+	}()
+	for i := 0; i < rounds; i++ {
+		r := receiveUntilReady(t, fe)
+		require.Equal(t, "2DEZ", r.types, "round %d", i)
+		r = receiveUntilReady(t, fe)
+		require.Equal(t, "tT2DCZ", r.types, "round %d: %v", i, r.errs)
+		onlyMarker(t, "2", r.rows)
+	}
+}
