@@ -114,18 +114,24 @@ func (g *Guard) onBackend(s *proxy.Session, c *conn, m proxy.Message) (proxy.Ver
 	case proxy.MsgErrorResponse:
 		return g.onError(c, m.Body)
 	case msgEmptyQuery:
-		if c.cutting {
+		if c.cutOwn() {
 			return drop, nil
 		}
 		if f := c.pop(g); f != nil {
 			g.complete(c, f, 0, "")
 		}
-	case msgPortalSuspend:
 		if c.cutting {
+			return drop, nil
+		}
+	case msgPortalSuspend:
+		if c.cutOwn() {
 			return drop, nil
 		}
 		if f := c.pop(g); f != nil {
 			g.complete(c, f, f.rows, "")
+		}
+		if c.cutting {
+			return drop, nil
 		}
 	case proxy.MsgReadyForQuery:
 		if !c.connectLogged {
@@ -318,7 +324,7 @@ func (g *Guard) onDataRow(c *conn) (proxy.Verdict, error) {
 	if f.dec.RowGuard && f.dec.Enforced && f.dec.MaxRows > 0 && total > f.dec.MaxRows {
 		// Cut the result: this row and everything up to ReadyForQuery is
 		// dropped, and the client gets a 54000 error instead of the rest.
-		c.cutting = true
+		c.cutting, c.cutPending = true, true
 		g.opts.Metrics.RowGuardCuts.Inc()
 		g.opts.Metrics.Rejections.WithLabelValues("row_limit").Inc()
 		c.queue = c.queue[1:]
@@ -336,7 +342,7 @@ func (g *Guard) onDataRow(c *conn) (proxy.Verdict, error) {
 }
 
 func (g *Guard) onCommandComplete(c *conn, body []byte) (proxy.Verdict, error) {
-	if c.cutting {
+	if c.cutOwn() {
 		return drop, nil
 	}
 	tag := body
@@ -357,7 +363,24 @@ func (g *Guard) onCommandComplete(c *conn, body []byte) (proxy.Verdict, error) {
 	}
 	g.complete(c, f, rows, "")
 	c.recycleInflight(f)
+	if c.cutting {
+		// A later statement of the cut cycle: it ran (and is audited so),
+		// but the client was told the cycle failed.
+		return drop, nil
+	}
 	return proxy.Verdict{}, nil
+}
+
+// cutOwn reports whether a completion (CommandComplete, PortalSuspended,
+// EmptyQueryResponse) is the cut statement's own, which the cut already
+// took from the queue and audited; the statements after it in the cycle
+// complete as usual, their replies dropped. Callers hold c.mu.
+func (c *conn) cutOwn() bool {
+	if c.cutting && c.cutPending {
+		c.cutPending = false
+		return true
+	}
+	return false
 }
 
 // tagRows reads the row count of a CommandComplete tag ("SELECT 5",
@@ -379,8 +402,8 @@ func tagRows(tag []byte) int64 {
 
 // complete audits a finished statement and observes its duration.
 func (g *Guard) complete(c *conn, f *inflight, rows int64, sqlstate string) {
-	d := g.since(f.start)
-	now := f.start.Add(d) // the wall clock at completion, without reading it
+	now := g.opts.Now() // the audit's time is the wall clock's, stepped or not
+	d := now.Sub(f.start)
 	g.opts.Metrics.StatementDuration.Observe(d.Seconds())
 	ev := g.statementEvent(c, f.dec, f.protocol)
 	// The completion time is the event's time: one clock read fewer.
@@ -423,6 +446,14 @@ func (g *Guard) onError(c *conn, body []byte) (proxy.Verdict, error) {
 			Code: "XX000", Message: "tenantguard: the server sent an error that could not be read"})}, nil
 	}
 	if c.cutting {
+		// The cut statement's own error needs nothing more; a later
+		// statement of the cycle failed as it ran: audit it so (a refusal's
+		// sentinel is audited with the skipped ones at ReadyForQuery).
+		if !c.cutOwn() && c.sentinelIn(&e) == "" {
+			if f := c.pop(g); f != nil {
+				g.complete(c, f, -1, e.Code)
+			}
+		}
 		return drop, nil
 	}
 
@@ -476,12 +507,12 @@ func (g *Guard) onReady(c *conn, body []byte) {
 		// The answer to a Sync the guard took for one a server in copy-in
 		// mode ignores: it ends no cycle of the guard's.
 		c.extraReady--
-		c.cutting = false
+		c.cutting, c.cutPending = false, false
 		return
 	}
 	c.backCycle++
 	c.endCycles(c.backCycle)
-	c.cutting = false
+	c.cutting, c.cutPending = false, false
 	if c.ddlDone && len(body) > 0 && body[0] == 'I' && g.opts.ReloadCatalog != nil {
 		// DDL through tenantguard (a migration, a ddl role), committed: the
 		// catalog learns of it now rather than at the next interval.

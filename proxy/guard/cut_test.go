@@ -170,3 +170,36 @@ func TestCutOverClientTLS(t *testing.T) {
 		onlyMarker(t, "2", r.rows)
 	}
 }
+
+// TestCutAuditsWhatRan: the statements after the cut one in its cycle still
+// run upstream (the server saw no error: the client alone is told the cycle
+// failed, see the README's limits), so the audit records them as they ran,
+// not as skipped.
+func TestCutAuditsWhatRan(t *testing.T) {
+	e := startRowGuard5(t)
+	_, send := rawSession(t, e)
+	r := send(&pgproto3.Query{String: cutQuery + "; UPDATE patients SET email = 'changed-after-cut' WHERE id = 4; SELECT 1/0"})
+	require.Equal(t, "TDEZ", r.types)
+	require.Equal(t, "54000", r.errs[0].Code)
+	var email string
+	require.NoError(t, e.direct(t).QueryRow(ctx(t), "SELECT email FROM patients WHERE id = 4").Scan(&email))
+	require.NotEqual(t, "changed-after-cut", email, "the division by zero fails the implicit transaction upstream: nothing of it commits")
+
+	r = send(&pgproto3.Query{String: cutQuery + "; UPDATE patients SET email = 'changed-after-cut' WHERE id = 4"})
+	require.Equal(t, "TDEZ", r.types)
+	require.NoError(t, e.direct(t).QueryRow(ctx(t), "SELECT email FROM patients WHERE id = 4").Scan(&email))
+	require.Equal(t, "changed-after-cut", email, "without an error upstream the UPDATE commits")
+
+	var updates []string
+	for _, l := range strings.Split(e.audit.String(), "\n") {
+		if strings.Contains(l, `"kind":"update"`) {
+			updates = append(updates, l)
+		}
+	}
+	require.Len(t, updates, 2, "%s", e.audit.String())
+	require.Contains(t, updates[0], `"rows":1`, "the UPDATE ran (and rolled back with its transaction): %s", updates[0])
+	require.NotContains(t, updates[0], "not_executed", "%s", updates[0])
+	require.Contains(t, e.audit.String(), `"sqlstate":"22012"`, "the division's failure is audited")
+	require.Contains(t, updates[1], `"rows":1`, "%s", updates[1])
+	require.NotContains(t, updates[1], "not_executed", "%s", updates[1])
+}

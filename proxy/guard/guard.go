@@ -224,6 +224,8 @@ type conn struct {
 	// cutting is set when the row guard cut a result: backend messages are
 	// dropped until ReadyForQuery.
 	cutting bool
+	// cutPending: the cut statement's own completion has yet to come.
+	cutPending bool
 	// cutShown: the relay shows the guard cutReplies (conn.showCut).
 	cutShown bool
 
