@@ -51,11 +51,15 @@ const (
 // state (the row guard dropping the replies of a cut cycle) is not called
 // for it otherwise. Call it only from OnBackend or OnRows, which run where
 // the upstream's messages are relayed; the relay reads the interest there.
-// DataRow's interest stays what BackendInterest said.
+// It changes nothing for DataRow (whose interest decides at startup how
+// rows are counted) or for ReadyForQuery, ErrorResponse and BackendKeyData,
+// which the relay reads anyway and the hooks' bookkeeping relies on.
 func (s *Session) SetBackendInterest(typ byte, in Interest) {
-	if typ != MsgDataRow {
-		s.interest[typ] = in
+	switch typ {
+	case MsgDataRow, MsgReadyForQuery, MsgErrorResponse, MsgBackendKeyData:
+		return
 	}
+	s.interest[typ] = in
 }
 
 // RowCounter may be implemented by Hooks whose interest in DataRow is
