@@ -1,9 +1,7 @@
 package guard_test
 
 import (
-	"context"
 	"crypto/tls"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -101,34 +99,14 @@ func TestCutAcrossHandBack(t *testing.T) {
 func TestCutOverClientTLS(t *testing.T) {
 	e := startRowGuard5(t)
 	// A second server over the same guard setup, answering TLS.
-	cat := &rewriter.Catalog{Relations: map[string]*rewriter.Relation{
-		"public.patients": {Schema: "public", Name: "patients", Kind: rewriter.KindTable,
-			Columns: []string{"id", "clinic_id", "full_name", "email", "status"}, UniqueKeys: [][]string{{"id"}, {"status"}}},
-	}}
-	pol, err := policy.Parse([]byte(strings.Replace(basePolicy, "max_rows: 50", "max_rows: 5", 1)), "test.yaml")
+	pol, err := policy.Parse([]byte(rowGuard5Policy), "test.yaml")
 	require.NoError(t, err)
 	al, err := audit.New(audit.Options{Stdout: &syncBuffer{}})
 	require.NoError(t, err)
+	cat := rowGuard5Catalog()
 	g := guard.New(guard.Options{Policies: policy.NewHolder(pol), Audit: al, Metrics: admin.NewMetrics(), Logger: zaptest.NewLogger(t),
 		Catalog: func() *rewriter.Catalog { return cat }})
-	srv, err := proxy.NewServer(proxy.Config{
-		Upstream: proxy.UpstreamConfig{Host: e.c.Host, Port: e.c.Port, SSLMode: "disable"},
-		Logger:   zaptest.NewLogger(t), Hooks: g, TLSCertFile: e.c.CertFile, TLSKeyFile: e.c.KeyFile,
-	})
-	require.NoError(t, err)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	sctx, scancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(sctx, l) }()
-	t.Cleanup(func() {
-		dctx, dcancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer dcancel()
-		_ = srv.Shutdown(dctx)
-		scancel()
-		<-done
-	})
-	e.addr = l.Addr().String()
+	serve(t, e, g, func(cfg *proxy.Config) { cfg.TLSCertFile, cfg.TLSKeyFile = e.c.CertFile, e.c.KeyFile })
 	u := strings.Replace(e.url(pgtest.AppUser, "app.clinic_id", "2"), "sslmode=disable", "sslmode=require", 1)
 	conn, err := pgx.Connect(ctx(t), u)
 	require.NoError(t, err)

@@ -123,18 +123,30 @@ func startGuard(t *testing.T, policyYAML string, catalogFor func(c *pgtest.Clust
 	for _, w := range with {
 		w(&opts)
 	}
-	g := guard.New(opts)
+	serve(t, e, guard.New(opts), nil)
+	return e
+}
+
+// serve starts a proxy server with the hooks g in front of e's cluster
+// (with changing its configuration) and points e at it.
+func serve(t *testing.T, e *env, g *guard.Guard, with func(*proxy.Config)) {
+	t.Helper()
 	loops := 0 // TENANTGUARD_TEST_EVENT_LOOPS: see proxy's main_test.go
 	if v := os.Getenv("TENANTGUARD_TEST_EVENT_LOOPS"); v != "" {
+		var err error
 		loops, err = strconv.Atoi(v)
 		require.NoError(t, err, "TENANTGUARD_TEST_EVENT_LOOPS")
 	}
-	srv, err := proxy.NewServer(proxy.Config{
-		Upstream:   proxy.UpstreamConfig{Host: c.Host, Port: c.Port, SSLMode: "disable"},
+	cfg := proxy.Config{
+		Upstream:   proxy.UpstreamConfig{Host: e.c.Host, Port: e.c.Port, SSLMode: "disable"},
 		Logger:     zaptest.NewLogger(t),
 		Hooks:      g,
 		EventLoops: loops,
-	})
+	}
+	if with != nil {
+		with(&cfg)
+	}
+	srv, err := proxy.NewServer(cfg)
 	require.NoError(t, err)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
@@ -149,7 +161,6 @@ func startGuard(t *testing.T, policyYAML string, catalogFor func(c *pgtest.Clust
 		<-done
 	})
 	e.addr = l.Addr().String()
-	return e
 }
 
 // url is a connection URL through the proxy; params are extra query
@@ -1043,9 +1054,17 @@ GRANT SELECT ON rep.plain_t TO `+pgtest.AppUser)
 // passes the static bound and only the run-time row guard can cut it.
 func startRowGuard5(t *testing.T) *env {
 	t.Helper()
-	cat := &rewriter.Catalog{Relations: map[string]*rewriter.Relation{
+	return startWith(t, rowGuard5Policy, rowGuard5Catalog())
+}
+
+// rowGuard5Policy allows 5 rows a result.
+var rowGuard5Policy = strings.Replace(basePolicy, "max_rows: 50", "max_rows: 5", 1)
+
+// rowGuard5Catalog claims status unique, so that a read by status passes
+// the static bound and the row guard cuts it at run time.
+func rowGuard5Catalog() *rewriter.Catalog {
+	return &rewriter.Catalog{Relations: map[string]*rewriter.Relation{
 		"public.patients": {Schema: "public", Name: "patients", Kind: rewriter.KindTable,
 			Columns: []string{"id", "clinic_id", "full_name", "email", "status"}, UniqueKeys: [][]string{{"id"}, {"status"}}},
 	}}
-	return startWith(t, strings.Replace(basePolicy, "max_rows: 50", "max_rows: 5", 1), cat)
 }
