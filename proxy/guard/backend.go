@@ -100,8 +100,19 @@ func (g *Guard) onBackend(s *proxy.Session, c *conn, m proxy.Message) (proxy.Ver
 	case msgParseComplete, msgCloseComplete:
 		return g.onPrepareReply(c, m.Type)
 	case msgCopyIn:
-		if f := c.head(g); f != nil && f.dec.CopyIn {
+		f := c.head(g)
+		if f != nil && f.dec.CopyIn {
 			f.copyStarted = true
+		}
+		if c.cutting && f != nil && f.dec.CopyIn && f.protocol == "simple" {
+			// A COPY FROM STDIN later in a cut Query: the client was told
+			// the Query failed and sends no data, so the guard fails the
+			// COPY itself (the server would wait for data otherwise). Its
+			// error is audited with the statement and dropped.
+			if c.copyIn == f {
+				c.copyIn = nil
+			}
+			return proxy.Verdict{Replace: []byte{}, Reply: encode(&pgproto3.CopyFail{Message: "tenantguard: the Query was cut by the row guard"})}, nil
 		}
 	case msgBindComplete, msgNoData, msgRowDesc, msgParamDesc, msgCopyOut, msgCopyData, msgCopyDone:
 		if c.cutting {
@@ -445,11 +456,11 @@ func (g *Guard) onError(c *conn, body []byte) (proxy.Verdict, error) {
 		return proxy.Verdict{Replace: encode(&pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR",
 			Code: "XX000", Message: "tenantguard: the server sent an error that could not be read"})}, nil
 	}
-	if c.cutting {
+	if c.cutting && c.sentinelIn(&e) == "" {
 		// The cut statement's own error needs nothing more; a later
-		// statement of the cycle failed as it ran: audit it so (a refusal's
-		// sentinel is audited with the skipped ones at ReadyForQuery).
-		if !c.cutOwn() && c.sentinelIn(&e) == "" {
+		// statement of the cycle failed as it ran: audit it so. (A later
+		// refusal's sentinel is audited below.)
+		if !c.cutOwn() {
 			if f := c.pop(g); f != nil {
 				g.complete(c, f, -1, e.Code)
 			}
@@ -468,6 +479,9 @@ func (g *Guard) onError(c *conn, body []byte) (proxy.Verdict, error) {
 				ev.SQLState = f.dec.Error.SQLState
 			}
 			g.opts.Audit.Log(ev)
+		}
+		if c.cutting {
+			return drop, nil // the client was told the cycle failed
 		}
 		if rj == nil {
 			return proxy.Verdict{}, nil

@@ -45,3 +45,48 @@ func TestCutDropsLaterCopyOut(t *testing.T) {
 	require.Equal(t, "12DEZ", types)
 	require.Equal(t, "TDCZ", send(&pgproto3.Query{String: "SELECT 1"}))
 }
+
+// TestCutFailsLaterCopyIn: a COPY FROM STDIN later in a cut simple Query
+// would leave the server waiting for data the client, told the Query
+// failed, never sends: the guard fails the COPY upstream itself, the client
+// sees the 54000 and ReadyForQuery, and the session goes on.
+func TestCutFailsLaterCopyIn(t *testing.T) {
+	e := startRowGuard5(t)
+	fe, _ := rawSession(t, e)
+	receive := func() string {
+		t.Helper()
+		types := ""
+		for {
+			m, err := fe.Receive()
+			require.NoError(t, err)
+			b, err := m.Encode(nil)
+			require.NoError(t, err)
+			if b[0] != 'D' || !strings.HasSuffix(types, "D") {
+				types += string(b[0])
+			}
+			if b[0] == 'Z' {
+				return types
+			}
+		}
+	}
+	// clinics is no tenant table: the COPY is allowed and starts upstream.
+	// COPY FROM into patients is refused (42501) and never starts.
+	for _, q := range []string{"COPY clinics FROM STDIN", "COPY patients (full_name) FROM STDIN"} {
+		fe.Send(&pgproto3.Query{String: cutQuery + "; " + q})
+		require.NoError(t, fe.Flush())
+		require.Equal(t, "TDEZ", receive(), q)
+		fe.Send(&pgproto3.Query{String: "SELECT 1"})
+		require.NoError(t, fe.Flush())
+		require.Equal(t, "TDCZ", receive(), q)
+	}
+	var copies []string
+	for _, l := range strings.Split(e.audit.String(), "\n") {
+		if strings.Contains(l, `"statement":"COPY`) {
+			copies = append(copies, l)
+		}
+	}
+	require.Len(t, copies, 2, "both COPYs are audited: %s", e.audit.String())
+	require.Contains(t, copies[0], `"sqlstate":"57014"`, "the guard failed the COPY upstream: %s", copies[0])
+	require.Contains(t, copies[1], `"decision":"rejected"`, "the refusal is audited as one: %s", copies[1])
+	require.Contains(t, copies[1], `"sqlstate":"42501"`, "%s", copies[1])
+}
