@@ -15,26 +15,7 @@ import (
 func TestCutDropsLaterCopyOut(t *testing.T) {
 	e := startRowGuard5(t)
 	fe, _ := rawSession(t, e)
-	send := func(msgs ...pgproto3.FrontendMessage) string {
-		t.Helper()
-		for _, m := range msgs {
-			fe.Send(m)
-		}
-		require.NoError(t, fe.Flush())
-		types := ""
-		for {
-			m, err := fe.Receive()
-			require.NoError(t, err)
-			b, err := m.Encode(nil)
-			require.NoError(t, err)
-			if b[0] != 'D' || !strings.HasSuffix(types, "D") {
-				types += string(b[0])
-			}
-			if b[0] == 'Z' {
-				return types
-			}
-		}
-	}
+	send := func(msgs ...pgproto3.FrontendMessage) string { return sendTypes(t, fe, msgs...) }
 	for _, q := range []string{"COPY (SELECT 1) TO STDOUT", "COPY patients (full_name) TO STDOUT"} {
 		require.Equal(t, "TDEZ", send(&pgproto3.Query{String: cutQuery + "; " + q}), q)
 		require.Equal(t, "TDCZ", send(&pgproto3.Query{String: "SELECT 1"}))
@@ -53,31 +34,11 @@ func TestCutDropsLaterCopyOut(t *testing.T) {
 func TestCutFailsLaterCopyIn(t *testing.T) {
 	e := startRowGuard5(t)
 	fe, _ := rawSession(t, e)
-	receive := func() string {
-		t.Helper()
-		types := ""
-		for {
-			m, err := fe.Receive()
-			require.NoError(t, err)
-			b, err := m.Encode(nil)
-			require.NoError(t, err)
-			if b[0] != 'D' || !strings.HasSuffix(types, "D") {
-				types += string(b[0])
-			}
-			if b[0] == 'Z' {
-				return types
-			}
-		}
-	}
 	// clinics is no tenant table: the COPY is allowed and starts upstream.
 	// COPY FROM into patients is refused (42501) and never starts.
 	for _, q := range []string{"COPY clinics FROM STDIN", "COPY patients (full_name) FROM STDIN"} {
-		fe.Send(&pgproto3.Query{String: cutQuery + "; " + q})
-		require.NoError(t, fe.Flush())
-		require.Equal(t, "TDEZ", receive(), q)
-		fe.Send(&pgproto3.Query{String: "SELECT 1"})
-		require.NoError(t, fe.Flush())
-		require.Equal(t, "TDCZ", receive(), q)
+		require.Equal(t, "TDEZ", sendTypes(t, fe, &pgproto3.Query{String: cutQuery + "; " + q}), q)
+		require.Equal(t, "TDCZ", sendTypes(t, fe, &pgproto3.Query{String: "SELECT 1"}), q)
 	}
 	var copies []string
 	for _, l := range strings.Split(e.audit.String(), "\n") {
@@ -89,4 +50,28 @@ func TestCutFailsLaterCopyIn(t *testing.T) {
 	require.Contains(t, copies[0], `"sqlstate":"57014"`, "the guard failed the COPY upstream: %s", copies[0])
 	require.Contains(t, copies[1], `"decision":"rejected"`, "the refusal is audited as one: %s", copies[1])
 	require.Contains(t, copies[1], `"sqlstate":"42501"`, "%s", copies[1])
+}
+
+// sendTypes sends msgs and returns the types of the messages received up to
+// ReadyForQuery, a run of DataRows as one D. Unlike receiveUntilReady it
+// shows every type, COPY messages included.
+func sendTypes(t *testing.T, fe *pgproto3.Frontend, msgs ...pgproto3.FrontendMessage) string {
+	t.Helper()
+	for _, m := range msgs {
+		fe.Send(m)
+	}
+	require.NoError(t, fe.Flush())
+	types := ""
+	for {
+		m, err := fe.Receive()
+		require.NoError(t, err)
+		b, err := m.Encode(nil)
+		require.NoError(t, err)
+		if b[0] != 'D' || !strings.HasSuffix(types, "D") {
+			types += string(b[0])
+		}
+		if b[0] == 'Z' {
+			return types
+		}
+	}
 }
