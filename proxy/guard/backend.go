@@ -101,10 +101,11 @@ func (g *Guard) onBackend(s *proxy.Session, c *conn, m proxy.Message) (proxy.Ver
 		return g.onPrepareReply(c, m.Type)
 	case msgCopyIn:
 		f := c.head(g)
-		if f != nil && f.dec.CopyIn {
-			f.copyStarted = true
+		if f == nil || !f.dec.CopyIn {
+			break
 		}
-		if c.cutting && f != nil && f.dec.CopyIn && f.protocol == "simple" {
+		f.copyStarted = true
+		if c.cutting && f.protocol == "simple" {
 			// A COPY FROM STDIN later in a cut Query: the client was told
 			// the Query failed and sends no data, so the guard fails the
 			// COPY itself (the server would wait for data otherwise). Its
@@ -341,7 +342,7 @@ func (g *Guard) onDataRow(c *conn) (proxy.Verdict, error) {
 		c.queue = c.queue[1:]
 		ev := g.statementEvent(c, f.dec, f.protocol)
 		ev.Tenant, ev.Decision, ev.Reason, ev.SQLState = f.tenant, audit.DecisionRejected, "row_limit", "54000"
-		ev.Rows, ev.Duration = f.dec.MaxRows, g.since(f.start)
+		ev.Rows, ev.Duration = f.dec.MaxRows, g.opts.Now().Sub(f.start)
 		g.opts.Audit.Log(ev)
 		return proxy.Verdict{Replace: encode(&pgproto3.ErrorResponse{
 			Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "54000",
@@ -413,7 +414,7 @@ func tagRows(tag []byte) int64 {
 
 // complete audits a finished statement and observes its duration.
 func (g *Guard) complete(c *conn, f *inflight, rows int64, sqlstate string) {
-	now := g.opts.Now() // the audit's time is the wall clock's, stepped or not
+	now := g.opts.Now()
 	d := now.Sub(f.start)
 	g.opts.Metrics.StatementDuration.Observe(d.Seconds())
 	ev := g.statementEvent(c, f.dec, f.protocol)
@@ -474,7 +475,7 @@ func (g *Guard) onError(c *conn, body []byte) (proxy.Verdict, error) {
 		if f := c.head(g); f != nil && f.reject == rj {
 			c.queue = c.queue[1:]
 			ev := g.statementEvent(c, f.dec, f.protocol)
-			ev.Tenant, ev.Duration = f.tenant, g.since(f.start)
+			ev.Tenant, ev.Duration = f.tenant, g.opts.Now().Sub(f.start)
 			if f.dec.Error != nil {
 				ev.SQLState = f.dec.Error.SQLState
 			}

@@ -66,7 +66,6 @@ type Options struct {
 // sessions.
 type Guard struct {
 	opts  Options
-	since func(time.Time) time.Duration // time since, by opts.Now
 	log   *zap.Logger
 	nonce string
 
@@ -88,12 +87,8 @@ func New(opts Options) *Guard {
 	if opts.Logger == nil {
 		opts.Logger = zap.NewNop()
 	}
-	since := time.Since // one monotonic clock read, not two
 	if opts.Now == nil {
 		opts.Now = time.Now
-	} else {
-		now := opts.Now
-		since = func(t time.Time) time.Duration { return now().Sub(t) }
 	}
 	if opts.Catalog == nil {
 		opts.Catalog = func() *rewriter.Catalog { return nil }
@@ -103,7 +98,7 @@ func New(opts Options) *Guard {
 	}
 	var b [8]byte
 	_, _ = rand.Read(b[:])
-	return &Guard{opts: opts, since: since, log: opts.Logger, nonce: hex.EncodeToString(b[:])}
+	return &Guard{opts: opts, log: opts.Logger, nonce: hex.EncodeToString(b[:])}
 }
 
 // engine returns the rewriter for the policy and catalog in force, building
