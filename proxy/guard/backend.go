@@ -146,10 +146,19 @@ func (g *Guard) onBackend(s *proxy.Session, c *conn, m proxy.Message) (proxy.Ver
 			return drop, nil
 		}
 	case proxy.MsgReadyForQuery:
+		if c.abortReady {
+			// The answer to the guard's own abort Query: no cycle's.
+			c.abortReady = false
+			return drop, nil
+		}
 		if !c.connectLogged {
 			g.logConnect(s, c)
 		}
+		cut := c.cutting
 		g.onReady(c, m.Body)
+		if cut && len(m.Body) == 1 && m.Body[0] == 'T' {
+			return c.abortAfterCut(), nil
+		}
 	case msgNotification:
 		if c.bypass {
 			return proxy.Verdict{}, nil
@@ -426,7 +435,28 @@ func (g *Guard) complete(c *conn, f *inflight, rows int64, sqlstate string) {
 	}
 }
 
+// abortAfterCut fails the transaction block a cut cycle leaves open, as
+// the error the client was told of would have: the guard sends a sentinel
+// Query of its own upstream (before the client sees this ReadyForQuery,
+// so before anything the client sends after it), drops its error and its
+// ReadyForQuery, and tells the client the transaction failed. COMMIT then
+// rolls back and later statements get 25P02 from the server itself, as
+// after any refusal. Callers hold c.mu.
+func (c *conn) abortAfterCut() proxy.Verdict {
+	c.aborting, c.abortReady = c.nextSentinel(), false
+	return proxy.Verdict{
+		Reply:   encode(&pgproto3.Query{String: sentinelQuery(c.aborting)}),
+		Replace: encode(&pgproto3.ReadyForQuery{TxStatus: 'E'}),
+	}
+}
+
 func (g *Guard) onError(c *conn, body []byte) (proxy.Verdict, error) {
+	if c.aborting != "" && bytes.Contains(body, []byte(c.aborting+"(")) {
+		// The guard's abort Query failed the transaction, as it should:
+		// its error and ReadyForQuery are no client statement's.
+		c.aborting, c.abortReady = "", true
+		return drop, nil
+	}
 	// An error ends the implicit transaction of its cycle: undo its SETs
 	// (even while the row guard cuts the cycle's replies).
 	c.undoCycle(c.backCycle)

@@ -181,3 +181,88 @@ func TestCutAuditsWhatRan(t *testing.T) {
 	require.Contains(t, updates[1], `"rows":1`, "%s", updates[1])
 	require.NotContains(t, updates[1], "not_executed", "%s", updates[1])
 }
+
+// TestCutFailsItsTransactionBlock: a cut inside a transaction block fails
+// the transaction upstream, as the error the client is told of would have:
+// the next statement gets 25P02 from the server, COMMIT rolls back (the
+// writes before the cut and the one after it in the same Query or pipeline
+// are undone), and ROLLBACK TO SAVEPOINT recovers what came before the
+// savepoint, exactly as in PostgreSQL. Outside a transaction block nothing
+// is added (TestCutAuditsWhatRan).
+func TestCutFailsItsTransactionBlock(t *testing.T) {
+	e := startRowGuard5(t)
+	_, send := rawSession(t, e)
+	email := func() string {
+		t.Helper()
+		var v string
+		require.NoError(t, e.direct(t).QueryRow(ctx(t), "SELECT email FROM patients WHERE id = 4").Scan(&v))
+		return v
+	}
+	before := email()
+	ready := func(r received, types string, status byte) {
+		t.Helper()
+		require.Equal(t, types, r.types, "%v", r.errs)
+		require.Equal(t, string(status), string(r.status))
+	}
+
+	t.Run("simple", func(t *testing.T) {
+		ready(send(&pgproto3.Query{String: "BEGIN; UPDATE patients SET email = 'before-cut' WHERE id = 4"}), "CCZ", 'T')
+		r := send(&pgproto3.Query{String: cutQuery + "; UPDATE patients SET email = 'after-cut' WHERE id = 4"})
+		ready(r, "TDEZ", 'E')
+		require.Equal(t, "54000", r.errs[0].Code)
+		r = send(&pgproto3.Query{String: "SELECT full_name FROM patients WHERE id = 4"})
+		ready(r, "EZ", 'E')
+		require.Equal(t, "25P02", r.errs[0].Code, "the server itself refuses statements in the failed transaction")
+		ready(send(&pgproto3.Query{String: "COMMIT"}), "CZ", 'I')
+		require.Equal(t, before, email(), "COMMIT of the failed transaction rolled back both writes")
+	})
+
+	t.Run("extended", func(t *testing.T) {
+		ready(send(&pgproto3.Query{String: "BEGIN"}), "CZ", 'T')
+		r := send(
+			&pgproto3.Parse{Query: "UPDATE patients SET email = 'before-cut' WHERE id = 4"}, &pgproto3.Bind{}, &pgproto3.Execute{},
+			&pgproto3.Parse{Query: cutQuery}, &pgproto3.Bind{}, &pgproto3.Execute{},
+			&pgproto3.Parse{Query: "UPDATE patients SET email = 'after-cut' WHERE id = 4"}, &pgproto3.Bind{}, &pgproto3.Execute{},
+			&pgproto3.Sync{})
+		ready(r, "12C12DEZ", 'E')
+		require.Equal(t, "54000", r.errs[0].Code)
+		r = send(&pgproto3.Parse{Query: "COMMIT"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{})
+		ready(r, "12CZ", 'I')
+		require.Equal(t, before, email())
+	})
+
+	t.Run("savepoint", func(t *testing.T) {
+		ready(send(&pgproto3.Query{String: "BEGIN; UPDATE patients SET email = 'kept' WHERE id = 4; SAVEPOINT s"}), "CCCZ", 'T')
+		ready(send(&pgproto3.Query{String: cutQuery + "; UPDATE patients SET email = 'after-cut' WHERE id = 4"}), "TDEZ", 'E')
+		ready(send(&pgproto3.Query{String: "ROLLBACK TO SAVEPOINT s"}), "CZ", 'T')
+		ready(send(&pgproto3.Query{String: "COMMIT"}), "CZ", 'I')
+		require.Equal(t, "kept", email(), "the write before the savepoint commits, the one after the cut does not")
+	})
+
+	t.Run("pipelined", func(t *testing.T) {
+		// A cycle the client sent before the cut cycle's ReadyForQuery is
+		// upstream before the guard's abort Query: it runs, and the
+		// transaction fails after it.
+		was := email()
+		fe, _ := rawSession(t, e)
+		fe.Send(&pgproto3.Query{String: "BEGIN; UPDATE patients SET email = 'before-cut' WHERE id = 4"})
+		fe.Send(&pgproto3.Query{String: cutQuery})
+		fe.Send(&pgproto3.Query{String: "SELECT full_name FROM patients WHERE id = 4"})
+		require.NoError(t, fe.Flush())
+		ready(receiveUntilReady(t, fe), "CCZ", 'T')
+		ready(receiveUntilReady(t, fe), "TDEZ", 'E')
+		ready(receiveUntilReady(t, fe), "TDCZ", 'T')
+		fe.Send(&pgproto3.Query{String: "SELECT 1"})
+		require.NoError(t, fe.Flush())
+		r := receiveUntilReady(t, fe)
+		ready(r, "EZ", 'E')
+		require.Equal(t, "25P02", r.errs[0].Code)
+		fe.Send(&pgproto3.Query{String: "COMMIT"})
+		require.NoError(t, fe.Flush())
+		ready(receiveUntilReady(t, fe), "CZ", 'I')
+		require.Equal(t, was, email())
+	})
+
+	require.NotContains(t, e.audit.String(), "tg_reject_", "the guard's own Query is not a client statement")
+	ready(send(&pgproto3.Query{String: "SELECT full_name FROM patients WHERE id = 4"}), "TDCZ", 'I')
+}

@@ -223,6 +223,12 @@ type conn struct {
 	cutPending bool
 	// cutShown: the relay shows the guard cutReplies (conn.showCut).
 	cutShown bool
+	// aborting names the sentinel of the guard's own Query that fails the
+	// transaction block a cut cycle left open (abortAfterCut), until its
+	// error arrives; abortReady is then set until its ReadyForQuery, which
+	// is dropped too.
+	aborting   string
+	abortReady bool
 
 	refused bool // refused at startup: nothing to count at the end
 	// refusal is the startup refusal, sent once authentication is over.

@@ -141,9 +141,10 @@ func TestPgxAfterAnErrorUnderANewTenant(t *testing.T) {
 // received is what a raw client read up to ReadyForQuery: message types
 // (runs of DataRow as one 'D') and the rows' first columns.
 type received struct {
-	types string
-	rows  []string
-	errs  []*pgproto3.ErrorResponse
+	types  string
+	status byte // the ReadyForQuery's transaction status
+	rows   []string
+	errs   []*pgproto3.ErrorResponse
 }
 
 func receiveUntilReady(t *testing.T, fe *pgproto3.Frontend) received {
@@ -178,6 +179,7 @@ func receiveUntilReady(t *testing.T, fe *pgproto3.Frontend) received {
 			r.errs = append(r.errs, &cp)
 		case *pgproto3.ReadyForQuery:
 			r.types += "Z"
+			r.status = m.TxStatus
 			return r
 		}
 	}
