@@ -1,6 +1,9 @@
 package rewriter
 
-import "testing"
+import (
+	"strings"
+	"testing"
+)
 
 // Attribute notation calls a function without a call in the text: c.f is
 // f(c) when f is not a column of c, and (x).f is f(x). Such functions are
@@ -22,6 +25,8 @@ func TestAttributeNotationCallsAreChecked(t *testing.T) {
 	for _, sql := range []string{"SELECT c.late_fn FROM clinics c WHERE c.id = 1", "SELECT (NULL::clinics).late_fn"} {
 		if d := crw.Decide(sql, Session{Tenant: "7", HasTenant: true}).Statements[0]; d.Reason != ReasonUnknownFunction {
 			t.Errorf("%s: verdict %s, reason %s; want unknown_function", sql, d.Verdict, d.Reason)
+		} else if want := "tenantguard: column or function late_fn is not in tenantguard's catalog"; !strings.HasPrefix(d.Error.Message, want) {
+			t.Errorf("%s: message %q; want it to start %q (a mistyped column looks like this)", sql, d.Error.Message, want)
 		}
 		if d := rw.Decide(sql, Session{Tenant: "7", HasTenant: true}).Statements[0]; d.Verdict == VerdictRejected {
 			t.Errorf("%s: refused (%s) without a complete catalog", sql, d.Reason)

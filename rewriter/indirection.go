@@ -360,7 +360,10 @@ func (c *stmtCtx) attributeCalls(m proto.Message) {
 			// knows, and no function of that name: the server calls a
 			// function created since the catalog was loaded, or fails.
 			if known {
-				c.reject(ReasonUnknownFunction, "function "+f)
+				// Most often a mistyped column: say so, not only
+				// "function" (PostgreSQL would say the column does not
+				// exist when no function of that name exists either).
+				c.reject(ReasonUnknownFunction, "column or function "+f)
 				return
 			}
 			continue

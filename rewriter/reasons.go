@@ -100,7 +100,7 @@ func rejection(reason, subject string, pol *policy.Policy) *Error {
 	case ReasonUnknownFunction:
 		return &Error{stateFeatureNotSupported,
 			"tenantguard: " + s + " is not in tenantguard's catalog of the upstream",
-			"a function or operator created since the catalog was loaded is refused until the catalog lists it and it can be checked; tenantguard reloads it now: retry in a moment"}
+			"check the name (r.name that is not a column of r reads as a function call); a function or operator created since the catalog was loaded is refused until the catalog lists it and it can be checked; tenantguard reloads it now: retry in a moment"}
 	case ReasonDeniedRelation:
 		return &Error{stateInsufficientPrivilege,
 			"tenantguard: relation " + s + " is not allowed for this role",
