@@ -58,3 +58,29 @@ func TestAttributeNotationCallsAreChecked(t *testing.T) {
 		}
 	}
 }
+
+// TestDeniedStatementsAreNamedAsSQL: a refused statement is named as its
+// SQL reads ("DROP TABLE"), not as the parser's node ("DropStmt").
+func TestDeniedStatementsAreNamedAsSQL(t *testing.T) {
+	rw := New(testPolicy(""), testCatalog())
+	for sql, want := range map[string]string{
+		"DROP TABLE patients":                   "statement DROP TABLE is not allowed",
+		"DROP INDEX patients_pkey":              "statement DROP INDEX is not allowed",
+		"CREATE TABLE t (a int)":                "statement CREATE TABLE is not allowed",
+		"ALTER TABLE patients ADD COLUMN x int": "statement ALTER TABLE is not allowed",
+		"CREATE ROLE r":                         "statement CREATE ROLE is not allowed",
+		"CHECKPOINT":                            "statement CHECKPOINT is not allowed",
+		"REFRESH MATERIALIZED VIEW v":           "statement REFRESH MATERIALIZED VIEW is not allowed",
+		"ALTER TABLE patients RENAME TO p":      "statement ALTER ... RENAME is not allowed",
+		"CREATE EXTENSION x":                    "statement CREATE EXTENSION is not allowed",
+	} {
+		d := rw.Decide(sql, Session{Tenant: "7", HasTenant: true}).Statements[0]
+		if d.Reason != ReasonDeniedStatement || d.Error == nil {
+			t.Errorf("%s: verdict %s, reason %s; want denied_statement", sql, d.Verdict, d.Reason)
+			continue
+		}
+		if !strings.Contains(d.Error.Message, want) || strings.Contains(d.Error.Message, "Stmt") {
+			t.Errorf("%s: message %q; want it to contain %q", sql, d.Error.Message, want)
+		}
+	}
+}

@@ -445,7 +445,85 @@ func statementName(n *pg.Node) string {
 	if name == "" {
 		return "statement"
 	}
-	return name
+	return sqlWords(n, name)
+}
+
+// stmtWords names the statements whose node name is not their SQL
+// (CreateStmt is CREATE TABLE); the others read from the node name.
+var stmtWords = map[string]string{
+	"CreateStmt":                 "CREATE TABLE",
+	"IndexStmt":                  "CREATE INDEX",
+	"ViewStmt":                   "CREATE VIEW",
+	"DefineStmt":                 "CREATE",
+	"RenameStmt":                 "ALTER ... RENAME",
+	"CompositeTypeStmt":          "CREATE TYPE",
+	"CreateEnumStmt":             "CREATE TYPE",
+	"CreateRangeStmt":            "CREATE TYPE",
+	"AlterEnumStmt":              "ALTER TYPE",
+	"CreateSeqStmt":              "CREATE SEQUENCE",
+	"AlterSeqStmt":               "ALTER SEQUENCE",
+	"CreatedbStmt":               "CREATE DATABASE",
+	"DropdbStmt":                 "DROP DATABASE",
+	"AlterDatabaseStmt":          "ALTER DATABASE",
+	"CreateTrigStmt":             "CREATE TRIGGER",
+	"CreatePLangStmt":            "CREATE LANGUAGE",
+	"VariableSetStmt":            "SET",
+	"VariableShowStmt":           "SHOW",
+	"GrantRoleStmt":              "GRANT",
+	"ClusterStmt":                "CLUSTER",
+	"ReindexStmt":                "REINDEX",
+	"ImportForeignSchemaStmt":    "IMPORT FOREIGN SCHEMA",
+	"CreateTableSpaceStmt":       "CREATE TABLESPACE",
+	"DropTableSpaceStmt":         "DROP TABLESPACE",
+	"CheckPointStmt":             "CHECKPOINT",
+	"RefreshMatViewStmt":         "REFRESH MATERIALIZED VIEW",
+	"SecLabelStmt":               "SECURITY LABEL",
+	"AlterObjectSchemaStmt":      "ALTER ... SET SCHEMA",
+	"AlterOwnerStmt":             "ALTER ... OWNER TO",
+	"CreateOpClassStmt":          "CREATE OPERATOR CLASS",
+	"CreateOpFamilyStmt":         "CREATE OPERATOR FAMILY",
+	"AlterOpFamilyStmt":          "ALTER OPERATOR FAMILY",
+	"CreateFdwStmt":              "CREATE FOREIGN DATA WRAPPER",
+	"AlterFdwStmt":               "ALTER FOREIGN DATA WRAPPER",
+	"CreateForeignServerStmt":    "CREATE SERVER",
+	"AlterForeignServerStmt":     "ALTER SERVER",
+	"CreateForeignTableStmt":     "CREATE FOREIGN TABLE",
+	"CreateUserMappingStmt":      "CREATE USER MAPPING",
+	"AlterUserMappingStmt":       "ALTER USER MAPPING",
+	"DropUserMappingStmt":        "DROP USER MAPPING",
+	"CreateConversionStmt":       "CREATE CONVERSION",
+	"CreateAmStmt":               "CREATE ACCESS METHOD",
+	"CreateEventTrigStmt":        "CREATE EVENT TRIGGER",
+	"AlterEventTrigStmt":         "ALTER EVENT TRIGGER",
+	"CreateStatsStmt":            "CREATE STATISTICS",
+	"AlterStatsStmt":             "ALTER STATISTICS",
+	"AlterTsdictionaryStmt":      "ALTER TEXT SEARCH DICTIONARY",
+	"AlterTsconfigurationStmt":   "ALTER TEXT SEARCH CONFIGURATION",
+	"CreateTransformStmt":        "CREATE TRANSFORM",
+	"AlterTableSpaceOptionsStmt": "ALTER TABLESPACE",
+	"AlterTableMoveAllStmt":      "ALTER ... SET TABLESPACE",
+	"AlterSystemStmt":            "ALTER SYSTEM",
+}
+
+// sqlWords names a statement as SQL for an error message: "DROP TABLE",
+// not "DropStmt".
+func sqlWords(n *pg.Node, node string) string {
+	if d := n.GetDropStmt(); d != nil {
+		obj := strings.TrimPrefix(d.RemoveType.String(), "OBJECT_")
+		return "DROP " + strings.ReplaceAll(obj, "_", " ")
+	}
+	if w, ok := stmtWords[node]; ok {
+		return w
+	}
+	base := strings.TrimSuffix(node, "Stmt")
+	var b strings.Builder
+	for i, r := range base {
+		if i > 0 && r >= 'A' && r <= 'Z' {
+			b.WriteByte(' ')
+		}
+		b.WriteRune(r)
+	}
+	return strings.ToUpper(b.String())
 }
 
 // explainable scopes the statement inside EXPLAIN or PREPARE.

@@ -76,7 +76,7 @@ func rejection(reason, subject string, pol *policy.Policy) *Error {
 	case ReasonUnbounded:
 		return &Error{stateProgramLimitExceeded,
 			"tenantguard: the result of this query on tenant relations is not bounded",
-			fmt.Sprintf("add LIMIT <= %d, an aggregate, or equality on a unique key", maxRows)}
+			fmt.Sprintf("add LIMIT <= %d, an aggregate without GROUP BY, or equality on a unique key", maxRows)}
 	case ReasonOffset:
 		return &Error{stateProgramLimitExceeded,
 			"tenantguard: OFFSET is above the allowed bound",

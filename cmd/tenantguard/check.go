@@ -64,7 +64,7 @@ comments followed by the SQL sent upstream (none when rejected):
   --     kind: select; relations: patients
   --     original: SELECT * FROM patients
   --     ERROR 54000 tenantguard: the result of this query ... is not bounded
-  --     HINT: add LIMIT <= 100, an aggregate, or equality on a unique key
+  --     HINT: add LIMIT <= 100, an aggregate without GROUP BY, or equality on a unique key
 
 and a last line "-- N statements: A allowed, R rejected". --format json
 prints one JSON document:
