@@ -1,6 +1,7 @@
 package rewriter
 
 import (
+	"slices"
 	"strconv"
 
 	pg "github.com/pganalyze/pg_query_go/v6"
@@ -133,7 +134,163 @@ func (c *stmtCtx) shapeBound(s *pg.SelectStmt, ctes map[string]*pg.SelectStmt) i
 			}
 		}
 	}
-	return unboundedRows
+	return c.joinBound(s, ctes)
+}
+
+// joinRel is a relation of a FROM clause that joinBound follows.
+type joinRel struct {
+	rv    *pg.RangeVar
+	quals [][]string
+	cols  []string   // from the catalog; nil when unknown
+	on    []*pg.Node // the ON conjuncts of the LEFT JOIN it is the nullable side of
+}
+
+// joinBound bounds a SELECT that joins relations (JOIN, or a FROM list) by
+// their unique keys. A relation is fixed when every column of one of its
+// unique keys is equal, in a conjunct every result row satisfies (WHERE,
+// the ON of an inner join, or for the nullable side of a LEFT JOIN its
+// ON), to a constant, a parameter, the tenant, or a column of a relation
+// already fixed: each then contributes one row (or, on a LEFT JOIN's
+// nullable side, one row or NULLs) to every result row, so the result has
+// at most one row when all are fixed. With GROUP BY on columns of fixed
+// relations only, there are at most 2^k groups for k such relations.
+// Anything else (RIGHT and FULL joins, USING, subqueries, functions, CTEs
+// in the join, grouping sets, positional GROUP BY) is unbounded, as before.
+func (c *stmtCtx) joinBound(s *pg.SelectStmt, ctes map[string]*pg.SelectStmt) int64 {
+	var rels []*joinRel
+	pool := conjuncts(s.WhereClause, nil)
+	var walk func(n *pg.Node) bool
+	walk = func(n *pg.Node) bool {
+		if rv := n.GetRangeVar(); rv != nil {
+			if rv.Schemaname == "" {
+				if _, ok := ctes[rv.Relname]; ok {
+					return false
+				}
+			}
+			rels = append(rels, &joinRel{rv: rv, quals: refNames(rv), cols: c.r.rels.columnsOf(rv)})
+			return true
+		}
+		j := n.GetJoinExpr()
+		if j == nil || j.IsNatural || len(j.UsingClause) > 0 || j.Alias != nil || j.JoinUsingAlias != nil {
+			return false
+		}
+		switch j.Jointype {
+		case pg.JoinType_JOIN_INNER:
+			if !walk(j.Larg) || !walk(j.Rarg) {
+				return false
+			}
+			pool = conjuncts(j.Quals, pool)
+		case pg.JoinType_JOIN_LEFT:
+			if j.Rarg.GetRangeVar() == nil || !walk(j.Larg) || !walk(j.Rarg) {
+				return false
+			}
+			rels[len(rels)-1].on = conjuncts(j.Quals, nil)
+		default:
+			return false
+		}
+		return true
+	}
+	for _, item := range s.FromClause {
+		if !walk(item) {
+			return unboundedRows
+		}
+	}
+	// resolve returns the index of the relation a column reference names,
+	// and the column; -1 when it cannot tell (unknown or ambiguous).
+	resolve := func(n *pg.Node) (int, string) {
+		cr := n.GetColumnRef()
+		if cr == nil || len(cr.Fields) == 0 {
+			return -1, ""
+		}
+		last := cr.Fields[len(cr.Fields)-1].GetString_()
+		if last == nil {
+			return -1, ""
+		}
+		found := -1
+		for i, r := range rels {
+			var ok bool
+			if len(cr.Fields) == 1 {
+				if r.cols == nil {
+					return -1, "" // it may be this relation's
+				}
+				ok = slices.Contains(r.cols, last.Sval)
+			} else {
+				ok = colMatches(n, r.quals, last.Sval, false)
+			}
+			if ok {
+				if found >= 0 {
+					return -1, ""
+				}
+				found = i
+			}
+		}
+		return found, last.Sval
+	}
+	in := make([]bool, len(rels))
+	isFixed := func(i int) bool {
+		keys := c.r.rels.keysOf(rels[i].rv)
+		if len(keys) == 0 {
+			return false
+		}
+		set := map[string]bool{}
+		for _, list := range [][]*pg.Node{pool, rels[i].on} {
+			for _, cj := range list {
+				l, r, ok := isEq(cj)
+				if !ok {
+					continue
+				}
+				for _, pair := range [][2]*pg.Node{{l, r}, {r, l}} {
+					ri, col := resolve(pair[0])
+					if ri != i {
+						continue
+					}
+					if k, _, _ := c.tenantValue(pair[1]); k == valueLiteral || k == valueParam || k == valueSetting {
+						set[col] = true
+					} else if rj, _ := resolve(pair[1]); rj >= 0 && rj != i && in[rj] {
+						set[col] = true
+					}
+				}
+			}
+		}
+		for _, key := range keys {
+			all := len(key) > 0
+			for _, col := range key {
+				all = all && set[col]
+			}
+			if all {
+				return true
+			}
+		}
+		return false
+	}
+	fixed := 0
+	for changed := true; changed; {
+		changed = false
+		for i := range rels {
+			if !in[i] && isFixed(i) {
+				in[i], changed = true, true
+				fixed++
+			}
+		}
+	}
+	if fixed == len(rels) {
+		return 1
+	}
+	if len(s.GroupClause) == 0 || fixed == 0 {
+		return unboundedRows
+	}
+	grouped := map[int]bool{}
+	for _, g := range s.GroupClause {
+		ri, _ := resolve(g)
+		if ri < 0 || !in[ri] {
+			return unboundedRows
+		}
+		grouped[ri] = true
+	}
+	if len(grouped) > 16 {
+		return unboundedRows
+	}
+	return 1 << len(grouped)
 }
 
 // uniqueKeyEquality: every column of a unique key of rv is equal to a

@@ -1068,3 +1068,29 @@ func rowGuard5Catalog() *rewriter.Catalog {
 			Columns: []string{"id", "clinic_id", "full_name", "email", "status"}, UniqueKeys: [][]string{{"id"}, {"status"}}},
 	}}
 }
+
+// TestJoinBoundedByUniqueKeys: a lookup joined to its parent by unique keys
+// (a patient and its clinic, an invoice and its patient) passes without a
+// LIMIT in every protocol, scoped to the session's tenant: another
+// tenant's id finds nothing. The patient's invoices (many) stay refused.
+func TestJoinBoundedByUniqueKeys(t *testing.T) {
+	e := start(t, basePolicy)
+	conn := e.connect(t, "2")
+	const withClinic = "SELECT p.full_name || ' / ' || c.name FROM patients p JOIN clinics c ON c.id = p.clinic_id WHERE p.id = $1"
+	const chain = "SELECT i.memo || ' / ' || p.full_name FROM invoices i LEFT JOIN patients p ON p.id = i.patient_id JOIN clinics c ON c.id = p.clinic_id WHERE i.id = $1"
+	for _, m := range modes {
+		t.Run(m.name, func(t *testing.T) {
+			got := queryStrings(t, conn, m.mode, withClinic, 4)
+			require.Len(t, got, 1)
+			onlyMarker(t, "2", got)
+			require.Contains(t, got[0], "clinic two")
+			require.Empty(t, queryStrings(t, conn, m.mode, withClinic, 3), "patient 3 is tenant 1's")
+			got = queryStrings(t, conn, m.mode, chain, 4)
+			require.Len(t, got, 1)
+			onlyMarker(t, "2", got)
+			require.Empty(t, queryStrings(t, conn, m.mode, chain, 3))
+			_, err := conn.Exec(ctx(t), "SELECT p.full_name, i.memo FROM patients p JOIN invoices i ON i.patient_id = p.id WHERE p.id = $1", m.mode, 4)
+			pgErr(t, err, "54000")
+		})
+	}
+}
