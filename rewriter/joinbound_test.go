@@ -1,10 +1,14 @@
 package rewriter
 
-import "testing"
+import (
+	"strings"
+	"testing"
+)
 
-// TestJoinBound: a join is bounded when unique-key equalities fix every
-// relation, each through constants, parameters or relations fixed before
-// it; GROUP BY on columns of fixed relations only bounds the groups.
+// TestJoinBound: a join is bounded when unique-key equalities (or lists of
+// key values) fix every relation, each through constants, parameters or
+// relations fixed before it; GROUP BY on columns of fixed relations only
+// bounds the groups.
 // Everything the analysis cannot follow stays unbounded (54000).
 func TestJoinBound(t *testing.T) {
 	rw := New(testPolicy(""), testCatalog())
@@ -24,6 +28,18 @@ func TestJoinBound(t *testing.T) {
 		{"SELECT amount, dob FROM invoices JOIN patients ON patients.id = patient_id WHERE invoices.id = 3", true},
 		// The clinic's grouped count: one group.
 		{"SELECT c.name, count(p.id) FROM clinics c LEFT JOIN patients p ON p.clinic_id = c.id WHERE c.id = 7 GROUP BY c.name", true},
+		// Lists of key values: one row each.
+		{"SELECT id FROM patients WHERE id IN (1, 2, 3)", true},
+		{"SELECT id FROM patients WHERE id IN ($1, $2)", true},
+		{"SELECT id FROM patients WHERE id = ANY (ARRAY[1, 2])", true},
+		{"SELECT id FROM patients WHERE email IN ('a', 'b')", true}, // (clinic_id, email): the tenant fixes clinic_id
+		{"SELECT p.name, c.name FROM patients p JOIN clinics c ON c.id = p.clinic_id WHERE p.id IN (6, 7)", true},
+		{"SELECT id FROM patients WHERE id IN (" + strings.Repeat("1, ", 100) + "1)", false}, // 101 > max_rows
+		{"SELECT id FROM patients WHERE id = ANY ($1)", false},                               // an array of unknown length
+		{"SELECT id FROM patients WHERE id NOT IN (1, 2)", false},
+		{"SELECT id FROM patients WHERE id IN (SELECT patient_id FROM invoices)", false},
+		{"SELECT id FROM patients WHERE id IN (1, length(name))", false},
+		{"SELECT id FROM patients WHERE id IN (1, 2) OR name = 'x'", false},
 		// Not bounded: the patient's invoices are many.
 		{"SELECT p.name, i.amount FROM patients p JOIN invoices i ON i.patient_id = p.id WHERE p.id = 6", false},
 		// The LEFT JOIN's ON does not filter the left side.

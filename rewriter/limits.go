@@ -129,8 +129,8 @@ func (c *stmtCtx) shapeBound(s *pg.SelectStmt, ctes map[string]*pg.SelectStmt) i
 					return c.bound(cte, inner)
 				}
 			}
-			if c.uniqueKeyEquality(rv, s.WhereClause) {
-				return 1
+			if b := c.uniqueKeyBound(rv, s.WhereClause); b != unboundedRows {
+				return b
 			}
 		}
 	}
@@ -152,8 +152,9 @@ type joinRel struct {
 // ON), to a constant, a parameter, the tenant, or a column of a relation
 // already fixed: each then contributes one row (or, on a LEFT JOIN's
 // nullable side, one row or NULLs) to every result row, so the result has
-// at most one row when all are fixed. With GROUP BY on columns of fixed
-// relations only, there are at most 2^k groups for k such relations.
+// at most one row when all are fixed (or, for a key in a list of n
+// values, n rows each). With GROUP BY on columns of fixed relations only,
+// the groups are bounded by their rows.
 // Anything else (RIGHT and FULL joins, USING, subqueries, functions, CTEs
 // in the join, grouping sets, positional GROUP BY) is unbounded, as before.
 func (c *stmtCtx) joinBound(s *pg.SelectStmt, ctes map[string]*pg.SelectStmt) int64 {
@@ -227,112 +228,177 @@ func (c *stmtCtx) joinBound(s *pg.SelectStmt, ctes map[string]*pg.SelectStmt) in
 		return found, last.Sval
 	}
 	in := make([]bool, len(rels))
-	isFixed := func(i int) bool {
+	// rowsOf bounds relation i's rows for each combination of the fixed
+	// relations' rows, or returns unboundedRows.
+	rowsOf := func(i int) int64 {
 		keys := c.r.rels.keysOf(rels[i].rv)
 		if len(keys) == 0 {
-			return false
+			return unboundedRows
 		}
-		set := map[string]bool{}
+		values := map[string]int64{}
 		for _, list := range [][]*pg.Node{pool, rels[i].on} {
 			for _, cj := range list {
-				l, r, ok := isEq(cj)
-				if !ok {
-					continue
-				}
-				for _, pair := range [][2]*pg.Node{{l, r}, {r, l}} {
-					ri, col := resolve(pair[0])
+				for _, kc := range c.keyConstraints(cj) {
+					ri, col := resolve(kc.col)
 					if ri != i {
 						continue
 					}
-					if k, _, _ := c.tenantValue(pair[1]); k == valueLiteral || k == valueParam || k == valueSetting {
-						set[col] = true
-					} else if rj, _ := resolve(pair[1]); rj >= 0 && rj != i && in[rj] {
-						set[col] = true
+					if kc.val == nil || c.isKeyValue(kc.val) {
+						setFewer(values, col, kc.n)
+					} else if rj, _ := resolve(kc.val); rj >= 0 && rj != i && in[rj] {
+						setFewer(values, col, 1)
 					}
 				}
 			}
 		}
-		for _, key := range keys {
-			all := len(key) > 0
-			for _, col := range key {
-				all = all && set[col]
-			}
-			if all {
-				return true
-			}
-		}
-		return false
+		return keysBound(keys, values)
 	}
-	fixed := 0
+	// total bounds the result when every relation is fixed; groups bounds
+	// the distinct combinations of the fixed relations' rows (each row or,
+	// on a LEFT JOIN's nullable side, NULLs).
+	fixed, total, groups := 0, int64(1), int64(1)
 	for changed := true; changed; {
 		changed = false
 		for i := range rels {
-			if !in[i] && isFixed(i) {
+			if in[i] {
+				continue
+			}
+			if n := rowsOf(i); n != unboundedRows {
 				in[i], changed = true, true
 				fixed++
+				total, groups = mulBound(total, n), mulBound(groups, n+1)
 			}
 		}
 	}
 	if fixed == len(rels) {
-		return 1
+		return total
 	}
 	if len(s.GroupClause) == 0 || fixed == 0 {
 		return unboundedRows
 	}
-	grouped := map[int]bool{}
 	for _, g := range s.GroupClause {
-		ri, _ := resolve(g)
-		if ri < 0 || !in[ri] {
+		if ri, _ := resolve(g); ri < 0 || !in[ri] {
 			return unboundedRows
 		}
-		grouped[ri] = true
 	}
-	if len(grouped) > 16 {
-		return unboundedRows
-	}
-	return 1 << len(grouped)
+	return groups
 }
 
-// uniqueKeyEquality: every column of a unique key of rv is equal to a
-// constant, parameter or the tenant in a top-level conjunct.
-func (c *stmtCtx) uniqueKeyEquality(rv *pg.RangeVar, where *pg.Node) bool {
+// uniqueKeyBound bounds the rows of rv by a unique key whose every column
+// is equal to a constant, parameter or the tenant (one value), or in a
+// list of them (IN, = ANY (ARRAY[...])), in a top-level conjunct: the
+// product of the columns' counts, for the key that allows fewest.
+func (c *stmtCtx) uniqueKeyBound(rv *pg.RangeVar, where *pg.Node) int64 {
 	keys := c.r.rels.keysOf(rv)
 	if len(keys) == 0 {
-		return false
+		return unboundedRows
 	}
 	quals := refNames(rv)
-	fixed := map[string]bool{}
+	values := map[string]int64{}
 	for _, cj := range conjuncts(where, nil) {
-		l, r, ok := isEq(cj)
-		if !ok {
-			continue
-		}
-		for _, pair := range [][2]*pg.Node{{l, r}, {r, l}} {
-			cr := pair[0].GetColumnRef()
+		for _, kc := range c.keyConstraints(cj) {
+			cr := kc.col.GetColumnRef()
 			if cr == nil || len(cr.Fields) == 0 {
 				continue
 			}
 			last := cr.Fields[len(cr.Fields)-1].GetString_()
-			if last == nil || !colMatches(pair[0], quals, last.Sval, true) {
+			if last == nil || !colMatches(kc.col, quals, last.Sval, true) {
 				continue
 			}
-			if k, _, _ := c.tenantValue(pair[1]); k == valueLiteral || k == valueParam || k == valueSetting {
-				fixed[last.Sval] = true
+			if kc.val == nil || c.isKeyValue(kc.val) {
+				setFewer(values, last.Sval, kc.n)
 			}
 		}
 	}
+	return keysBound(keys, values)
+}
+
+// keyConstraint is what a conjunct says of one column: it takes one of n
+// values; for an equality n is 1 and val is the other side.
+type keyConstraint struct {
+	col *pg.Node
+	n   int64
+	val *pg.Node
+}
+
+// keyConstraints reads col = x (either way round), col IN (a, b, ...) and
+// col = ANY (ARRAY[a, b, ...]); a list counts only when every item is a
+// constant, a parameter or the tenant.
+func (c *stmtCtx) keyConstraints(cj *pg.Node) []keyConstraint {
+	if l, r, ok := isEq(cj); ok {
+		return []keyConstraint{{l, 1, r}, {r, 1, l}}
+	}
+	e := cj.GetAExpr()
+	if e == nil || e.Lexpr.GetColumnRef() == nil || len(e.Name) != 1 {
+		return nil
+	}
+	if op := e.Name[0].GetString_(); op == nil || op.Sval != "=" {
+		return nil // NOT IN is <>
+	}
+	var items []*pg.Node
+	switch e.Kind {
+	case pg.A_Expr_Kind_AEXPR_IN:
+		if l := e.Rexpr.GetList(); l != nil {
+			items = l.Items
+		}
+	case pg.A_Expr_Kind_AEXPR_OP_ANY:
+		if a := e.Rexpr.GetAArrayExpr(); a != nil {
+			items = a.Elements
+		}
+	}
+	if len(items) == 0 {
+		return nil
+	}
+	for _, it := range items {
+		if !c.isKeyValue(it) {
+			return nil
+		}
+	}
+	return []keyConstraint{{e.Lexpr, int64(len(items)), nil}}
+}
+
+// isKeyValue: a constant, a parameter or the tenant.
+func (c *stmtCtx) isKeyValue(n *pg.Node) bool {
+	k, _, _ := c.tenantValue(n)
+	return k == valueLiteral || k == valueParam || k == valueSetting
+}
+
+// setFewer records that col takes at most n values (the fewest seen).
+func setFewer(values map[string]int64, col string, n int64) {
+	if v, ok := values[col]; !ok || n < v {
+		values[col] = n
+	}
+}
+
+// keysBound is the fewest rows a unique key allows, given how many values
+// each column may take (a column not in values is free); unboundedRows
+// when no key has all its columns there.
+func keysBound(keys [][]string, values map[string]int64) int64 {
+	best := int64(unboundedRows)
 	for _, key := range keys {
-		all := len(key) > 0
+		n, all := int64(1), len(key) > 0
 		for _, col := range key {
-			if !fixed[col] {
+			v, ok := values[col]
+			if !ok {
 				all = false
+				break
 			}
+			n = mulBound(n, v)
 		}
-		if all {
-			return true
+		if all && (best == unboundedRows || n < best) {
+			best = n
 		}
 	}
-	return false
+	return best
+}
+
+// mulBound multiplies two bounds, saturating far above any max_rows.
+func mulBound(a, b int64) int64 {
+	const most = 1 << 40
+	if a > 0 && b > most/a {
+		return most
+	}
+	return a * b
 }
 
 // findFuncs calls fn for each function call in ns, not descending into

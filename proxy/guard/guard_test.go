@@ -1070,8 +1070,8 @@ func rowGuard5Catalog() *rewriter.Catalog {
 }
 
 // TestJoinBoundedByUniqueKeys: a lookup joined to its parent by unique keys
-// (a patient and its clinic, an invoice and its patient) passes without a
-// LIMIT in every protocol, scoped to the session's tenant: another
+// (a patient and its clinic, an invoice and its patient), and a list of
+// primary-key values, pass without a LIMIT in every protocol, scoped to the session's tenant: another
 // tenant's id finds nothing. The patient's invoices (many) stay refused.
 func TestJoinBoundedByUniqueKeys(t *testing.T) {
 	e := start(t, basePolicy)
@@ -1089,6 +1089,9 @@ func TestJoinBoundedByUniqueKeys(t *testing.T) {
 			require.Len(t, got, 1)
 			onlyMarker(t, "2", got)
 			require.Empty(t, queryStrings(t, conn, m.mode, chain, 3))
+			got = queryStrings(t, conn, m.mode, "SELECT full_name FROM patients WHERE id IN (4, 5, 7) ORDER BY id")
+			require.Len(t, got, 2, "4 and 7 are tenant 2's, 5 is tenant 3's")
+			onlyMarker(t, "2", got)
 			_, err := conn.Exec(ctx(t), "SELECT p.full_name, i.memo FROM patients p JOIN invoices i ON i.patient_id = p.id WHERE p.id = $1", m.mode, 4)
 			pgErr(t, err, "54000")
 		})
