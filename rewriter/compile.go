@@ -103,11 +103,12 @@ func (r *Rewriter) compileStmt(version int32, raw *pg.RawStmt, text string, exte
 	st.checks = c.checks
 	st.d.VerifyParams = c.verifyParams
 	st.d.LimitParams = c.limitParams
+	st.d.ArrayParams = c.arrayParams
 	st.d.OffsetParams = c.offsetParams
 	if len(c.offsetParams) > 0 {
 		st.d.MaxOffset = r.maxOffset
 	}
-	if len(c.limitParams) > 0 || c.rowGuard {
+	if len(c.limitParams) > 0 || len(c.arrayParams) > 0 || c.rowGuard {
 		st.d.MaxRows = r.pol.Limits.MaxRows
 	}
 	st.d.RowGuard = c.rowGuard

@@ -115,8 +115,9 @@
 //     included.
 //   - Otherwise forward SQL. In the extended protocol, when TenantParam > 0,
 //     append a parameter (type TenantType) bound to the current tenant at
-//     every Bind; check LimitParams (<= MaxRows, else 54000) and VerifyParams
-//     (== tenant, else 42501) at Bind.
+//     every Bind; check LimitParams (<= MaxRows, else 54000), ArrayParams
+//     (at most MaxRows elements, else 54000) and VerifyParams (== tenant,
+//     else 42501) at Bind.
 //   - DependsOnTenant: a prepared statement bound after a tenant switch must
 //     be decided again (Decide with the current Session: a cache hit).
 //   - RowGuard: cut the result with 54000 past MaxRows rows.

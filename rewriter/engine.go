@@ -51,12 +51,16 @@ type stmtCtx struct {
 	checks         []literalCheck
 	verifyParams   []int
 	limitParams    []int
-	offsetParams   []int
-	rowGuard       bool
-	handled        map[*pg.RangeVar]bool
-	doneSel        map[*pg.SelectStmt]bool
-	rejReason      string
-	rejSubject     string
+	// arrays lets a key = ANY ($k) count as up to max_rows values, recorded
+	// in arrayParams (set by applyLimits only when nothing else bounds).
+	arrays       bool
+	arrayParams  []int
+	offsetParams []int
+	rowGuard     bool
+	handled      map[*pg.RangeVar]bool
+	doneSel      map[*pg.SelectStmt]bool
+	rejReason    string
+	rejSubject   string
 	// cteNames are the CTE names visible where the walk is (withClause).
 	cteNames []string
 	// root is the statement; byAlias its relations by alias (or name),

@@ -1,6 +1,7 @@
 package rewriter
 
 import (
+	"slices"
 	"strings"
 	"testing"
 )
@@ -73,5 +74,46 @@ func TestJoinBound(t *testing.T) {
 		if unbounded == tc.bounded {
 			t.Errorf("%s: unbounded=%v, want bounded=%v", tc.sql, unbounded, tc.bounded)
 		}
+	}
+}
+
+// TestArrayParamBound: in the extended protocol, key = ANY ($k) bounds a
+// result when nothing else does, by max_rows values, and records $k for
+// the proxy to check the array's length at Bind. A statement bounded
+// otherwise records nothing (any array length then binds).
+func TestArrayParamBound(t *testing.T) {
+	rw := New(testPolicy(""), testCatalog())
+	ext := Session{Tenant: "7", HasTenant: true, Extended: true}
+	cases := []struct {
+		sql    string
+		arrays []int // nil: bounded without an array check; "rejected" below
+		reject bool
+	}{
+		{"SELECT id FROM patients WHERE id = ANY ($1)", []int{1}, false},
+		{"SELECT id FROM patients WHERE id = ANY ($1::bigint[])", []int{1}, false},
+		{"SELECT p.name, c.name FROM patients p JOIN clinics c ON c.id = p.clinic_id WHERE p.id = ANY ($1)", []int{1}, false},
+		{"SELECT id FROM patients WHERE id = ANY ($1) LIMIT 10", nil, false},
+		{"SELECT id FROM patients WHERE id = 5 AND email = ANY ($1)", nil, false},
+		// Two arrays multiply: more than max_rows.
+		{"SELECT p.name FROM patients p JOIN invoices i ON i.patient_id = p.id WHERE p.id = ANY ($1) AND i.id = ANY ($2)", nil, true},
+		{"SELECT id FROM patients WHERE id <> ALL ($1)", nil, true},
+		{"SELECT id FROM patients WHERE name = ANY ($1)", nil, true},
+	}
+	for _, tc := range cases {
+		d := rw.Decide(tc.sql, ext).Statements[0]
+		if got := d.Verdict == VerdictRejected; got != tc.reject {
+			t.Errorf("%s: rejected=%v (%s), want %v", tc.sql, got, d.Reason, tc.reject)
+			continue
+		}
+		if !slices.Equal(d.ArrayParams, tc.arrays) {
+			t.Errorf("%s: ArrayParams %v, want %v", tc.sql, d.ArrayParams, tc.arrays)
+		}
+		if len(d.ArrayParams) > 0 && d.MaxRows != 100 {
+			t.Errorf("%s: MaxRows %d, want 100 for the Bind check", tc.sql, d.MaxRows)
+		}
+	}
+	// The simple protocol has no Bind to check it at.
+	if d := rw.Decide("SELECT id FROM patients WHERE id = ANY ('{1,2}')", Session{Tenant: "7", HasTenant: true}).Statements[0]; d.Reason != ReasonUnbounded {
+		t.Errorf("simple protocol: verdict %s, reason %s; want unbounded", d.Verdict, d.Reason)
 	}
 }

@@ -344,6 +344,10 @@ func (c *stmtCtx) keyConstraints(cj *pg.Node) []keyConstraint {
 	case pg.A_Expr_Kind_AEXPR_OP_ANY:
 		if a := e.Rexpr.GetAArrayExpr(); a != nil {
 			items = a.Elements
+		} else if p := paramUnder(e.Rexpr); p != nil && c.arrays && c.extended && !c.dynamic {
+			// An array parameter: its length is checked at Bind.
+			c.arrayParams = appendUnique(c.arrayParams, int(p.Number))
+			return []keyConstraint{{e.Lexpr, c.pol.Limits.MaxRows, nil}}
 		}
 	}
 	if len(items) == 0 {
@@ -355,6 +359,14 @@ func (c *stmtCtx) keyConstraints(cj *pg.Node) []keyConstraint {
 		}
 	}
 	return []keyConstraint{{e.Lexpr, int64(len(items)), nil}}
+}
+
+// paramUnder returns the parameter n is, under any casts ($1::bigint[]).
+func paramUnder(n *pg.Node) *pg.ParamRef {
+	for n != nil && n.GetTypeCast() != nil {
+		n = n.GetTypeCast().Arg
+	}
+	return n.GetParamRef()
 }
 
 // isKeyValue: a constant, a parameter or the tenant.
@@ -470,6 +482,18 @@ func (c *stmtCtx) applyLimits(s *pg.SelectStmt) {
 	b := c.bound(s, nil)
 	if b != unboundedRows && b <= max {
 		return
+	}
+	if c.extended && !c.dynamic {
+		// Only then may key = ANY ($k) bound it, its length checked at
+		// Bind: a statement bounded otherwise binds arrays of any length.
+		before := len(c.arrayParams)
+		c.arrays = true
+		b = c.bound(s, nil)
+		c.arrays = false
+		if b != unboundedRows && b <= max {
+			return
+		}
+		c.arrayParams = c.arrayParams[:before]
 	}
 	if c.pol.Limits.Unbounded != policy.UnboundedCap || s.LimitOption == pg.LimitOption_LIMIT_OPTION_WITH_TIES {
 		c.reject(ReasonUnbounded, "")

@@ -281,7 +281,7 @@ func (r *Rewriter) renderLiteral(lt *literalTemplate, sql string, lits []literal
 		}
 		d = res.Statements[0]
 	}
-	if d.Verdict == VerdictRejected || d.SQL != lt.sql || d.TenantParam != 0 || d.TenantEffect != nil || d.TxOp != nil || d.Notify != nil {
+	if d.Verdict == VerdictRejected || d.SQL != lt.sql || d.TenantParam != 0 || d.TenantEffect != nil || d.TxOp != nil || d.Notify != nil || len(d.ArrayParams) > 0 {
 		return nil, false
 	}
 	lit := func(k int) (string, bool) {
@@ -358,7 +358,7 @@ func (r *Rewriter) renderLiteral(lt *literalTemplate, sql string, lits []literal
 	} else {
 		d.SQL = sql
 	}
-	d.LimitParams, d.VerifyParams, d.OffsetParams, d.MaxOffset = nil, nil, nil, 0
+	d.LimitParams, d.VerifyParams, d.OffsetParams, d.MaxOffset, d.ArrayParams = nil, nil, nil, 0, nil
 	if !d.RowGuard {
 		d.MaxRows = 0
 	}

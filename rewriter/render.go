@@ -108,6 +108,7 @@ func (st *stmtTemplate) renderOne(r *Rewriter, s Session, role policy.Role) Deci
 		d.Relations = nil
 	}
 	d.LimitParams = cloneInts(st.d.LimitParams)
+	d.ArrayParams = cloneInts(st.d.ArrayParams)
 	d.OffsetParams = cloneInts(st.d.OffsetParams)
 	d.VerifyParams = cloneInts(st.d.VerifyParams)
 	if st.d.TenantEffect != nil {
@@ -126,7 +127,7 @@ func (st *stmtTemplate) renderOne(r *Rewriter, s Session, role policy.Role) Deci
 	if role.Bypass && st.bypassable {
 		d.Verdict, d.Reason, d.Error = VerdictBypassed, ReasonBypass, nil
 		d.SQL, d.TenantParam, d.TenantType, d.LimitParams, d.VerifyParams, d.RowGuard, d.MaxRows = st.orig, 0, "", nil, nil, false, 0
-		d.OffsetParams, d.MaxOffset = nil, 0
+		d.OffsetParams, d.MaxOffset, d.ArrayParams = nil, 0, nil
 		d.DependsOnTenant = false
 		if d.TenantEffect != nil && st.d.Verdict == VerdictRejected {
 			d.TenantEffect = nil
@@ -147,7 +148,7 @@ func (st *stmtTemplate) reject(r *Rewriter, d Decision, reason, subject string) 
 	d.Verdict, d.Reason = VerdictRejected, reason
 	d.Error = rejection(reason, subject, r.pol)
 	d.SQL, d.TenantParam, d.TenantType, d.LimitParams, d.VerifyParams = "", 0, "", nil, nil
-	d.OffsetParams, d.MaxOffset = nil, 0
+	d.OffsetParams, d.MaxOffset, d.ArrayParams = nil, 0, nil
 	d.TenantEffect, d.RowGuard, d.MaxRows = nil, false, 0
 	return d
 }

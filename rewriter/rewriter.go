@@ -106,7 +106,11 @@ type Decision struct {
 	// LimitParams are parameters whose bound value must be <= MaxRows
 	// (checked by the proxy at Bind; reject with 54000 otherwise).
 	LimitParams []int `json:"limit_params,omitempty"`
-	// MaxRows is the bound for LimitParams and for the RowGuard.
+	// ArrayParams are parameters bound to arrays (key = ANY ($k)) whose
+	// element count must be <= MaxRows (checked by the proxy at Bind;
+	// reject with 54000 otherwise).
+	ArrayParams []int `json:"array_params,omitempty"`
+	// MaxRows is the bound for LimitParams, ArrayParams and the RowGuard.
 	MaxRows int64 `json:"max_rows,omitempty"`
 	// OffsetParams are parameters whose bound value must be <= MaxOffset
 	// (checked by the proxy at Bind; reject with 54000 otherwise).

@@ -360,6 +360,9 @@ func writeDecision(b *bytes.Buffer, n int, stmt string, d rewriter.Decision) {
 	for _, p := range d.LimitParams {
 		comment(b, fmt.Sprintf("at Bind: parameter $%d must be <= %d", p, d.MaxRows))
 	}
+	for _, p := range d.ArrayParams {
+		comment(b, fmt.Sprintf("at Bind: the array bound to parameter $%d must have <= %d elements", p, d.MaxRows))
+	}
 	for _, p := range d.VerifyParams {
 		comment(b, fmt.Sprintf("at Bind: parameter $%d must equal the tenant", p))
 	}

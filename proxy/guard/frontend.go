@@ -531,7 +531,7 @@ func (g *Guard) onBind(c *conn, body []byte) (proxy.Verdict, error) {
 	// of a finished cycle, see onReady.)
 	pt := c.newPortal()
 	*pt = portal{dec: d, stmt: stmtName, cycle: c.frontCycle, injected: enforce && d.Verdict == rewriter.VerdictRewritten}
-	if len(d.LimitParams) > 0 || len(d.OffsetParams) > 0 || len(d.VerifyParams) > 0 || (d.TenantEffect != nil && d.TenantEffect.ValueParam > 0) {
+	if len(d.LimitParams) > 0 || len(d.ArrayParams) > 0 || len(d.OffsetParams) > 0 || len(d.VerifyParams) > 0 || (d.TenantEffect != nil && d.TenantEffect.ValueParam > 0) {
 		msg, err := proxy.DecodeFrontend(proxy.MsgBind, body)
 		if err != nil {
 			return proxy.Verdict{}, &proxy.ProtocolError{Code: proxy.CodeProtocolViolation, Message: "malformed Bind message"}
@@ -545,6 +545,14 @@ func (g *Guard) onBind(c *conn, body []byte) (proxy.Verdict, error) {
 						Message: "tenantguard: the LIMIT bound to parameter $" + strconv.Itoa(k) + " is above the allowed maximum or not a number",
 						Hint:    "bind a LIMIT of at most " + strconv.FormatInt(d.MaxRows, 10)}, rewriter.ReasonUnbounded, d)
 				}
+			}
+		}
+		for _, k := range d.ArrayParams {
+			n, ok := arrayParamLen(b, k)
+			if (!ok || n > d.MaxRows) && enforce {
+				return refuse(&rewriter.Error{SQLState: "54000",
+					Message: "tenantguard: the array bound to parameter $" + strconv.Itoa(k) + " has more elements than the allowed maximum, or cannot be read",
+					Hint:    "bind at most " + strconv.FormatInt(d.MaxRows, 10) + " key values (a one-dimensional array), or add a LIMIT"}, rewriter.ReasonUnbounded, d)
 			}
 		}
 		for _, k := range d.OffsetParams {
@@ -648,6 +656,76 @@ func intParam(b *pgproto3.Bind, k int) (int64, bool) {
 	}
 	n, err := strconv.ParseInt(strings.TrimSpace(string(v)), 10, 64)
 	return n, err == nil
+}
+
+// arrayParamLen counts the elements of an array parameter, in binary form
+// (every dimension) or text form (one dimension: a nested array is not
+// read); NULL has none.
+func arrayParamLen(b *pgproto3.Bind, k int) (int64, bool) {
+	if k < 1 || k > len(b.Parameters) {
+		return 0, false
+	}
+	v := b.Parameters[k-1]
+	if v == nil {
+		return 0, true // = ANY (NULL) matches nothing
+	}
+	if paramFormat(b, k) == 1 {
+		if len(v) < 12 {
+			return 0, false
+		}
+		ndim := int32(binary.BigEndian.Uint32(v))
+		if ndim < 0 || ndim > 6 || len(v) < 12+8*int(ndim) {
+			return 0, false
+		}
+		n := int64(1)
+		if ndim == 0 {
+			n = 0
+		}
+		for i := 0; i < int(ndim); i++ {
+			d := int64(int32(binary.BigEndian.Uint32(v[12+8*i:])))
+			if d < 0 || d > 1<<31 {
+				return 0, false
+			}
+			n *= d
+			if n > 1<<31 {
+				return n, true // more than any max_rows
+			}
+		}
+		return n, true
+	}
+	s := strings.TrimSpace(string(v))
+	if strings.HasPrefix(s, "[") { // [1:3]={...}
+		i := strings.IndexByte(s, '=')
+		if i < 0 {
+			return 0, false
+		}
+		s = strings.TrimSpace(s[i+1:])
+	}
+	if len(s) < 2 || s[0] != '{' || s[len(s)-1] != '}' {
+		return 0, false
+	}
+	inner := s[1 : len(s)-1]
+	if strings.TrimSpace(inner) == "" {
+		return 0, true
+	}
+	n, quoted := int64(1), false
+	for i := 0; i < len(inner); i++ {
+		switch ch := inner[i]; {
+		case ch == '\\':
+			i++ // the next byte is taken as it is
+		case ch == '"':
+			quoted = !quoted
+		case quoted:
+		case ch == '{' || ch == '}':
+			return 0, false // nested: not read
+		case ch == ',':
+			n++
+		}
+	}
+	if quoted {
+		return 0, false
+	}
+	return n, true
 }
 
 // textParam reads a tenant-typed parameter as text: text format as is,

@@ -1097,3 +1097,50 @@ func TestJoinBoundedByUniqueKeys(t *testing.T) {
 		})
 	}
 }
+
+// TestArrayParamCheckedAtBind: WHERE id = ANY ($1) is bounded by the
+// array's length, checked at Bind in binary (pgx) and text form: at most
+// max_rows elements (50 here), one dimension in text. The simple protocol
+// has no Bind to check it at: an array literal there is unbounded.
+func TestArrayParamCheckedAtBind(t *testing.T) {
+	e := start(t, basePolicy)
+	conn := e.connect(t, "2")
+	const q = "SELECT full_name FROM patients WHERE id = ANY ($1) ORDER BY id"
+	many := make([]int32, 51)
+	for i := range many {
+		many[i] = int32(i + 1)
+	}
+	for _, m := range modes {
+		t.Run(m.name, func(t *testing.T) {
+			if m.mode == pgx.QueryExecModeSimpleProtocol {
+				_, err := conn.Exec(ctx(t), q, m.mode, []int32{4, 7})
+				pgErr(t, err, "54000")
+				return
+			}
+			got := queryStrings(t, conn, m.mode, q, []int32{4, 5, 7})
+			require.Len(t, got, 2, "4 and 7 are tenant 2's, 5 is tenant 3's")
+			onlyMarker(t, "2", got)
+			got = queryStrings(t, conn, m.mode, q, many[:50])
+			onlyMarker(t, "2", got)
+			_, err := conn.Exec(ctx(t), q, m.mode, many)
+			pe := pgErr(t, err, "54000")
+			require.Contains(t, pe.Message, "array bound to parameter $1")
+		})
+	}
+	t.Run("text", func(t *testing.T) {
+		_, send := rawSession(t, e)
+		r := send(&pgproto3.Parse{Name: "a", Query: "SELECT full_name FROM patients WHERE id = ANY ($1::int[])"},
+			&pgproto3.Bind{PreparedStatement: "a", Parameters: [][]byte{[]byte(`{4, "5", 7}`)}}, &pgproto3.Execute{}, &pgproto3.Sync{})
+		require.Equal(t, "12DCZ", r.types, "%v", r.errs)
+		require.Len(t, r.rows, 2)
+		onlyMarker(t, "2", r.rows)
+		for _, v := range []string{"{{4},{7}}", "{" + strings.Repeat("1,", 50) + "1}", "not an array"} {
+			r = send(&pgproto3.Bind{PreparedStatement: "a", Parameters: [][]byte{[]byte(v)}}, &pgproto3.Execute{}, &pgproto3.Sync{})
+			require.Equal(t, "EZ", r.types, "%s", v)
+			require.Equal(t, "54000", r.errs[0].Code, "%s", v)
+		}
+		r = send(&pgproto3.Bind{PreparedStatement: "a", Parameters: [][]byte{[]byte(`{"4,5",7}`)}}, &pgproto3.Execute{}, &pgproto3.Sync{})
+		require.Equal(t, "EZ", r.types, "a quoted comma is one element: the server reads \"4,5\" and refuses it as an integer")
+		require.Equal(t, "22P02", r.errs[0].Code)
+	})
+}
