@@ -146,9 +146,9 @@ func (g *Guard) onBackend(s *proxy.Session, c *conn, m proxy.Message) (proxy.Ver
 			return drop, nil
 		}
 	case proxy.MsgReadyForQuery:
-		if c.abortReady {
+		if c.abortReplies == 1 {
 			// The answer to the guard's own abort Query: no cycle's.
-			c.abortReady = false
+			c.abortReplies = 0
 			return drop, nil
 		}
 		if !c.connectLogged {
@@ -156,8 +156,8 @@ func (g *Guard) onBackend(s *proxy.Session, c *conn, m proxy.Message) (proxy.Ver
 		}
 		cut := c.cutting
 		g.onReady(c, m.Body)
-		if cut && len(m.Body) == 1 && m.Body[0] == 'T' {
-			return c.abortAfterCut(), nil
+		if cut || c.abortWanted {
+			return c.abortAfterCut(m.Body), nil
 		}
 	case msgNotification:
 		if c.bypass {
@@ -292,17 +292,12 @@ func (c *conn) setLiteral(name string, seq uint64) {
 // auditing statements of finished cycles that the server skipped after an
 // error. Callers hold c.mu.
 func (c *conn) pop(g *Guard) *inflight {
-	for len(c.queue) > 0 {
-		f := c.queue[0]
+	f := c.head(g)
+	if f != nil {
 		c.queue[0] = nil
 		c.queue = c.queue[1:]
-		if f.cycle < c.backCycle {
-			g.skipped(c, f)
-			continue
-		}
-		return f
 	}
-	return nil
+	return f
 }
 
 // head returns the statement producing rows now, without removing it.
@@ -312,7 +307,10 @@ func (c *conn) head(g *Guard) *inflight {
 		c.queue[0] = nil
 		c.queue = c.queue[1:]
 	}
-	if len(c.queue) == 0 {
+	if len(c.queue) == 0 || c.queue[0].cycle > c.backCycle {
+		// A reply of a cycle with no statement of its own (a failed
+		// Parse or Bind before any Execute, a sentinel): never a later
+		// cycle's statement.
 		return nil
 	}
 	return c.queue[0]
@@ -435,26 +433,55 @@ func (g *Guard) complete(c *conn, f *inflight, rows int64, sqlstate string) {
 	}
 }
 
-// abortAfterCut fails the transaction block a cut cycle leaves open, as
-// the error the client was told of would have: the guard sends a sentinel
-// Query of its own upstream (before the client sees this ReadyForQuery,
-// so before anything the client sends after it), drops its error and its
-// ReadyForQuery, and tells the client the transaction failed. COMMIT then
-// rolls back and later statements get 25P02 from the server itself, as
-// after any refusal. Callers hold c.mu.
-func (c *conn) abortAfterCut() proxy.Verdict {
-	c.aborting, c.abortReady = c.nextSentinel(), false
-	return proxy.Verdict{
-		Reply:   encode(&pgproto3.Query{String: sentinelQuery(c.aborting)}),
-		Replace: encode(&pgproto3.ReadyForQuery{TxStatus: 'E'}),
+// abortAfterCut handles the ReadyForQuery of a cut cycle, or of one after
+// it while the abort waits: a transaction block left open ('T') must fail,
+// as the error the client was told of would have, so the client is shown
+// 'E' and, once no client message is in flight, the guard's abort Query
+// (a sentinel the server refuses) goes upstream in front of the client's
+// next message (OnFrontend): so before anything the client sends after
+// this, with no race between the relay's directions. COMMIT then rolls
+// back and later statements get 25P02 from the server itself, as after
+// any refusal. A block that failed ('E') or ended ('I': a COMMIT in the
+// cut cycle itself, see the README) needs nothing. Callers hold c.mu.
+func (c *conn) abortAfterCut(body []byte) proxy.Verdict {
+	if len(body) != 1 || body[0] != 'T' {
+		c.abortWanted = false
+		return proxy.Verdict{}
 	}
+	c.abortWanted = true
+	if c.frontCycle == c.backCycle && !c.unsynced && c.copyIn == nil && c.abortReplies == 0 {
+		c.abortWanted = false
+		c.abortNext.Store(true)
+	}
+	return proxy.Verdict{Replace: readyFailed}
+}
+
+// readyFailed is a ReadyForQuery in a failed transaction block.
+var readyFailed = encode(&pgproto3.ReadyForQuery{TxStatus: 'E'})
+
+// abortFirst puts the guard's abort Query in front of a client message's
+// verdict (m as it is, or what replaces it). Callers hold c.mu.
+func (c *conn) abortFirst(m proxy.Message, v proxy.Verdict) proxy.Verdict {
+	out := appendQuery(nil, []string{sentinelQuery(c.nextSentinel())}, "")
+	if v.Replace != nil {
+		out = append(out, v.Replace...)
+	} else {
+		out = append(out, m.Type, 0, 0, 0, 0)
+		binary.BigEndian.PutUint32(out[len(out)-4:], uint32(len(m.Body)+4))
+		out = append(out, m.Body...)
+	}
+	c.abortReplies = 2
+	v.Replace = out
+	return v
 }
 
 func (g *Guard) onError(c *conn, body []byte) (proxy.Verdict, error) {
-	if c.aborting != "" && bytes.Contains(body, []byte(c.aborting+"(")) {
-		// The guard's abort Query failed the transaction, as it should:
-		// its error and ReadyForQuery are no client statement's.
-		c.aborting, c.abortReady = "", true
+	if c.abortReplies == 2 {
+		// The error of the guard's abort Query, the first reply after it
+		// was sent (nothing of the client's was in flight): the transaction
+		// failed, as it should. It and its ReadyForQuery are no client
+		// statement's.
+		c.abortReplies = 1
 		return drop, nil
 	}
 	// An error ends the implicit transaction of its cycle: undo its SETs

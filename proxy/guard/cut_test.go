@@ -241,8 +241,9 @@ func TestCutFailsItsTransactionBlock(t *testing.T) {
 
 	t.Run("pipelined", func(t *testing.T) {
 		// A cycle the client sent before the cut cycle's ReadyForQuery is
-		// upstream before the guard's abort Query: it runs, and the
-		// transaction fails after it.
+		// upstream before the guard's abort Query: it runs (the client is
+		// shown the transaction failed), and the transaction fails after
+		// it, before anything the client sends next.
 		was := email()
 		fe, _ := rawSession(t, e)
 		fe.Send(&pgproto3.Query{String: "BEGIN; UPDATE patients SET email = 'before-cut' WHERE id = 4"})
@@ -251,7 +252,7 @@ func TestCutFailsItsTransactionBlock(t *testing.T) {
 		require.NoError(t, fe.Flush())
 		ready(receiveUntilReady(t, fe), "CCZ", 'T')
 		ready(receiveUntilReady(t, fe), "TDEZ", 'E')
-		ready(receiveUntilReady(t, fe), "TDCZ", 'T')
+		ready(receiveUntilReady(t, fe), "TDCZ", 'E')
 		fe.Send(&pgproto3.Query{String: "SELECT 1"})
 		require.NoError(t, fe.Flush())
 		r := receiveUntilReady(t, fe)

@@ -26,6 +26,20 @@ func (g *Guard) OnFrontend(s *proxy.Session, m proxy.Message) (proxy.Verdict, er
 	if c == nil {
 		return proxy.Verdict{}, errNoState
 	}
+	v, err := g.onFrontend(c, m)
+	if err == nil && m.Type != proxy.MsgTerminate && c.abortNext.Load() {
+		// A cut left a transaction block open (abortAfterCut): the abort
+		// goes upstream in front of this message, in the same write.
+		c.mu.Lock()
+		if c.abortNext.Swap(false) {
+			v = c.abortFirst(m, v)
+		}
+		c.mu.Unlock()
+	}
+	return v, err
+}
+
+func (g *Guard) onFrontend(c *conn, m proxy.Message) (proxy.Verdict, error) {
 	switch m.Type {
 	case proxy.MsgQuery, proxy.MsgFunctionCall, proxy.MsgParse:
 		// These decide a statement: they parse outside the lock.

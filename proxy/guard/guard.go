@@ -223,12 +223,15 @@ type conn struct {
 	cutPending bool
 	// cutShown: the relay shows the guard cutReplies (conn.showCut).
 	cutShown bool
-	// aborting names the sentinel of the guard's own Query that fails the
-	// transaction block a cut cycle left open (abortAfterCut), until its
-	// error arrives; abortReady is then set until its ReadyForQuery, which
-	// is dropped too.
-	aborting   string
-	abortReady bool
+	// A cut cycle that leaves a transaction block open must fail it, as
+	// the error the client was told of would have: abortWanted until no
+	// client message is in flight (the client is shown 'E' meanwhile),
+	// then abortNext until the next client message, which the guard's
+	// abort Query precedes; abortReplies then counts the replies of that
+	// Query still to drop (its ErrorResponse, its ReadyForQuery).
+	abortWanted  bool
+	abortNext    atomic.Bool
+	abortReplies int
 
 	refused bool // refused at startup: nothing to count at the end
 	// refusal is the startup refusal, sent once authentication is over.
