@@ -317,12 +317,18 @@ func (c *conn) head(g *Guard) *inflight {
 }
 
 func (g *Guard) skipped(c *conn, f *inflight) {
-	if f.reject != nil {
-		return // already answered by its sentinel error
-	}
 	ev := g.statementEvent(c, f.dec, f.protocol)
 	ev.Tenant = f.tenant
 	ev.Result = "not_executed"
+	if f.reject != nil {
+		// A refusal whose sentinel the server skipped after an earlier
+		// error of its cycle (an answered one left the queue with its
+		// error): still a decision, audited as the refusal it was.
+		delete(c.rejects, f.reject.name)
+		if f.dec.Error != nil {
+			ev.SQLState = f.dec.Error.SQLState
+		}
+	}
 	g.opts.Audit.Log(ev)
 }
 

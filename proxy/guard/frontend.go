@@ -135,7 +135,7 @@ func sentinelQuery(name string) string { return "SELECT " + name + "()" }
 // it. Callers hold c.mu.
 func (c *conn) reject(err *rewriter.Error, reason string) (string, *rejection) {
 	name := c.nextSentinel()
-	r := &rejection{err: err, reason: reason}
+	r := &rejection{err: err, reason: reason, name: name}
 	c.rejects[name] = r
 	return name, r
 }

@@ -373,6 +373,7 @@ type inflight struct {
 type rejection struct {
 	err    *rewriter.Error
 	reason string
+	name   string // its sentinel's
 }
 
 // nextSentinel names the next rejected statement of the session: a name no

@@ -1,6 +1,7 @@
 package guard_test
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -319,4 +320,29 @@ func TestFailedCopyKeepsStep(t *testing.T) {
 			onlyMarker(t, tenant, queryStrings(t, conn, pgx.QueryExecModeCacheStatement, q, 0))
 		}
 	}
+}
+
+// TestSkippedRefusalIsAudited: a refused statement whose sentinel the
+// server skips (an earlier statement of its Query failed) is still audited,
+// once, as the refusal it was, and its sentinel is forgotten.
+func TestSkippedRefusalIsAudited(t *testing.T) {
+	e := start(t, basePolicy)
+	_, send := rawSession(t, e)
+	r := send(&pgproto3.Query{String: "SELECT 1/0; SELECT full_name FROM patients"})
+	require.Equal(t, "EZ", r.types)
+	require.Equal(t, "22012", r.errs[0].Code)
+	var refused []string
+	for _, l := range strings.Split(e.audit.String(), "\n") {
+		if strings.Contains(l, `"reason":"unbounded"`) {
+			refused = append(refused, l)
+		}
+	}
+	require.Len(t, refused, 1, "%s", e.audit.String())
+	require.Contains(t, refused[0], `"decision":"rejected"`)
+	require.Contains(t, refused[0], `"result":"not_executed"`)
+	require.Contains(t, refused[0], `"sqlstate":"54000"`)
+	// The session goes on: the same refusal, answered this time.
+	r = send(&pgproto3.Query{String: "SELECT full_name FROM patients"})
+	require.Equal(t, "EZ", r.types)
+	require.Equal(t, "54000", r.errs[0].Code)
 }
