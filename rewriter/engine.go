@@ -261,6 +261,12 @@ func (c *stmtCtx) checkRelation(rv *pg.RangeVar) {
 	if c.r.rels.refusedView(rv) {
 		c.reject(ReasonUnsupported, "view "+relDisplay(rv)+" reads tenant relations but does not expose the tenant column")
 	}
+	if rv.Alias != nil && len(rv.Alias.Colnames) > 0 && c.r.rels.lookup(rv) != nil {
+		// patients p(clinic_id, cid) renames patients.id to clinic_id:
+		// the predicate tenantguard injects or verifies names columns by
+		// the relation's own names.
+		c.reject(ReasonUnsupported, "a column alias list on tenant relation "+relDisplay(rv))
+	}
 }
 
 func (c *stmtCtx) strayRangeVar(rv *pg.RangeVar) {

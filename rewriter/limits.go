@@ -168,7 +168,11 @@ func (c *stmtCtx) joinBound(s *pg.SelectStmt, ctes map[string]*pg.SelectStmt) in
 					return false
 				}
 			}
-			rels = append(rels, &joinRel{rv: rv, quals: refNames(rv), cols: c.r.rels.columnsOf(rv)})
+			r := &joinRel{rv: rv, quals: refNames(rv), cols: c.r.rels.columnsOf(rv)}
+			if rv.Alias != nil && len(rv.Alias.Colnames) > 0 {
+				r.cols = nil // renamed: unqualified names are not resolved
+			}
+			rels = append(rels, r)
 			return true
 		}
 		j := n.GetJoinExpr()

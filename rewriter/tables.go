@@ -252,6 +252,9 @@ func (ix *relationIndex) refusedView(rv *pg.RangeVar) bool {
 }
 
 func (ix *relationIndex) keysOf(rv *pg.RangeVar) [][]string {
+	if rv.Alias != nil && len(rv.Alias.Colnames) > 0 {
+		return nil // c(cid, id): the names are not the key's columns
+	}
 	if rv.Schemaname != "" {
 		return ix.uniqueKeys[rv.Schemaname+"."+rv.Relname]
 	}
