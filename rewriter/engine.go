@@ -598,7 +598,7 @@ func conjuncts(n *pg.Node, out []*pg.Node) []*pg.Node {
 // isEq returns the operands of `l = r`.
 func isEq(n *pg.Node) (*pg.Node, *pg.Node, bool) {
 	e := n.GetAExpr()
-	if e == nil || e.Kind != pg.A_Expr_Kind_AEXPR_OP || len(e.Name) == 0 {
+	if e == nil || e.Kind != pg.A_Expr_Kind_AEXPR_OP || len(e.Name) == 0 || e.Lexpr == nil || e.Rexpr == nil {
 		return nil, nil, false
 	}
 	if s := e.Name[len(e.Name)-1].GetString_(); s == nil || s.Sval != "=" {

@@ -42,15 +42,39 @@ var aggregates = map[string]bool{
 	"any_value": true,
 }
 
-// setReturning are builtin set-returning functions: in a target list they
-// multiply rows.
+// setReturning are the builtin set-returning functions (pg_catalog's
+// proretset functions of PostgreSQL 15, and those 16 and 17 added): in a
+// target list, ORDER BY, GROUP BY or DISTINCT ON they multiply rows.
 var setReturning = map[string]bool{
-	"generate_series": true, "generate_subscripts": true, "unnest": true, "jsonb_array_elements": true,
-	"json_array_elements": true, "jsonb_array_elements_text": true, "json_array_elements_text": true,
-	"jsonb_each": true, "json_each": true, "jsonb_each_text": true, "json_each_text": true,
-	"jsonb_object_keys": true, "json_object_keys": true, "regexp_matches": true, "regexp_split_to_table": true,
-	"string_to_table": true, "jsonb_path_query": true, "jsonb_to_recordset": true, "json_to_recordset": true,
-	"jsonb_populate_recordset": true, "json_populate_recordset": true, "ts_debug": true, "pg_options_to_table": true,
+	"aclexplode": true, "generate_series": true, "generate_subscripts": true,
+	"json_array_elements": true, "json_array_elements_text": true, "json_each": true,
+	"json_each_text": true, "json_object_keys": true, "json_populate_recordset": true,
+	"json_to_recordset": true, "jsonb_array_elements": true, "jsonb_array_elements_text": true,
+	"jsonb_each": true, "jsonb_each_text": true, "jsonb_object_keys": true, "jsonb_path_query": true,
+	"jsonb_path_query_tz": true, "jsonb_populate_recordset": true, "jsonb_to_recordset": true,
+	"pg_available_extension_versions": true, "pg_available_extensions": true,
+	"pg_available_wal_summaries": true, "pg_config": true, "pg_cursor": true,
+	"pg_event_trigger_ddl_commands": true, "pg_event_trigger_dropped_objects": true,
+	"pg_extension_update_paths": true, "pg_get_backend_memory_contexts": true,
+	"pg_get_catalog_foreign_keys": true, "pg_get_keywords": true, "pg_get_multixact_members": true,
+	"pg_get_publication_tables": true, "pg_get_replication_slots": true,
+	"pg_get_shmem_allocations": true, "pg_get_wait_events": true,
+	"pg_get_wal_resource_managers": true, "pg_hba_file_rules": true, "pg_ident_file_mappings": true,
+	"pg_listening_channels": true, "pg_lock_status": true, "pg_logical_slot_get_binary_changes": true,
+	"pg_logical_slot_get_changes": true, "pg_logical_slot_peek_binary_changes": true,
+	"pg_logical_slot_peek_changes": true, "pg_ls_archive_statusdir": true, "pg_ls_dir": true,
+	"pg_ls_logdir": true, "pg_ls_logicalmapdir": true, "pg_ls_logicalsnapdir": true,
+	"pg_ls_replslotdir": true, "pg_ls_tmpdir": true, "pg_ls_waldir": true, "pg_mcv_list_items": true,
+	"pg_options_to_table": true, "pg_partition_ancestors": true, "pg_partition_tree": true,
+	"pg_prepared_statement": true, "pg_prepared_xact": true, "pg_show_all_file_settings": true,
+	"pg_show_all_settings": true, "pg_show_replication_origin_status": true, "pg_snapshot_xip": true,
+	"pg_stat_get_activity": true, "pg_stat_get_backend_idset": true, "pg_stat_get_io": true,
+	"pg_stat_get_progress_info": true, "pg_stat_get_recovery_prefetch": true,
+	"pg_stat_get_slru": true, "pg_stat_get_subscription": true, "pg_stat_get_wal_senders": true,
+	"pg_tablespace_databases": true, "pg_timezone_abbrevs": true, "pg_timezone_names": true,
+	"pg_wal_summary_contents": true, "regexp_matches": true, "regexp_split_to_table": true,
+	"string_to_table": true, "ts_debug": true, "ts_parse": true, "ts_stat": true,
+	"ts_token_type": true, "txid_snapshot_xip": true, "unnest": true,
 }
 
 func (c *stmtCtx) roleAllowsFunction(schema, name string) bool {

@@ -3,6 +3,7 @@ package rewriter
 import (
 	"slices"
 	"strconv"
+	"strings"
 
 	pg "github.com/pganalyze/pg_query_go/v6"
 	"google.golang.org/protobuf/proto"
@@ -63,7 +64,7 @@ func (c *stmtCtx) limitValue(n *pg.Node) (valueKind, string, int) {
 }
 
 func (c *stmtCtx) cteScope(w *pg.WithClause, outer map[string]*pg.SelectStmt) map[string]*pg.SelectStmt {
-	if w == nil || w.Recursive {
+	if w == nil {
 		return outer
 	}
 	m := map[string]*pg.SelectStmt{}
@@ -72,7 +73,11 @@ func (c *stmtCtx) cteScope(w *pg.WithClause, outer map[string]*pg.SelectStmt) ma
 	}
 	for _, n := range w.Ctes {
 		if ce := n.GetCommonTableExpr(); ce != nil {
-			m[ce.Ctename] = ce.Ctequery.GetSelectStmt()
+			// A recursive CTE's rows are not bounded here: a nil body.
+			m[ce.Ctename] = nil
+			if !w.Recursive {
+				m[ce.Ctename] = ce.Ctequery.GetSelectStmt()
+			}
 		}
 	}
 	return m
@@ -102,7 +107,11 @@ func (c *stmtCtx) shapeBound(s *pg.SelectStmt, ctes map[string]*pg.SelectStmt) i
 	if len(s.ValuesLists) > 0 {
 		return int64(len(s.ValuesLists))
 	}
-	if c.hasSetReturning(s.TargetList) {
+	// A set-returning function multiplies the rows wherever it is
+	// evaluated per row (ORDER BY, GROUP BY, DISTINCT ON, HAVING too), and
+	// grouping sets make one row per set, even over one row.
+	if c.hasSetReturning(s.TargetList) || c.hasSetReturning(s.SortClause) || c.hasSetReturning(s.GroupClause) ||
+		c.hasSetReturning(s.DistinctClause) || c.hasSetReturning([]*pg.Node{s.HavingClause}) || hasGroupingSets(s.GroupClause) {
 		return unboundedRows
 	}
 	if len(s.FromClause) == 0 {
@@ -118,7 +127,10 @@ func (c *stmtCtx) shapeBound(s *pg.SelectStmt, ctes map[string]*pg.SelectStmt) i
 		}
 		if rv := item.GetRangeVar(); rv != nil {
 			if rv.Schemaname == "" {
-				if cte, ok := ctes[rv.Relname]; ok && cte != nil {
+				if cte, ok := ctes[rv.Relname]; ok {
+					if cte == nil {
+						return unboundedRows // recursive, or a data-modifying CTE
+					}
 					// The CTE's body does not see itself (non-recursive WITH).
 					inner := map[string]*pg.SelectStmt{}
 					for k, v := range ctes {
@@ -169,8 +181,8 @@ func (c *stmtCtx) joinBound(s *pg.SelectStmt, ctes map[string]*pg.SelectStmt) in
 				}
 			}
 			r := &joinRel{rv: rv, quals: refNames(rv), cols: c.r.rels.columnsOf(rv)}
-			if rv.Alias != nil && len(rv.Alias.Colnames) > 0 {
-				r.cols = nil // renamed: unqualified names are not resolved
+			if (rv.Alias != nil && len(rv.Alias.Colnames) > 0) || (rv.Schemaname == "" && c.r.rels.shared[rv.Relname]) {
+				r.cols = nil // renamed, or search_path's: unqualified names are not resolved
 			}
 			rels = append(rels, r)
 			return true
@@ -347,6 +359,13 @@ func (c *stmtCtx) keyConstraints(cj *pg.Node) []keyConstraint {
 		}
 	case pg.A_Expr_Kind_AEXPR_OP_ANY:
 		if a := e.Rexpr.GetAArrayExpr(); a != nil {
+			// = ANY scans every element of the array ARRAY[...] builds, of
+			// its element arrays too: only scalar constants count as one.
+			for _, it := range a.Elements {
+				if !scalarConst(it) {
+					return nil
+				}
+			}
 			items = a.Elements
 		} else if p := paramUnder(e.Rexpr); p != nil && c.arrays && c.extended && !c.dynamic {
 			// An array parameter: its length is checked at Bind.
@@ -363,6 +382,39 @@ func (c *stmtCtx) keyConstraints(cj *pg.Node) []keyConstraint {
 		}
 	}
 	return []keyConstraint{{e.Lexpr, int64(len(items)), nil}}
+}
+
+// hasGroupingSets: GROUPING SETS, CUBE or ROLLUP in a GROUP BY.
+func hasGroupingSets(group []*pg.Node) bool {
+	for _, g := range group {
+		if g.GetGroupingSet() != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// scalarConst: a constant that is not an array (no cast to an array type,
+// no '{...}' literal, no ARRAY[...]).
+func scalarConst(n *pg.Node) bool {
+	for n != nil {
+		tc := n.GetTypeCast()
+		if tc == nil {
+			break
+		}
+		if tc.TypeName == nil || len(tc.TypeName.ArrayBounds) > 0 {
+			return false
+		}
+		n = tc.Arg
+	}
+	a := n.GetAConst()
+	if a == nil {
+		return false
+	}
+	if s, ok := a.Val.(*pg.A_Const_Sval); ok && strings.HasPrefix(strings.TrimSpace(s.Sval.Sval), "{") {
+		return false
+	}
+	return true
 }
 
 // paramUnder returns the parameter n is, under any casts ($1::bigint[]).

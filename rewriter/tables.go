@@ -1,6 +1,7 @@
 package rewriter
 
 import (
+	"slices"
 	"strings"
 
 	pg "github.com/pganalyze/pg_query_go/v6"
@@ -27,6 +28,9 @@ type relationIndex struct {
 	refusedViews map[string]bool
 	// uniqueKeys by "schema.name" and bare name.
 	uniqueKeys map[string][][]string
+	// shared are bare names several relations have (in different
+	// schemas): search_path decides which one a statement reads.
+	shared map[string]bool
 	// columns by "schema.name" and bare name (first seen wins for bare).
 	columns map[string][]string
 	// columnNames holds every column name of every catalog relation.
@@ -53,7 +57,7 @@ type relationIndex struct {
 
 func buildRelationIndex(p *policy.Policy, c *Catalog) *relationIndex {
 	ix := &relationIndex{pol: p, bySchemaName: map[string]*tenantRel{}, byName: map[string]*tenantRel{},
-		refusedViews: map[string]bool{}, uniqueKeys: map[string][][]string{}, columns: map[string][]string{}, columnNames: map[string]bool{}, kinds: map[string]RelKind{},
+		refusedViews: map[string]bool{}, uniqueKeys: map[string][][]string{}, shared: map[string]bool{}, columns: map[string][]string{}, columnNames: map[string]bool{}, kinds: map[string]RelKind{},
 		funcs: map[string][]*Function{}, funcByKey: map[string]*Function{}}
 	seen := map[string]bool{}
 	for _, t := range p.Tables {
@@ -118,6 +122,8 @@ func buildRelationIndex(p *policy.Policy, c *Catalog) *relationIndex {
 		memo[key] = tr
 		return tr
 	}
+	bare := map[string]int{}
+	bareKeys := map[string][][][]string{} // every same-named relation's keys
 	for key, rel := range c.Relations {
 		if rel == nil {
 			continue
@@ -136,12 +142,19 @@ func buildRelationIndex(p *policy.Policy, c *Catalog) *relationIndex {
 		if _, ok := ix.kinds[rel.Name]; !ok {
 			ix.kinds[rel.Name] = rel.Kind
 		}
-		if len(rel.UniqueKeys) > 0 {
-			ix.uniqueKeys[key] = rel.UniqueKeys
-			if _, ok := ix.uniqueKeys[rel.Name]; !ok {
-				ix.uniqueKeys[rel.Name] = rel.UniqueKeys
-			}
+		if bare[rel.Name]++; bare[rel.Name] > 1 {
+			ix.shared[rel.Name] = true
 		}
+		// An inheritance parent's unique indexes do not cover its
+		// children, which FROM parent reads too (a partitioned table's do).
+		keys := rel.UniqueKeys
+		if rel.Kind == KindTable && len(rel.Children) > 0 {
+			keys = nil
+		}
+		if len(keys) > 0 {
+			ix.uniqueKeys[key] = keys
+		}
+		bareKeys[rel.Name] = append(bareKeys[rel.Name], keys)
 		for _, col := range rel.Columns {
 			ix.columnNames[col] = true
 		}
@@ -150,6 +163,13 @@ func buildRelationIndex(p *policy.Policy, c *Catalog) *relationIndex {
 			if _, ok := ix.columns[rel.Name]; !ok {
 				ix.columns[rel.Name] = rel.Columns
 			}
+		}
+	}
+	// A bare name has the keys every relation of that name has: which one
+	// a statement reads is search_path's to decide.
+	for name, all := range bareKeys {
+		if common := commonKeys(all); len(common) > 0 {
+			ix.uniqueKeys[name] = common
 		}
 	}
 	// Sequences are relations too (SELECT last_value FROM s), never tenant.
@@ -249,6 +269,34 @@ func (ix *relationIndex) refusedView(rv *pg.RangeVar) bool {
 		return ix.refusedViews[rv.Schemaname+"."+rv.Relname]
 	}
 	return ix.refusedViews[rv.Relname]
+}
+
+// commonKeys returns the unique keys (as column sets) that every list has.
+func commonKeys(all [][][]string) [][]string {
+	var out [][]string
+	for _, k := range all[0] {
+		inAll := true
+		for _, other := range all[1:] {
+			inAll = inAll && slices.ContainsFunc(other, func(o []string) bool { return sameColumns(o, k) })
+		}
+		if inAll {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+// sameColumns: the same set of columns.
+func sameColumns(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for _, x := range a {
+		if !slices.Contains(b, x) {
+			return false
+		}
+	}
+	return true
 }
 
 func (ix *relationIndex) keysOf(rv *pg.RangeVar) [][]string {

@@ -382,6 +382,12 @@ func (g *Guard) onCommandComplete(c *conn, body []byte) (proxy.Verdict, error) {
 	if rows < 0 {
 		rows = f.rows
 	}
+	if f.dec.TxOp != nil && (c.cutting || c.abortWanted) {
+		switch f.dec.TxOp.Op {
+		case "commit", "rollback", "rollback_to", "prepare_transaction":
+			c.abortCancel = true
+		}
+	}
 	if f.dec.TxOp != nil && f.dec.TxOp.Op == "commit" && string(tag) == "ROLLBACK" {
 		// COMMIT of a failed transaction rolls back.
 		c.tenant.UndoCommit()
@@ -448,10 +454,13 @@ func (g *Guard) complete(c *conn, f *inflight, rows int64, sqlstate string) {
 // this, with no race between the relay's directions. COMMIT then rolls
 // back and later statements get 25P02 from the server itself, as after
 // any refusal. A block that failed ('E') or ended ('I': a COMMIT in the
-// cut cycle itself, see the README) needs nothing. Callers hold c.mu.
+// cut cycle itself, see the README), or that the client's own transaction
+// control after the cut ended or rolled back (a pipelined ROLLBACK TO
+// SAVEPOINT recovers it, as in PostgreSQL), needs nothing. Callers hold
+// c.mu.
 func (c *conn) abortAfterCut(body []byte) proxy.Verdict {
-	if len(body) != 1 || body[0] != 'T' {
-		c.abortWanted = false
+	if len(body) != 1 || body[0] != 'T' || c.abortCancel {
+		c.abortWanted, c.abortCancel = false, false
 		return proxy.Verdict{}
 	}
 	c.abortWanted = true

@@ -232,6 +232,10 @@ type conn struct {
 	abortWanted  bool
 	abortNext    atomic.Bool
 	abortReplies int
+	// abortCancel: a statement the client sent after the cut one ended
+	// or rolled back the block (COMMIT, ROLLBACK, ROLLBACK TO SAVEPOINT):
+	// its transaction control decides, not the abort.
+	abortCancel bool
 
 	refused bool // refused at startup: nothing to count at the end
 	// refusal is the startup refusal, sent once authentication is over.
