@@ -223,12 +223,7 @@ func TestCutThenPipelinedCopyInATransaction(t *testing.T) {
 func TestCutThenCommitInTheSameCycle(t *testing.T) {
 	e := startRowGuard5(t)
 	_, send := rawSession(t, e)
-	email := func() string {
-		t.Helper()
-		var v string
-		require.NoError(t, e.direct(t).QueryRow(ctx(t), "SELECT email FROM patients WHERE id = 4").Scan(&v))
-		return v
-	}
+	email := func() string { return patient4Email(t, e) }
 	for _, proto := range []string{"simple", "extended"} {
 		t.Run(proto, func(t *testing.T) {
 			r := send(&pgproto3.Query{String: "BEGIN; UPDATE patients SET email = 'before-cut-" + proto + "' WHERE id = 4"})

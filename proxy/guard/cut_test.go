@@ -97,26 +97,7 @@ func TestCutAcrossHandBack(t *testing.T) {
 // in one long pipeline, under -race, with the interest switching on the
 // backend goroutine while the frontend one decides the next messages.
 func TestCutOverClientTLS(t *testing.T) {
-	e := startRowGuard5(t)
-	// A second server over the same guard setup, answering TLS.
-	pol, err := policy.Parse([]byte(rowGuard5Policy), "test.yaml")
-	require.NoError(t, err)
-	al, err := audit.New(audit.Options{Stdout: &syncBuffer{}})
-	require.NoError(t, err)
-	cat := rowGuard5Catalog()
-	g := guard.New(guard.Options{Policies: policy.NewHolder(pol), Audit: al, Metrics: admin.NewMetrics(), Logger: zaptest.NewLogger(t),
-		Catalog: func() *rewriter.Catalog { return cat }})
-	serve(t, e, g, func(cfg *proxy.Config) { cfg.TLSCertFile, cfg.TLSKeyFile = e.c.CertFile, e.c.KeyFile })
-	u := strings.Replace(e.url(pgtest.AppUser, "app.clinic_id", "2"), "sslmode=disable", "sslmode=require", 1)
-	conn, err := pgx.Connect(ctx(t), u)
-	require.NoError(t, err)
-	hj, err := conn.PgConn().Hijack()
-	require.NoError(t, err)
-	t.Cleanup(func() { hj.Conn.Close() })
-	_, isTLS := hj.Conn.(*tls.Conn)
-	require.True(t, isTLS)
-	require.NoError(t, hj.Conn.SetDeadline(time.Now().Add(30*time.Second)))
-	fe := hj.Frontend
+	_, fe := rowGuard5TLSSession(t, 30*time.Second)
 	fe.Send(&pgproto3.Parse{Name: "big", Query: cutQuery})
 	fe.Send(&pgproto3.Parse{Name: "one", Query: "SELECT full_name FROM patients WHERE id = $1"})
 	fe.Send(&pgproto3.Sync{})
@@ -192,12 +173,7 @@ func TestCutAuditsWhatRan(t *testing.T) {
 func TestCutFailsItsTransactionBlock(t *testing.T) {
 	e := startRowGuard5(t)
 	_, send := rawSession(t, e)
-	email := func() string {
-		t.Helper()
-		var v string
-		require.NoError(t, e.direct(t).QueryRow(ctx(t), "SELECT email FROM patients WHERE id = 4").Scan(&v))
-		return v
-	}
+	email := func() string { return patient4Email(t, e) }
 	before := email()
 	ready := func(r received, types string, status byte) {
 		t.Helper()
@@ -266,4 +242,40 @@ func TestCutFailsItsTransactionBlock(t *testing.T) {
 
 	require.NotContains(t, e.audit.String(), "tg_reject_", "the guard's own Query is not a client statement")
 	ready(send(&pgproto3.Query{String: "SELECT full_name FROM patients WHERE id = 4"}), "TDCZ", 'I')
+}
+
+// rowGuard5TLSSession serves the row-guard setup (max_rows 5, status taken
+// for unique) over client TLS and returns a raw session pinned to tenant 2
+// on it (and the setup), its connection closed at the end of the test.
+func rowGuard5TLSSession(t *testing.T, deadline time.Duration) (*env, *pgproto3.Frontend) {
+	t.Helper()
+	e := startRowGuard5(t)
+	// A second server over the same guard setup, answering TLS.
+	pol, err := policy.Parse([]byte(rowGuard5Policy), "test.yaml")
+	require.NoError(t, err)
+	al, err := audit.New(audit.Options{Stdout: &syncBuffer{}})
+	require.NoError(t, err)
+	cat := rowGuard5Catalog()
+	g := guard.New(guard.Options{Policies: policy.NewHolder(pol), Audit: al, Metrics: admin.NewMetrics(), Logger: zaptest.NewLogger(t),
+		Catalog: func() *rewriter.Catalog { return cat }})
+	serve(t, e, g, func(cfg *proxy.Config) { cfg.TLSCertFile, cfg.TLSKeyFile = e.c.CertFile, e.c.KeyFile })
+	u := strings.Replace(e.url(pgtest.AppUser, "app.clinic_id", "2"), "sslmode=disable", "sslmode=require", 1)
+	conn, err := pgx.Connect(ctx(t), u)
+	require.NoError(t, err)
+	hj, err := conn.PgConn().Hijack()
+	require.NoError(t, err)
+	t.Cleanup(func() { hj.Conn.Close() })
+	_, isTLS := hj.Conn.(*tls.Conn)
+	require.True(t, isTLS)
+	require.NoError(t, hj.Conn.SetDeadline(time.Now().Add(deadline)))
+	return e, hj.Frontend
+}
+
+// patient4Email reads patient 4's email directly on the server (what has
+// committed).
+func patient4Email(t *testing.T, e *env) string {
+	t.Helper()
+	var v string
+	require.NoError(t, e.direct(t).QueryRow(ctx(t), "SELECT email FROM patients WHERE id = 4").Scan(&v))
+	return v
 }

@@ -2,7 +2,6 @@ package guard_test
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"strconv"
 	"strings"
@@ -14,14 +13,8 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"go.uber.org/zap/zaptest"
 
-	"github.com/tenantguard/tenantguard/policy"
-	"github.com/tenantguard/tenantguard/proxy"
-	"github.com/tenantguard/tenantguard/proxy/admin"
-	"github.com/tenantguard/tenantguard/proxy/audit"
 	"github.com/tenantguard/tenantguard/proxy/catalog"
-	"github.com/tenantguard/tenantguard/proxy/guard"
 	"github.com/tenantguard/tenantguard/proxy/pgtest"
 	"github.com/tenantguard/tenantguard/rewriter"
 )
@@ -249,25 +242,7 @@ func TestReview2PipelinedRecoveryAfterCut(t *testing.T) {
 // next message, ROLLBACK TO SAVEPOINT recovers it, and the write made
 // after the savepoint and before the cut never commits.
 func TestReview2AbortOverClientTLS(t *testing.T) {
-	e := startRowGuard5(t)
-	pol, err := policy.Parse([]byte(rowGuard5Policy), "test.yaml")
-	require.NoError(t, err)
-	al, err := audit.New(audit.Options{Stdout: &syncBuffer{}})
-	require.NoError(t, err)
-	cat := rowGuard5Catalog()
-	g := guard.New(guard.Options{Policies: policy.NewHolder(pol), Audit: al, Metrics: admin.NewMetrics(), Logger: zaptest.NewLogger(t),
-		Catalog: func() *rewriter.Catalog { return cat }})
-	serve(t, e, g, func(cfg *proxy.Config) { cfg.TLSCertFile, cfg.TLSKeyFile = e.c.CertFile, e.c.KeyFile })
-	u := strings.Replace(e.url(pgtest.AppUser, "app.clinic_id", "2"), "sslmode=disable", "sslmode=require", 1)
-	conn, err := pgx.Connect(ctx(t), u)
-	require.NoError(t, err)
-	hj, err := conn.PgConn().Hijack()
-	require.NoError(t, err)
-	t.Cleanup(func() { hj.Conn.Close() })
-	_, isTLS := hj.Conn.(*tls.Conn)
-	require.True(t, isTLS)
-	require.NoError(t, hj.Conn.SetDeadline(time.Now().Add(60*time.Second)))
-	fe := hj.Frontend
+	e, fe := rowGuard5TLSSession(t, 60*time.Second)
 	send := func(q string) received {
 		t.Helper()
 		fe.Send(&pgproto3.Query{String: q})
