@@ -332,7 +332,14 @@ func (c *Cluster) Exec(ctx context.Context, db, sql string) error {
 func (c *Cluster) CreateDatabase(ctx context.Context, prefix string) (string, error) {
 	c.mu.Lock()
 	c.dbSeq++
-	name := fmt.Sprintf("%s_%d", sanitize(prefix), c.dbSeq)
+	suffix := fmt.Sprintf("_%d", c.dbSeq)
+	base := sanitize(prefix)
+	// PostgreSQL cuts names at 63 bytes: cut the prefix instead, so that
+	// the sequence number keeps two long test names apart.
+	if len(base)+len(suffix) > 63 {
+		base = base[:63-len(suffix)]
+	}
+	name := base + suffix
 	c.mu.Unlock()
 	if err := c.Exec(ctx, "postgres", "CREATE DATABASE "+name); err != nil {
 		return "", fmt.Errorf("pgtest: create database %s: %w", name, err)

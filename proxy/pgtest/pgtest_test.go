@@ -45,3 +45,20 @@ func TestClusterUsersAndTLS(t *testing.T) {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+// TestLongDatabaseNamesStayApart: PostgreSQL cuts names at 63 bytes, so a
+// long prefix is cut before the sequence number, not the number itself
+// (two runs of a long subtest name collided under -count 2).
+func TestLongDatabaseNamesStayApart(t *testing.T) {
+	c := Shared(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	prefix := "a_test_name_long_enough_to_reach_postgresql_identifier_limit_and_beyond"
+	a, err := c.CreateDatabase(ctx, prefix)
+	require.NoError(t, err)
+	b, err := c.CreateDatabase(ctx, prefix)
+	require.NoError(t, err)
+	require.NotEqual(t, a, b)
+	require.LessOrEqual(t, len(a), 63)
+	require.LessOrEqual(t, len(b), 63)
+}
