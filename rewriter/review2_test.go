@@ -227,3 +227,29 @@ func TestReview2GroupingSetsOverFixedRows(t *testing.T) {
 		"SELECT p.name FROM patients p JOIN clinics c ON c.id = p.clinic_id WHERE p.id = 4 GROUP BY ROLLUP (p.name, p.dob, p.email, c.name, c.id, p.id, p.clinic_id)",
 	)
 }
+
+// TestBareNameColumnsOfAnotherSchema: INSERT without a column list expands
+// a bare name's columns; with two relations of that name whose columns
+// differ, which one search_path picks is unknown, and the expansion used
+// whichever Go's map iteration saw first. It is refused now; with the same
+// columns everywhere it is expanded as before.
+func TestBareNameColumnsOfAnotherSchema(t *testing.T) {
+	const ins = "INSERT INTO patients VALUES (900, 7, 'n', '2000-01-01', 'e')"
+	sess := Session{Tenant: "7", HasTenant: true}
+	same := testCatalog()
+	same.Relations["archive.patients"] = &Relation{Schema: "archive", Name: "patients", Kind: KindTable,
+		Columns: []string{"id", "clinic_id", "name", "dob", "email"}, UniqueKeys: [][]string{{"id"}}}
+	if d := New(testPolicy(""), same).Decide(ins, sess).Statements[0]; d.Verdict == VerdictRejected {
+		t.Errorf("same columns: refused (%s)", d.Reason)
+	} else if !strings.Contains(d.SQL, "(id, clinic_id, name, dob, email)") {
+		t.Errorf("same columns: %q; want the column list expanded", d.SQL)
+	}
+	other := testCatalog()
+	other.Relations["archive.patients"] = &Relation{Schema: "archive", Name: "patients", Kind: KindTable,
+		Columns: []string{"clinic_id", "id", "name", "dob", "email"}}
+	for i := 0; i < 20; i++ { // map order varies from run to run
+		if d := New(testPolicy(""), other).Decide(ins, sess).Statements[0]; d.Verdict != VerdictRejected {
+			t.Fatalf("different columns: %s as %q; want refused (which relation is search_path's)", d.Verdict, d.SQL)
+		}
+	}
+}

@@ -31,7 +31,8 @@ type relationIndex struct {
 	// shared are bare names several relations have (in different
 	// schemas): search_path decides which one a statement reads.
 	shared map[string]bool
-	// columns by "schema.name" and bare name (first seen wins for bare).
+	// columns by "schema.name" and bare name (for a bare name only when
+	// every relation of that name has the same, in the same order).
 	columns map[string][]string
 	// columnNames holds every column name of every catalog relation.
 	columnNames map[string]bool
@@ -124,6 +125,7 @@ func buildRelationIndex(p *policy.Policy, c *Catalog) *relationIndex {
 	}
 	bare := map[string]int{}
 	bareKeys := map[string][][][]string{} // every same-named relation's keys
+	bareCols := map[string][][]string{}   // and columns
 	for key, rel := range c.Relations {
 		if rel == nil {
 			continue
@@ -164,12 +166,24 @@ func buildRelationIndex(p *policy.Policy, c *Catalog) *relationIndex {
 				ix.columns[rel.Name] = rel.Columns
 			}
 		}
+		bareCols[rel.Name] = append(bareCols[rel.Name], rel.Columns)
 	}
 	// A bare name has the keys every relation of that name has: which one
 	// a statement reads is search_path's to decide.
 	for name, all := range bareKeys {
 		if common := commonKeys(all); len(common) > 0 {
 			ix.uniqueKeys[name] = common
+		}
+	}
+	// Its columns, likewise, only when every relation of that name has the
+	// same, in the same order (INSERT without a column list expands them):
+	// otherwise the first seen, in map order, was taken.
+	for name, all := range bareCols {
+		for _, cols := range all[1:] {
+			if !slices.Equal(cols, all[0]) {
+				delete(ix.columns, name)
+				break
+			}
 		}
 	}
 	// Sequences are relations too (SELECT last_value FROM s), never tenant.
