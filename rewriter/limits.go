@@ -141,9 +141,6 @@ func (c *stmtCtx) shapeBound(s *pg.SelectStmt, ctes map[string]*pg.SelectStmt) i
 					return c.bound(cte, inner)
 				}
 			}
-			if b := c.uniqueKeyBound(rv, s.WhereClause); b != unboundedRows {
-				return b
-			}
 		}
 	}
 	return c.joinBound(s, ctes)
@@ -157,7 +154,7 @@ type joinRel struct {
 	on    []*pg.Node // the ON conjuncts of the LEFT JOIN it is the nullable side of
 }
 
-// joinBound bounds a SELECT that joins relations (JOIN, or a FROM list) by
+// joinBound bounds a SELECT over relations (one, a JOIN, or a FROM list) by
 // their unique keys. A relation is fixed when every column of one of its
 // unique keys is equal, in a conjunct every result row satisfies (WHERE,
 // the ON of an inner join, or for the nullable side of a LEFT JOIN its
@@ -227,6 +224,11 @@ func (c *stmtCtx) joinBound(s *pg.SelectStmt, ctes map[string]*pg.SelectStmt) in
 		for i, r := range rels {
 			var ok bool
 			if len(cr.Fields) == 1 {
+				if len(rels) == 1 {
+					// The sole relation's (as colMatches takes it): a key
+					// column it does not have fixes nothing anyway.
+					return 0, last.Sval
+				}
 				if r.cols == nil {
 					return -1, "" // it may be this relation's
 				}
@@ -298,35 +300,6 @@ func (c *stmtCtx) joinBound(s *pg.SelectStmt, ctes map[string]*pg.SelectStmt) in
 		}
 	}
 	return groups
-}
-
-// uniqueKeyBound bounds the rows of rv by a unique key whose every column
-// is equal to a constant, parameter or the tenant (one value), or in a
-// list of them (IN, = ANY (ARRAY[...])), in a top-level conjunct: the
-// product of the columns' counts, for the key that allows fewest.
-func (c *stmtCtx) uniqueKeyBound(rv *pg.RangeVar, where *pg.Node) int64 {
-	keys := c.r.rels.keysOf(rv)
-	if len(keys) == 0 {
-		return unboundedRows
-	}
-	quals := refNames(rv)
-	values := map[string]int64{}
-	for _, cj := range conjuncts(where, nil) {
-		for _, kc := range c.keyConstraints(cj) {
-			cr := kc.col.GetColumnRef()
-			if cr == nil || len(cr.Fields) == 0 {
-				continue
-			}
-			last := cr.Fields[len(cr.Fields)-1].GetString_()
-			if last == nil || !colMatches(kc.col, quals, last.Sval, true) {
-				continue
-			}
-			if kc.val == nil || c.isKeyValue(kc.val) {
-				setFewer(values, last.Sval, kc.n)
-			}
-		}
-	}
-	return keysBound(keys, values)
 }
 
 // keyConstraint is what a conjunct says of one column: it takes one of n
