@@ -42,9 +42,12 @@ var aggregates = map[string]bool{
 	"any_value": true,
 }
 
-// setReturning are the builtin set-returning functions (pg_catalog's
-// proretset functions of PostgreSQL 15, and those 16 and 17 added): in a
-// target list, ORDER BY, GROUP BY or DISTINCT ON they multiply rows.
+// setReturning are the builtin set-returning functions: every proretset
+// function of PostgreSQL 15's pg_catalog (79, read from pg_proc), and four
+// that 16 and 17 add (pg_stat_get_io, pg_get_wait_events,
+// pg_available_wal_summaries, pg_wal_summary_contents; not checked against
+// a 16 or 17 catalog). In a target list, ORDER BY, GROUP BY or DISTINCT ON
+// they multiply rows; one missing here is still cut by the row guard.
 var setReturning = map[string]bool{
 	"aclexplode": true, "generate_series": true, "generate_subscripts": true,
 	"json_array_elements": true, "json_array_elements_text": true, "json_each": true,
