@@ -123,7 +123,6 @@ func buildRelationIndex(p *policy.Policy, c *Catalog) *relationIndex {
 		memo[key] = tr
 		return tr
 	}
-	bare := map[string]int{}
 	bareKeys := map[string][][][]string{} // every same-named relation's keys
 	bareCols := map[string][][]string{}   // and columns
 	for key, rel := range c.Relations {
@@ -143,9 +142,6 @@ func buildRelationIndex(p *policy.Policy, c *Catalog) *relationIndex {
 		ix.kinds[key] = rel.Kind
 		if _, ok := ix.kinds[rel.Name]; !ok {
 			ix.kinds[rel.Name] = rel.Kind
-		}
-		if bare[rel.Name]++; bare[rel.Name] > 1 {
-			ix.shared[rel.Name] = true
 		}
 		// An inheritance parent's unique indexes do not cover its
 		// children, which FROM parent reads too (a partitioned table's do).
@@ -179,6 +175,9 @@ func buildRelationIndex(p *policy.Policy, c *Catalog) *relationIndex {
 	// same, in the same order (INSERT without a column list expands them):
 	// otherwise the first seen, in map order, was taken.
 	for name, all := range bareCols {
+		if len(all) > 1 {
+			ix.shared[name] = true
+		}
 		for _, cols := range all[1:] {
 			if !slices.Equal(cols, all[0]) {
 				delete(ix.columns, name)
