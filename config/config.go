@@ -50,7 +50,10 @@ type Config struct {
 	Procs int
 	// EventLoops is the number of epoll loops relaying established
 	// plain-socket sessions: 0 one per proc, -1 none.
-	EventLoops     int
+	EventLoops int
+	// PrepareSimple sends repeated simple-protocol statement shapes
+	// upstream as prepared statements (a Bind of their literals).
+	PrepareSimple  bool
 	ConfigFileUsed string
 }
 
@@ -92,6 +95,7 @@ var keys = []struct {
 	{"max-message-size", "largest protocol message accepted from a client, in bytes", DefaultMaxMessageSize},
 	{"catalog-refresh", "how often the upstream catalog is reloaded", DefaultCatalogRefresh},
 	{"procs", "threads running tenantguard's Go code (GOMAXPROCS); 0: GOMAXPROCS from the environment, else the CPU or container limit Go sees, else half the machine's CPUs plus one", 0},
+	{"prepare-simple", "send a simple-protocol statement that differs from an earlier one only in its literals as a Bind of them to a statement prepared upstream once per session (PostgreSQL then skips its parse and analysis, and may plan it generically as it does prepared statements); turn it off when the upstream is a pooler in transaction mode, which cannot keep a session's prepared statements", true},
 	{"event-loops", "epoll loops relaying established plain-TCP sessions (Linux); 0: as many as procs leaves after the spare ones (1, and 1 + (procs+2)/4 from 4 procs on), at least one; when procs leaves the spare ones after all loops each waits on its own thread; -1: none (two goroutines per session, as for TLS)", 0},
 }
 
@@ -154,6 +158,7 @@ func Load(v *viper.Viper) (*Config, error) {
 		MaxMessageSize: v.GetInt("max-message-size"),
 		Procs:          v.GetInt("procs"),
 		EventLoops:     v.GetInt("event-loops"),
+		PrepareSimple:  v.GetBool("prepare-simple"),
 		ConfigFileUsed: v.ConfigFileUsed(),
 	}
 	if err := checkAddr("listen", c.Listen); err != nil {

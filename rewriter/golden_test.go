@@ -358,7 +358,7 @@ func TestTemplateHoldsNoTenant(t *testing.T) {
 				if k, _, lok := scanLiterals(gc.SQL); lok {
 					if lt := r.literals.get(append(literalKeyPrefix(nil, roleKey), k...)); lt != nil && lt.qt != nil {
 						tpl, ok = lt.qt, true
-						extra = append([]string{lt.sql}, lt.segments...)
+						extra = append([]string{lt.sql}, lt.text.segments...)
 					}
 				}
 			}

@@ -194,14 +194,15 @@ type roleInfo struct {
 // literalTemplate is a cached abstract decision.
 type literalTemplate struct {
 	qt *queryTemplate // the abstract statement, compiled as with parameters
-	// sql is the rendered abstract SQL; segments split it at the parameter
-	// tokens, slots[i] is the literal that goes after segments[i].
-	sql      string
-	segments []string
-	slots    []int
-	// litSegs[i] is segments[i] split at the setting expressions, when
-	// they can all become literals (Session.TenantLiteral).
-	litSegs     [][]string
+	// sql is the rendered abstract SQL; text splits it at the parameter
+	// tokens (text.slots[i] is the literal that goes after
+	// text.segments[i]) and, in text.litSegs, at the setting expressions
+	// when they can all become literals (Session.TenantLiteral).
+	sql  string
+	text PreparedForm
+	// form is &text when the statement may go upstream in its prepared
+	// form (upstream.go), else nil.
+	form        *PreparedForm
 	fingerprint string
 	normalized  string
 	// proven[1] says the hit path is proven exact for sessions with
@@ -325,7 +326,7 @@ func (r *Rewriter) renderLiteral(lt *literalTemplate, sql string, lits []literal
 		}
 	}
 	tenantLit := ""
-	if s.TenantLiteral && lt.litSegs != nil {
+	if s.TenantLiteral && lt.text.litSegs != nil {
 		canon, err := CanonicalTenant(r.pol.Tenant.Type, s.Tenant)
 		if !s.HasTenant || err != nil {
 			return nil, false
@@ -334,27 +335,18 @@ func (r *Rewriter) renderLiteral(lt *literalTemplate, sql string, lits []literal
 	}
 	var b strings.Builder
 	b.Grow(len(sql) + 64)
-	for i, seg := range lt.segments {
-		if tenantLit != "" {
-			for j, part := range lt.litSegs[i] {
-				if j > 0 {
-					b.WriteString(tenantLit)
-				}
-				b.WriteString(part)
-			}
-		} else {
-			b.WriteString(seg)
-		}
-		if i < len(lt.slots) {
-			v, ok := lit(lt.slots[i])
-			if !ok {
-				return nil, false
-			}
-			b.WriteString(v)
-		}
+	if !lt.text.write(&b, tenantLit, lit) {
+		return nil, false
 	}
+	one := &singleResult{}
 	if d.Enforced {
 		d.SQL = b.String()
+		if lt.form != nil && (d.Verdict == VerdictAllowed || d.Verdict == VerdictRewritten) {
+			if sig, args, ok := upstreamArgs(sql, lits); ok {
+				one.up = UpstreamCall{Form: lt.form, TenantLit: tenantLit, Sig: sig, Args: args}
+				d.Upstream = &one.up
+			}
+		}
 	} else {
 		d.SQL = sql
 	}
@@ -363,7 +355,6 @@ func (r *Rewriter) renderLiteral(lt *literalTemplate, sql string, lits []literal
 		d.MaxRows = 0
 	}
 	d.Fingerprint, d.Normalized = lt.fingerprint, lt.normalized
-	one := &singleResult{}
 	one.d[0] = d
 	one.res.Statements = one.d[:]
 	return &one.res, true
@@ -373,6 +364,7 @@ func (r *Rewriter) renderLiteral(lt *literalTemplate, sql string, lits []literal
 type singleResult struct {
 	res Result
 	d   [1]Decision
+	up  UpstreamCall
 }
 
 // validTenant reports whether v is a valid tenant of type t.
@@ -427,7 +419,7 @@ func (r *Rewriter) buildLiteral(sql string, lits []literalSpan, s Session, role 
 	if !ok {
 		return nil
 	}
-	lt := &literalTemplate{qt: qt, sql: ad.SQL, segments: segs, slots: slots, fingerprint: fd.Fingerprint, normalized: fd.Normalized}
+	lt := &literalTemplate{qt: qt, sql: ad.SQL, text: PreparedForm{segments: segs, slots: slots}, fingerprint: fd.Fingerprint, normalized: fd.Normalized}
 	if n := qt.stmts[0].settingExprs; n > 0 && r.settingText != "" {
 		split, found := make([][]string, len(segs)), 0
 		for i, seg := range segs {
@@ -435,8 +427,11 @@ func (r *Rewriter) buildLiteral(sql string, lits []literalSpan, s Session, role 
 			found += len(split[i]) - 1
 		}
 		if found == n {
-			lt.litSegs = split
+			lt.text.litSegs = split
 		}
+	}
+	if preparable(fd.Kind, ad.SQL) {
+		lt.form = &lt.text
 	}
 	if st := qt.stmts[0]; s.HasTenant && len(st.checks) == 0 && (!st.needsTenant || len(st.segments) <= 1) {
 		// With a valid tenant, renderTenant reads it only to check the

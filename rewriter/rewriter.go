@@ -147,6 +147,11 @@ type Decision struct {
 	// changes, so the proxy remembers the policy and catalog each name was
 	// decided with and refuses to EXECUTE it under others.
 	Prepared *PreparedOp `json:"prepared,omitempty"`
+	// Upstream is set for a simple-protocol statement the literal path
+	// decided, when it may go upstream as a Bind of its literals to its
+	// prepared form (upstream.go) instead of as its text, with the same
+	// result.
+	Upstream *UpstreamCall `json:"-"`
 }
 
 // PreparedOp is what a statement does to SQL-level prepared statements.

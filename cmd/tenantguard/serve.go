@@ -141,6 +141,7 @@ func serve(ctx context.Context, cfg *config.Config) error {
 			// now in case the relation was just created.
 			ReloadCatalog: refresher.Trigger,
 			Database:      catalogDatabase(upstream),
+			KeepSimple:    !cfg.PrepareSimple,
 			Audit:         auditLog,
 			Metrics:       metrics,
 			Logger:        log,

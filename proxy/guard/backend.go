@@ -58,15 +58,15 @@ var cutReplies = [...]byte{msgBindComplete, msgNoData, msgRowDesc, msgParamDesc,
 // showCut asks the relay for cutReplies while c.cutting, and stops when the
 // cut ends. Callers hold c.mu, in OnBackend or OnRows.
 func (c *conn) showCut(s *proxy.Session) {
-	if c.cutting == c.cutShown {
+	if c.cutting == c.cutShown && c.upOn == c.upShown {
 		return
 	}
-	c.cutShown = c.cutting
-	in := proxy.Ignore
-	if c.cutting {
-		in = proxy.Notify
-	}
+	c.cutShown, c.upShown = c.cutting, c.upOn
 	for _, t := range cutReplies {
+		in := proxy.Ignore
+		if c.cutting || c.upOn && (t == msgBindComplete || t == msgNoData) {
+			in = proxy.Notify // also to drop a prepared form's (upstream.go)
+		}
 		s.SetBackendInterest(t, in)
 	}
 }
@@ -96,6 +96,11 @@ func (g *Guard) onBackend(s *proxy.Session, c *conn, m proxy.Message) (proxy.Ver
 		}
 		return proxy.Verdict{}, nil // ParameterStatus, BackendKeyData
 	}
+	if c.probeReplies > 0 {
+		if v, ok := g.onProbeReply(c, m); ok {
+			return v, nil
+		}
+	}
 	switch m.Type {
 	case msgParseComplete, msgCloseComplete:
 		return g.onPrepareReply(c, m.Type)
@@ -118,6 +123,11 @@ func (g *Guard) onBackend(s *proxy.Session, c *conn, m proxy.Message) (proxy.Ver
 	case msgBindComplete, msgNoData, msgRowDesc, msgParamDesc, msgCopyOut, msgCopyData, msgCopyDone:
 		if c.cutting {
 			return drop, nil // the client was told the cycle failed
+		}
+		if m.Type == msgBindComplete || m.Type == msgNoData {
+			if f := c.head(g); f != nil && f.conv != nil {
+				return drop, nil // a Query's, sent in its prepared form
+			}
 		}
 	case proxy.MsgDataRow:
 		return g.onDataRow(c)
@@ -566,8 +576,11 @@ func (g *Guard) onError(c *conn, body []byte) (proxy.Verdict, error) {
 	}
 	sql := ""
 	if f := c.pop(g); f != nil {
-		g.complete(c, f, -1, e.Code)
+		if f.conv != nil {
+			c.upstreamFailed(f.conv, e.Code)
+		}
 		sql = f.dec.SQL
+		g.complete(c, f, -1, e.Code)
 	}
 	if g.redact(c, &e, sql) {
 		return proxy.Verdict{Replace: encode(&e)}, nil
@@ -598,6 +611,9 @@ func (g *Guard) onReady(c *conn, body []byte) {
 		return
 	}
 	c.backCycle++
+	if c.frontCycle == c.backCycle && len(body) == 1 {
+		c.upStatus = body[0]
+	}
 	c.endCycles(c.backCycle)
 	c.cutting, c.cutPending = false, false
 	if c.ddlDone && len(body) > 0 && body[0] == 'I' && g.opts.ReloadCatalog != nil {

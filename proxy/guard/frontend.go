@@ -151,6 +151,10 @@ func (g *Guard) onQuery(c *conn, body []byte) (proxy.Verdict, error) {
 	// A simple Query destroys the unnamed statement and portal.
 	delete(c.statements, "")
 	c.dropPortal("")
+	// Nothing of the client's in flight, outside a transaction block: the
+	// guard may prepare a statement's shape in front of it (upstream.go).
+	quiet := c.frontCycle == c.backCycle && c.upStatus == 'I' && c.copyIn == nil && !c.cutting &&
+		c.abortReplies == 0 && !c.abortWanted && !c.abortNext.Load() && c.probeReplies == 0 && c.extraReady == 0
 	c.beginCycle()
 	sess := c.rwSession(false)
 	sess.TenantLiteral = c.pinned
@@ -188,18 +192,29 @@ func (g *Guard) onQuery(c *conn, body []byte) (proxy.Verdict, error) {
 			parts = append(parts, d.SQL)
 		}
 	}
-	if !changed {
-		return proxy.Verdict{}, nil
+	if cap(c.queryBuf) > maxKeptQuery {
+		c.queryBuf = nil
 	}
 	// The newline before each ';' ends a trailing line comment of the
 	// statement before it, so the separator can never be commented out.
 	// The Query goes into the session's own buffer: the relay writes or
 	// copies Replace before the next message.
-	if cap(c.queryBuf) > maxKeptQuery {
-		c.queryBuf = nil
+	query := func() []byte {
+		if !changed {
+			return appendMessage(nil, proxy.MsgQuery, body)
+		}
+		c.queryBuf = appendQuery(c.queryBuf[:0], parts, "\n;\n")
+		return c.queryBuf
 	}
-	c.queryBuf = appendQuery(c.queryBuf[:0], parts, "\n;\n")
-	return proxy.Verdict{Replace: c.queryBuf}, nil
+	if len(res.Statements) == 1 && res.Statements[0].Upstream != nil && !g.opts.KeepSimple && len(c.queue) > 0 {
+		if v, ok := g.upstreamQuery(c, e, &res.Statements[0], c.queue[len(c.queue)-1], quiet, query); ok {
+			return v, nil
+		}
+	}
+	if !changed {
+		return proxy.Verdict{}, nil
+	}
+	return proxy.Verdict{Replace: query()}, nil
 }
 
 // maxKeptQuery is the largest Query buffer a session keeps between
@@ -396,6 +411,7 @@ func (c *conn) trackPrepared(e *engine, d *rewriter.Decision) {
 		if op.Name == "" {
 			clear(c.sqlPrepared)
 			clear(c.statements)
+			c.forgetUpstream(false)
 		} else {
 			delete(c.sqlPrepared, op.Name)
 			delete(c.statements, op.Name)

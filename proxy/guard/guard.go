@@ -60,6 +60,9 @@ type Options struct {
 	RewriterOptions []rewriter.Option
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// KeepSimple sends simple-protocol statements upstream as their text
+	// always: none goes in its prepared form (upstream.go).
+	KeepSimple bool
 }
 
 // Guard implements proxy.Hooks. It is safe for concurrent use by many
@@ -237,6 +240,27 @@ type conn struct {
 	// its transaction control decides, not the abort.
 	abortCancel bool
 
+	// The prepared forms of simple-protocol statements (upstream.go): ups
+	// holds them by shape (nil until the first), for upEngine's templates;
+	// upClose the names to close with the next preparation. probe is the
+	// one being prepared: the replies of its Closes, Parse and Sync
+	// (probeReplies of them, probeCloses CloseCompletes first) are the
+	// guard's own. upOn: one was prepared, so BindComplete and NoData are
+	// shown to the guard (upShown) to drop a prepared form's. upStatus is
+	// the upstream's transaction status at its last ReadyForQuery with
+	// nothing in flight.
+	ups          map[upKey]*upStmt
+	upEngine     *engine
+	upClose      []string
+	upTick       uint64
+	upSeq        uint64
+	probe        *upStmt
+	probeReplies int
+	probeCloses  int
+	upOn         bool
+	upShown      bool
+	upStatus     byte
+
 	refused bool // refused at startup: nothing to count at the end
 	// refusal is the startup refusal, sent once authentication is over.
 	refusal       *proxy.ClientError
@@ -363,6 +387,9 @@ type inflight struct {
 	tenant    string
 	protocol  string
 	injected  bool
+	// conv is the prepared form a simple-protocol statement went upstream
+	// in (upstream.go): its BindComplete and NoData are dropped.
+	conv *upStmt
 	// rejected statements wait for the sentinel error; their audit event is
 	// written when it arrives.
 	reject *rejection

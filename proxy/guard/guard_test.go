@@ -90,7 +90,13 @@ func start(t *testing.T, policyYAML string) *env {
 
 func startWith(t *testing.T, policyYAML string, cat *rewriter.Catalog) *env {
 	t.Helper()
-	return startGuard(t, policyYAML, func(c *pgtest.Cluster, db string) func() *rewriter.Catalog {
+	return startGuard(t, policyYAML, loadedCatalog(t, cat))
+}
+
+// loadedCatalog is the catalog source of startWith: cat, or the fixture
+// database's catalog loaded once.
+func loadedCatalog(t *testing.T, cat *rewriter.Catalog) func(c *pgtest.Cluster, db string) func() *rewriter.Catalog {
+	return func(c *pgtest.Cluster, db string) func() *rewriter.Catalog {
 		if cat == nil {
 			conn, err := c.Connect(context.Background(), db)
 			require.NoError(t, err)
@@ -99,7 +105,7 @@ func startWith(t *testing.T, policyYAML string, cat *rewriter.Catalog) *env {
 			require.NoError(t, err)
 		}
 		return func() *rewriter.Catalog { return cat }
-	})
+	}
 }
 
 // startGuard starts tenantguard with the catalog source catalogFor returns

@@ -1,0 +1,220 @@
+package guard
+
+import (
+	"encoding/binary"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+	"go.uber.org/zap"
+
+	"github.com/tenantguard/tenantguard/proxy"
+	"github.com/tenantguard/tenantguard/rewriter"
+)
+
+// Simple-protocol statements in their prepared form (rewriter/upstream.go).
+// An application that sends `SELECT ... WHERE id = 17`, then `... id = 18`,
+// costs PostgreSQL a parse, analysis and plan each time; the guard knows the
+// statements share one shape (the literal path decided them), so it
+// prepares the shape upstream once per session and sends each statement as
+// Bind, Describe, Execute and Sync: the client still sees exactly the
+// replies of its Query (RowDescription, DataRow, CommandComplete or
+// ErrorResponse, ReadyForQuery) once the guard drops BindComplete and
+// NoData.
+//
+// The guard prepares a shape on the side: its Parse and a Sync go upstream
+// in front of the client's Query, which still goes as text, only when
+// nothing of the client's is in flight and the upstream is outside a
+// transaction block, so that a Parse the server refuses (a literal whose
+// parameter type PostgreSQL cannot infer) fails nothing of the client's.
+// Its replies are the guard's own. The shape's later statements go in
+// their prepared form only once the Parse succeeded.
+
+// maxUpstream bounds the prepared forms a session holds upstream; the
+// least recently used one is closed to make room.
+const maxUpstream = 64
+
+// maxUpstreamClose bounds the names waiting to be closed upstream.
+const maxUpstreamClose = 2 * maxUpstream
+
+// upKey identifies a prepared form with its tenant literal and parameter
+// types: each needs a statement of its own.
+type upKey struct {
+	form   *rewriter.PreparedForm
+	tenant string
+	sig    uint64
+}
+
+// upStmt is a prepared form the session prepares or holds upstream.
+type upStmt struct {
+	key    upKey
+	name   string
+	ready  bool   // the upstream holds it: ParseComplete came
+	failed bool   // the upstream refused it: the shape goes as text
+	used   uint64 // conn.upTick at its last use
+}
+
+// upstreamQuery sends the simple-protocol statement d (its record f) in its
+// prepared form, or prepares the form in front of query (the client's
+// Query, as it goes upstream) when quiet says nothing of the client's is
+// in flight. It reports false when the Query goes as it is. Callers hold
+// c.mu.
+func (g *Guard) upstreamQuery(c *conn, e *engine, d *rewriter.Decision, f *inflight, quiet bool, query func() []byte) (proxy.Verdict, bool) {
+	u := d.Upstream
+	if c.upEngine != e {
+		// Another policy or catalog: its templates are new shapes.
+		c.forgetUpstream(true)
+		c.upEngine = e
+	}
+	k := upKey{form: u.Form, tenant: u.TenantLit, sig: u.Sig}
+	st := c.ups[k]
+	if st != nil && st.ready {
+		c.upTick++
+		st.used = c.upTick
+		f.conv = st
+		c.queryBuf = appendBindExecute(c.queryBuf[:0], st.name, u.Args)
+		return proxy.Verdict{Replace: c.queryBuf}, true
+	}
+	if st != nil || !quiet {
+		return proxy.Verdict{}, false // refused, being prepared, or not now
+	}
+	if c.ups == nil {
+		c.ups = make(map[upKey]*upStmt)
+	}
+	if len(c.ups) >= maxUpstream {
+		c.evictUpstream()
+	}
+	c.upSeq++
+	st = &upStmt{key: k, name: "tg_prepared_" + c.nonce + "_" + uitoa(c.id) + "_" + uitoa(c.upSeq)}
+	c.ups[k] = st
+	var out []byte
+	for _, name := range c.upClose {
+		out = encodeAppend(out, &pgproto3.Close{ObjectType: 'S', Name: name})
+	}
+	c.probeCloses = len(c.upClose)
+	clear(c.upClose)
+	c.upClose = c.upClose[:0]
+	out = encodeAppend(out, &pgproto3.Parse{Name: st.name, Query: u.SQL(), ParameterOIDs: u.ParamOIDs()})
+	out = encodeAppend(out, &pgproto3.Sync{})
+	c.probe, c.probeReplies = st, c.probeCloses+2
+	return proxy.Verdict{Replace: append(out, query()...)}, true
+}
+
+// evictUpstream closes the least recently used prepared form that is not
+// being prepared. Callers hold c.mu.
+func (c *conn) evictUpstream() {
+	var old *upStmt
+	for _, st := range c.ups {
+		if st != c.probe && (old == nil || st.used < old.used) {
+			old = st
+		}
+	}
+	if old == nil {
+		return
+	}
+	delete(c.ups, old.key)
+	if old.ready {
+		c.closeUpstream(old.name)
+	}
+}
+
+// closeUpstream queues a prepared form's Close for the next preparation.
+// Past maxUpstreamClose the name is left to the end of the session.
+func (c *conn) closeUpstream(name string) {
+	if len(c.upClose) < maxUpstreamClose {
+		c.upClose = append(c.upClose, name)
+	}
+}
+
+// forgetUpstream forgets the session's prepared forms: closing them
+// upstream (another engine's shapes), or not (DEALLOCATE ALL and DISCARD
+// ALL drop them there). Callers hold c.mu.
+func (c *conn) forgetUpstream(closeThem bool) {
+	if closeThem {
+		for _, st := range c.ups {
+			if st.ready {
+				c.closeUpstream(st.name)
+			}
+		}
+	} else {
+		clear(c.upClose)
+		c.upClose = c.upClose[:0]
+	}
+	c.ups = nil
+}
+
+// appendBindExecute appends the messages that run a prepared form with
+// args as its text parameters, as a Query would run the statement: Bind
+// (unnamed portal, text results), Describe of the portal (its
+// RowDescription, or NoData), Execute of every row, Sync.
+func appendBindExecute(dst []byte, name string, args []string) []byte {
+	start := len(dst)
+	dst = append(dst, 'B', 0, 0, 0, 0, 0)
+	dst = append(dst, name...)
+	dst = append(dst, 0, 0, 0) // no parameter format codes: all text
+	dst = binary.BigEndian.AppendUint16(dst, uint16(len(args)))
+	for _, a := range args {
+		dst = binary.BigEndian.AppendUint32(dst, uint32(len(a)))
+		dst = append(dst, a...)
+	}
+	dst = append(dst, 0, 0) // no result format codes: all text
+	binary.BigEndian.PutUint32(dst[start+1:], uint32(len(dst)-start-1))
+	return append(dst,
+		'D', 0, 0, 0, 6, 'P', 0,
+		'E', 0, 0, 0, 9, 0, 0, 0, 0, 0,
+		'S', 0, 0, 0, 4)
+}
+
+// onProbeReply takes the replies of the guard's own preparation (its
+// Closes, its Parse, its Sync), which come before anything of the client's.
+// It reports false for a message that is none of them. Callers hold c.mu.
+func (g *Guard) onProbeReply(c *conn, m proxy.Message) (proxy.Verdict, bool) {
+	switch m.Type {
+	case msgCloseComplete:
+		if c.probeCloses == 0 {
+			return proxy.Verdict{}, false
+		}
+		c.probeCloses--
+		c.probeReplies--
+	case msgParseComplete:
+		if c.probeCloses > 0 || c.probeReplies != 2 {
+			return proxy.Verdict{}, false
+		}
+		c.probe.ready, c.upOn = true, true
+		c.probeReplies = 1
+	case proxy.MsgErrorResponse:
+		if c.probeReplies < 2 {
+			return proxy.Verdict{}, false
+		}
+		// A Close or the Parse failed; the server skips the rest up to the
+		// Sync. The shape goes as text for the rest of the session.
+		var e pgproto3.ErrorResponse
+		code := ""
+		if e.Decode(append([]byte(nil), m.Body...)) == nil {
+			code = e.Code
+		}
+		g.log.Debug("statement shape not prepared upstream", zap.Uint64("conn_id", c.id), zap.String("sqlstate", code))
+		c.probe.failed = true
+		c.probeCloses, c.probeReplies = 0, 1
+	case proxy.MsgReadyForQuery:
+		if !c.probe.ready {
+			c.probe.failed = true
+		}
+		c.probe, c.probeCloses, c.probeReplies = nil, 0, 0
+	default:
+		return proxy.Verdict{}, false
+	}
+	return drop, true
+}
+
+// upstreamFailed forgets a prepared form whose Bind or Execute failed in a
+// way a new preparation mends: the upstream's plan no longer returns the
+// columns it was prepared with (a table changed), or it no longer holds the
+// statement. Callers hold c.mu.
+func (c *conn) upstreamFailed(st *upStmt, code string) {
+	if code != "0A000" && code != "26000" {
+		return // an error of the statement itself, as its text would have had
+	}
+	if c.ups[st.key] == st {
+		delete(c.ups, st.key)
+		c.closeUpstream(st.name)
+	}
+}
