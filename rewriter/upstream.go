@@ -22,7 +22,8 @@ import (
 //     ON (where an integer literal is a column position), not in window or
 //     aggregate orderings, type modifiers or ON CONFLICT inference (which
 //     PostgreSQL requires to be constants or to match an index exactly);
-//   - SELECT (without INTO), INSERT, UPDATE and DELETE only;
+//   - SELECT (without INTO), INSERT, UPDATE and DELETE only, without a
+//     star (SELECT *, RETURNING *), whose columns change with the table's;
 //   - each parameter typed as PostgreSQL types the literal (an integer as
 //     integer, bigint or numeric by its value, a decimal as numeric, a
 //     string as unknown, resolved from its context as the literal is).
@@ -141,6 +142,11 @@ func paramsAsValues(m protoreflect.Message, forbidden bool) bool {
 		return !forbidden
 	case *pg.IntoClause:
 		return false // SELECT INTO creates a table
+	case *pg.A_Star:
+		// The columns of a prepared statement's result are fixed: once a
+		// table gains a column, PostgreSQL fails it with "cached plan must
+		// not change result type" where the text would return the column.
+		return false
 	case *pg.TypeName, *pg.WindowDef, *pg.InferClause:
 		forbidden = true
 	}

@@ -25,6 +25,9 @@ func TestPreparedForms(t *testing.T) {
 		// constants; the integer boundaries type differently after a minus.
 		{"SELECT full_name, id FROM patients WHERE id IN (1, %d) ORDER BY 2", "", nil, nil},
 		{"SELECT full_name::varchar(4) FROM patients WHERE id = %d", "", nil, nil},
+		{"SELECT * FROM patients WHERE id = %d", "", nil, nil},
+		{"SELECT p.* FROM patients p WHERE id = %d", "", nil, nil},
+		{"UPDATE patients SET full_name = 'x' WHERE id = %d RETURNING *", "", nil, nil},
 		{"SELECT full_name FROM patients WHERE id = %d AND id > -2147483648", "", nil, nil},
 		{"SELECT full_name FROM patients WHERE id = %d AND id > -9223372036854775808", "", nil, nil},
 	} {

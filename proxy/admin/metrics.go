@@ -27,6 +27,11 @@ type Metrics struct {
 	// StatementsPreparedAgain counts prepared statements the guard prepared
 	// again upstream for a new tenant (a pinned session's literal tenant).
 	StatementsPreparedAgain prometheus.Counter
+	// SimpleShapes counts the statement shapes prepared upstream for
+	// simple-protocol statements (result ok), or refused there (refused);
+	// SimpleStatementsPrepared the statements sent in their prepared form.
+	SimpleShapes             *prometheus.CounterVec // result
+	SimpleStatementsPrepared prometheus.Counter
 }
 
 // NewMetrics creates and registers the collectors, plus the Go runtime and
@@ -84,11 +89,19 @@ func NewMetrics() *Metrics {
 			Name: "tenantguard_statements_prepared_again_total",
 			Help: "Prepared statements prepared again upstream before a Bind, because their text changed with the session's tenant.",
 		}),
+		SimpleShapes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tenantguard_simple_shapes_prepared_total",
+			Help: "Shapes of simple-protocol statements prepared upstream (result=ok), or whose Parse the upstream refused so that they go as text (result=refused).",
+		}, []string{"result"}),
+		SimpleStatementsPrepared: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tenantguard_simple_statements_prepared_total",
+			Help: "Simple-protocol statements sent upstream as a Bind to their shape's prepared statement.",
+		}),
 	}
 	m.Registry.MustRegister(
 		m.Statements, m.Rejections, m.StatementDuration, m.RewriteCacheHits, m.RewriteCacheMisses,
 		m.ClientConnections, m.UpstreamConnections, m.PolicyReloads, m.CatalogRefreshes,
-		m.AuditWriteErrors, m.RowGuardCuts, m.StatementsPreparedAgain,
+		m.AuditWriteErrors, m.RowGuardCuts, m.StatementsPreparedAgain, m.SimpleShapes, m.SimpleStatementsPrepared,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -97,6 +110,9 @@ func NewMetrics() *Metrics {
 	for _, r := range []string{"ok", "error"} {
 		m.PolicyReloads.WithLabelValues(r)
 		m.CatalogRefreshes.WithLabelValues(r)
+	}
+	for _, r := range []string{"ok", "refused"} {
+		m.SimpleShapes.WithLabelValues(r)
 	}
 	return m
 }

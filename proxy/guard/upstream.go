@@ -70,6 +70,7 @@ func (g *Guard) upstreamQuery(c *conn, e *engine, d *rewriter.Decision, f *infli
 		c.upTick++
 		st.used = c.upTick
 		f.conv = st
+		g.opts.Metrics.SimpleStatementsPrepared.Inc()
 		c.queryBuf = appendBindExecute(c.queryBuf[:0], st.name, u.Args)
 		return proxy.Verdict{Replace: c.queryBuf}, true
 	}
@@ -180,6 +181,7 @@ func (g *Guard) onProbeReply(c *conn, m proxy.Message) (proxy.Verdict, bool) {
 		}
 		c.probe.ready, c.upOn = true, true
 		c.probeReplies = 1
+		g.opts.Metrics.SimpleShapes.WithLabelValues("ok").Inc()
 	case proxy.MsgErrorResponse:
 		if c.probeReplies < 2 {
 			return proxy.Verdict{}, false
@@ -194,6 +196,7 @@ func (g *Guard) onProbeReply(c *conn, m proxy.Message) (proxy.Verdict, bool) {
 		g.log.Debug("statement shape not prepared upstream", zap.Uint64("conn_id", c.id), zap.String("sqlstate", code))
 		c.probe.failed = true
 		c.probeCloses, c.probeReplies = 0, 1
+		g.opts.Metrics.SimpleShapes.WithLabelValues("refused").Inc()
 	case proxy.MsgReadyForQuery:
 		if !c.probe.ready {
 			c.probe.failed = true

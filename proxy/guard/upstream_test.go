@@ -219,3 +219,81 @@ func TestPreparedFormsAfterDiscardAll(t *testing.T) {
 	require.Len(t, forms, 1, "%v", forms)
 	require.True(t, strings.HasSuffix(forms[0], " x3"), forms[0])
 }
+
+// TestPreparedFormsPastTheCap: a session holds at most 64 prepared forms
+// upstream; preparing another closes the least recently used one, in the
+// same write. The metrics count the shapes and the statements.
+func TestPreparedFormsPastTheCap(t *testing.T) {
+	e := start(t, basePolicy)
+	fe := rawFrontend(t, e)
+	const shapes = 70
+	for k := 0; k < shapes; k++ {
+		for _, id := range []int{1, 4, 7} {
+			got := query(t, fe, fmt.Sprintf("SELECT full_name AS name%d FROM patients WHERE id = %d", k, id))
+			require.Equal(t, "C SELECT 1", got[2], "%v", got)
+		}
+	}
+	forms := preparedForms(t, fe)
+	require.Len(t, forms, 64)
+	require.Contains(t, forms[0], "AS name6 ", "shapes 0-5 were closed, oldest first")
+	require.Equal(t, float64(shapes), counterValue(t, e.metrics.SimpleShapes.WithLabelValues("ok")))
+	require.Equal(t, float64(0), counterValue(t, e.metrics.SimpleShapes.WithLabelValues("refused")))
+	require.Equal(t, float64(shapes), counterValue(t, e.metrics.SimpleStatementsPrepared))
+
+	// A closed shape is prepared again when it comes back.
+	for _, id := range []int{10, 13} {
+		require.Equal(t, fmt.Sprintf(`D "patient %d TENANT2"`, id), query(t, fe, fmt.Sprintf("SELECT full_name AS name0 FROM patients WHERE id = %d", id))[1])
+	}
+	forms = preparedForms(t, fe)
+	require.Len(t, forms, 64)
+	require.Contains(t, forms[63], "AS name0 ")
+	require.True(t, strings.HasSuffix(forms[63], " x1"), forms[63])
+}
+
+// TestPreparedFormsAfterSchemaChanges: another catalog (a reload) means
+// new shapes: the old prepared statements are closed with the first new
+// Parse. A statement with a star is never prepared (its columns change
+// with the table's); a column whose type changes fails a prepared form
+// once, as it fails an application's own prepared statements, and the
+// shape is prepared again.
+func TestPreparedFormsAfterSchemaChanges(t *testing.T) {
+	var load func()
+	e := startGuard(t, basePolicy, reloadableCatalog(t, &load))
+	fe := rawFrontend(t, e)
+	run := func(id int) []string {
+		return query(t, fe, fmt.Sprintf("SELECT id, status FROM patients WHERE id = %d", id))
+	}
+	for _, id := range []int{1, 4, 7} {
+		require.Equal(t, "C SELECT 1", run(id)[2])
+	}
+	require.Len(t, preparedForms(t, fe), 1)
+	load()
+	for _, id := range []int{10, 13, 16} { // learn, prepare (closing the old one), run
+		require.Equal(t, "C SELECT 1", run(id)[2])
+	}
+	forms := preparedForms(t, fe)
+	require.Len(t, forms, 1, "%v", forms)
+	require.True(t, strings.HasSuffix(forms[0], " x1"), forms[0])
+
+	for _, id := range []int{1, 4, 7, 10} {
+		require.Equal(t, "C SELECT 1", query(t, fe, fmt.Sprintf("SELECT * FROM patients WHERE id = %d", id))[2])
+	}
+	_, err := e.direct(t).Exec(ctx(t), "ALTER TABLE patients ADD COLUMN extra integer")
+	require.NoError(t, err)
+	got := query(t, fe, "SELECT * FROM patients WHERE id = 13")
+	require.Equal(t, "C SELECT 1", got[2], "%v", got)
+	require.Contains(t, got[0], " extra/")
+
+	_, err = e.direct(t).Exec(ctx(t), "ALTER TABLE patients ALTER COLUMN status TYPE varchar(20)")
+	require.NoError(t, err)
+	got = run(19)
+	require.Equal(t, []string{"E 0A000 cached plan must not change result type", "Z I"}, got)
+	for _, id := range []int{22, 25, 28} { // prepare again (closing the old one), run
+		got = run(id)
+		require.Equal(t, "C SELECT 1", got[2], "%v", got)
+		require.Contains(t, got[0], "status/true/5/1043/")
+	}
+	forms = preparedForms(t, fe)
+	require.Len(t, forms, 1, "%v", forms)
+	require.True(t, strings.HasSuffix(forms[0], " x2"), forms[0])
+}
