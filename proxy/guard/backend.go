@@ -574,15 +574,21 @@ func (g *Guard) onError(c *conn, body []byte) (proxy.Verdict, error) {
 			Code: rj.err.SQLState, Message: rj.err.Message, Hint: rj.err.Hint,
 		})}, nil
 	}
-	sql := ""
+	sql, conv := "", false
 	if f := c.pop(g); f != nil {
 		if f.conv != nil {
 			c.upstreamFailed(f.conv, e.Code)
+			conv = true
 		}
 		sql = f.dec.SQL
 		g.complete(c, f, -1, e.Code)
 	}
-	if g.redact(c, &e, sql) {
+	stripped := conv && strings.HasPrefix(e.Where, "unnamed portal parameter $")
+	if stripped {
+		// A Query sent in its prepared form: its text has no parameter.
+		e.Where = ""
+	}
+	if g.redact(c, &e, sql) || stripped {
 		return proxy.Verdict{Replace: encode(&e)}, nil
 	}
 	return proxy.Verdict{}, nil

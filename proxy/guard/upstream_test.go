@@ -44,7 +44,7 @@ func transcript(t *testing.T, fe *pgproto3.Frontend) []string {
 		case *pgproto3.CommandComplete:
 			out = append(out, "C "+string(m.CommandTag))
 		case *pgproto3.ErrorResponse:
-			out = append(out, "E "+m.Code+" "+m.Message)
+			out = append(out, "E "+m.Code+" "+m.Message+" "+m.Detail+" "+m.Hint+" "+m.Where)
 		case *pgproto3.NoticeResponse, *pgproto3.ParameterStatus:
 		case *pgproto3.ReadyForQuery:
 			return append(out, "Z "+string(m.TxStatus))
@@ -287,7 +287,7 @@ func TestPreparedFormsAfterSchemaChanges(t *testing.T) {
 	_, err = e.direct(t).Exec(ctx(t), "ALTER TABLE patients ALTER COLUMN status TYPE varchar(20)")
 	require.NoError(t, err)
 	got = run(19)
-	require.Equal(t, []string{"E 0A000 cached plan must not change result type", "Z I"}, got)
+	require.Equal(t, []string{"E 0A000 cached plan must not change result type   ", "Z I"}, got)
 	for _, id := range []int{22, 25, 28} { // prepare again (closing the old one), run
 		got = run(id)
 		require.Equal(t, "C SELECT 1", got[2], "%v", got)
