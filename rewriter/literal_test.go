@@ -92,7 +92,7 @@ func variants(sql string) []string {
 func TestLiteralCacheIsExact(t *testing.T) {
 	cached := rewriterSet{}
 	fresh := rewriterSet{}
-	hits := 0
+	hits, forms := 0, 0
 	for _, file := range goldenFiles(t) {
 		for _, gc := range readGolden(t, file) {
 			s := gc.Session.session()
@@ -111,6 +111,10 @@ func TestLiteralCacheIsExact(t *testing.T) {
 					if got.CacheHit {
 						hits++
 					}
+					if len(got.Statements) == 1 && got.Statements[0].Upstream != nil {
+						forms++
+						checkUpstream(t, v, &got.Statements[0])
+					}
 					gj, _ := json.Marshal(got)
 					wj, _ := json.Marshal(want)
 					if string(gj) != string(wj) {
@@ -123,7 +127,10 @@ func TestLiteralCacheIsExact(t *testing.T) {
 	if hits == 0 {
 		t.Fatal("the literal path never hit: the test proves nothing")
 	}
-	t.Logf("%d decisions served from templates learnt with other literals", hits)
+	if forms == 0 {
+		t.Fatal("no decision had a prepared form: the check proves nothing")
+	}
+	t.Logf("%d decisions served from templates learnt with other literals, %d with a prepared form", hits, forms)
 }
 
 // TestLiteralCacheServesEveryTenant: a template learnt in one tenant's

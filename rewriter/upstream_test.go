@@ -2,6 +2,8 @@ package rewriter
 
 import (
 	"fmt"
+	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -59,4 +61,76 @@ func TestPreparedForms(t *testing.T) {
 			t.Errorf("%s: args %s, want %q", c.sql, got, c.args)
 		}
 	}
+}
+
+// checkUpstream: a decision's prepared form, with the statement's own
+// literals written back, is exactly the text the decision sends, and its
+// arguments are those literals' values.
+func checkUpstream(t *testing.T, sql string, d *Decision) {
+	t.Helper()
+	u := d.Upstream
+	_, lits, ok := scanLiterals(sql)
+	if !ok || len(lits) != len(u.Args) {
+		t.Fatalf("%q: %d arguments for %d literals", sql, len(u.Args), len(lits))
+	}
+	var b strings.Builder
+	u.Form.write(&b, u.TenantLit, func(k int) (string, bool) {
+		l := lits[k-1]
+		return sql[l.start:l.end], true
+	})
+	if b.String() != d.SQL {
+		t.Fatalf("%q: the prepared form with its literals is\n %s\nthe decision sends\n %s", sql, b.String(), d.SQL)
+	}
+	for i, l := range lits {
+		want := sql[l.start:l.end]
+		if want[0] == '\'' {
+			want = strings.ReplaceAll(want[1:len(want)-1], "''", "'")
+		}
+		if u.Args[i] != want {
+			t.Fatalf("%q: argument %d is %q, want %q", sql, i+1, u.Args[i], want)
+		}
+	}
+}
+
+// FuzzPreparedForm: whatever the statement, a prepared form is the
+// decision's text with parameters for its literals (checkUpstream), and it
+// is scoped as that text is (the structural checker, on the form itself).
+func FuzzPreparedForm(f *testing.F) {
+	files, _ := filepath.Glob(filepath.Join(goldenDir, "*.json"))
+	for _, file := range files {
+		for _, gc := range readGolden(f, file) {
+			if !gc.Session.Extended {
+				f.Add(gc.SQL)
+			}
+		}
+	}
+	f.Fuzz(func(t *testing.T, sql string) {
+		rw := New(testPolicy("default"), testCatalog(), WithTenantSetting())
+		for _, s := range []Session{
+			{Tenant: "7", HasTenant: true},
+			{Tenant: "7", HasTenant: true, StartupTenant: "7", HasStartupTenant: true, TenantLiteral: true},
+		} {
+			rw.Decide(sql, s) // learn
+			res := rw.Decide(sql, s)
+			if len(res.Statements) != 1 || res.Statements[0].Upstream == nil {
+				continue
+			}
+			d := &res.Statements[0]
+			checkUpstream(t, sql, d)
+			form := d.Upstream.SQL()
+			// A literal the decision compared with the tenant (verify) is a
+			// parameter of the form, checked again for each statement
+			// before its Bind: the checker takes it as the extended
+			// protocol's verified parameters.
+			fd := *d
+			for i, a := range d.Upstream.Args {
+				if got, err := CanonicalTenant(rw.pol.Tenant.Type, a); err == nil && got == s.Tenant {
+					fd.VerifyParams = append(fd.VerifyParams, i+1)
+				}
+			}
+			if p := checkScoped(rw.pol, rw.rels, form, s.Tenant, fd); len(p) > 0 {
+				t.Fatalf("prepared form not scoped: %v\nin:   %s\nform: %s", p, sql, form)
+			}
+		}
+	})
 }
