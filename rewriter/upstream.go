@@ -128,7 +128,12 @@ func preparable(kind, sql string) bool {
 	default:
 		return false
 	}
-	return paramsAsValues(tree.Stmts[0].Stmt.ProtoReflect(), false)
+	root := tree.Stmts[0].Stmt.ProtoReflect()
+	if !paramsAsValues(root, false) {
+		return false
+	}
+	_, _, ok := constantParams(root)
+	return ok
 }
 
 // paramsAsValues reports whether every parameter below m stands where a
@@ -171,6 +176,89 @@ func paramsAsValues(m protoreflect.Message, forbidden bool) bool {
 		return ok
 	})
 	return ok
+}
+
+// constantParams reports whether no expression below m computes from
+// parameters and constants alone (ok), and whether m holds a parameter and
+// something that is not a constant (a column, a subquery, a function
+// without arguments such as now()). PostgreSQL folds an expression of
+// constants when it plans a statement, so the text of `10 / 0` fails even
+// when no row is read; a prepared statement's generic plan keeps
+// `10 / $1` for the rows it reads, and would not. A parameter alone, cast
+// (its value is converted at Bind), in a list or in an ARRAY or ROW of
+// such is no expression of its own.
+func constantParams(m protoreflect.Message) (param, variable, ok bool) {
+	if !m.IsValid() {
+		return false, false, true
+	}
+	node := m.Interface()
+	switch x := node.(type) {
+	case *pg.ParamRef:
+		return true, false, true
+	case *pg.ColumnRef, *pg.SQLValueFunction:
+		return false, true, true
+	case *pg.TypeCast:
+		if x.Arg.GetParamRef() != nil {
+			return true, false, true
+		}
+	case *pg.FuncCall:
+		if len(x.Args) == 0 {
+			return false, true, true
+		}
+	case *pg.A_ArrayExpr:
+		if onlyParamsAndConstants(x.Elements) {
+			return true, false, true
+		}
+	case *pg.RowExpr:
+		if onlyParamsAndConstants(x.Args) {
+			return true, false, true
+		}
+	}
+	ok = true
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		if fd.Kind() != protoreflect.MessageKind || fd.IsMap() {
+			return true
+		}
+		visit := func(c protoreflect.Message) {
+			p, vr, o := constantParams(c)
+			param, variable, ok = param || p, variable || vr, ok && o
+		}
+		if fd.IsList() {
+			l := v.List()
+			for i := 0; i < l.Len() && ok; i++ {
+				visit(l.Get(i).Message())
+			}
+		} else {
+			visit(v.Message())
+		}
+		return ok
+	})
+	if !ok {
+		return param, variable, false
+	}
+	switch node.(type) {
+	case *pg.SubLink:
+		// Its subquery's expressions were checked; it is no constant.
+		return param, true, true
+	case *pg.A_Expr, *pg.FuncCall, *pg.TypeCast, *pg.A_ArrayExpr, *pg.RowExpr, *pg.BoolExpr, *pg.CaseExpr,
+		*pg.CoalesceExpr, *pg.MinMaxExpr, *pg.NullTest, *pg.BooleanTest, *pg.A_Indirection, *pg.CollateClause,
+		*pg.XmlExpr, *pg.XmlSerialize:
+		if param && !variable {
+			return param, variable, false
+		}
+	}
+	return param, variable, true
+}
+
+// onlyParamsAndConstants reports whether every node is a parameter, a cast
+// parameter or a constant.
+func onlyParamsAndConstants(nodes []*pg.Node) bool {
+	for _, n := range nodes {
+		if n.GetParamRef() == nil && n.GetAConst() == nil && n.GetTypeCast().GetArg().GetParamRef() == nil {
+			return false
+		}
+	}
+	return true
 }
 
 // upstreamArgs types and unquotes the literals of sql for its prepared

@@ -103,6 +103,12 @@ func (g *Guard) onBackend(s *proxy.Session, c *conn, m proxy.Message) (proxy.Ver
 	}
 	switch m.Type {
 	case msgParseComplete, msgCloseComplete:
+		if m.Type == msgCloseComplete {
+			if f := c.head(g); f != nil && f.conv != nil && f.convCloses > 0 {
+				f.convCloses-- // a Close sent in front of a prepared form's Bind
+				return drop, nil
+			}
+		}
 		return g.onPrepareReply(c, m.Type)
 	case msgCopyIn:
 		f := c.head(g)
@@ -577,7 +583,7 @@ func (g *Guard) onError(c *conn, body []byte) (proxy.Verdict, error) {
 	sql, conv := "", false
 	if f := c.pop(g); f != nil {
 		if f.conv != nil {
-			c.upstreamFailed(f.conv, e.Code)
+			g.upstreamFailed(c, f.conv, e.Code)
 			conv = true
 		}
 		sql = f.dec.SQL
@@ -595,7 +601,14 @@ func (g *Guard) onError(c *conn, body []byte) (proxy.Verdict, error) {
 }
 
 // sentinelIn returns the sentinel name an upstream error is about, or "".
+// Only a name the session registered counts, in the server's error for an
+// unknown function (a sentinel Query or Parse) or prepared statement (a
+// sentinel Bind): a client's own error that quotes a sentinel-like text is
+// redacted as any other error.
 func (c *conn) sentinelIn(e *pgproto3.ErrorResponse) string {
+	if (e.Code != "42883" && e.Code != "26000") || len(c.rejects) == 0 {
+		return ""
+	}
 	prefix := "tg_reject_" + c.nonce + "_"
 	i := strings.Index(e.Message, prefix)
 	if i < 0 {
@@ -604,6 +617,9 @@ func (c *conn) sentinelIn(e *pgproto3.ErrorResponse) string {
 	j := i + len(prefix)
 	for j < len(e.Message) && (e.Message[j] == '_' || e.Message[j] >= '0' && e.Message[j] <= '9') {
 		j++
+	}
+	if c.rejects[e.Message[i:j]] == nil {
+		return ""
 	}
 	return e.Message[i:j]
 }

@@ -83,8 +83,14 @@ func (g *Guard) frontendLocked(c *conn, m proxy.Message) (proxy.Verdict, error) 
 	case proxy.MsgExecute:
 		return g.onExecute(c, m.Body)
 	case proxy.MsgDescribe, proxy.MsgFlush:
+		if m.Type == proxy.MsgDescribe && len(m.Body) > 1 && m.Body[0] == 'S' && reservedName(m.Body[1:]) {
+			return proxy.Verdict{}, errReservedStatement
+		}
 		c.markUnsynced()
 	case proxy.MsgClose:
+		if len(m.Body) > 1 && m.Body[0] == 'S' && reservedName(m.Body[1:]) {
+			return proxy.Verdict{}, errReservedStatement
+		}
 		g.onClose(c, m.Body)
 	case proxy.MsgSync:
 		if c.copyIn != nil {
@@ -149,6 +155,7 @@ func (g *Guard) onQuery(c *conn, body []byte) (proxy.Verdict, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	// A simple Query destroys the unnamed statement and portal.
+	_, unnamed := c.statements[""]
 	delete(c.statements, "")
 	c.dropPortal("")
 	// Nothing of the client's in flight, outside a transaction block: the
@@ -207,7 +214,7 @@ func (g *Guard) onQuery(c *conn, body []byte) (proxy.Verdict, error) {
 		return c.queryBuf
 	}
 	if len(res.Statements) == 1 && res.Statements[0].Upstream != nil && !g.opts.KeepSimple && len(c.queue) > 0 {
-		if v, ok := g.upstreamQuery(c, e, &res.Statements[0], c.queue[len(c.queue)-1], quiet, query); ok {
+		if v, ok := g.upstreamQuery(c, e, &res.Statements[0], c.queue[len(c.queue)-1], quiet, unnamed, query); ok {
 			return v, nil
 		}
 	}
@@ -310,6 +317,9 @@ func (g *Guard) onParse(c *conn, body []byte) (proxy.Verdict, error) {
 		return proxy.Verdict{}, &proxy.ProtocolError{Code: proxy.CodeProtocolViolation, Message: "malformed Parse message"}
 	}
 	p := msg.(*pgproto3.Parse)
+	if reservedStatement(p.Name) {
+		return proxy.Verdict{}, errReservedStatement
+	}
 	e := g.engine()
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -389,6 +399,14 @@ func (c *conn) trackPrepared(e *engine, d *rewriter.Decision) {
 	if op == nil || !d.Enforced || d.Verdict == rewriter.VerdictRejected || d.Verdict == rewriter.VerdictBypassed {
 		return
 	}
+	if reservedStatement(op.Name) {
+		// The guard's own prepared forms (upstream.go).
+		d.Verdict, d.Reason, d.SQL = rewriter.VerdictRejected, rewriter.ReasonDeniedStatement, ""
+		d.Error = &rewriter.Error{SQLState: "42501",
+			Message: "tenantguard: prepared statement names starting with " + preparedPrefix + " are reserved",
+			Hint:    "use another name"}
+		return
+	}
 	switch op.Op {
 	case "prepare":
 		if c.sqlPrepared == nil {
@@ -411,7 +429,7 @@ func (c *conn) trackPrepared(e *engine, d *rewriter.Decision) {
 		if op.Name == "" {
 			clear(c.sqlPrepared)
 			clear(c.statements)
-			c.forgetUpstream(false)
+			c.forgetUpstream()
 		} else {
 			delete(c.sqlPrepared, op.Name)
 			delete(c.statements, op.Name)
@@ -451,6 +469,9 @@ func (g *Guard) onBind(c *conn, body []byte) (proxy.Verdict, error) {
 	stmtBytes, _, ok2 := cbytes(rest)
 	if !ok1 || !ok2 {
 		return proxy.Verdict{}, &proxy.ProtocolError{Code: proxy.CodeProtocolViolation, Message: "malformed Bind message"}
+	}
+	if reservedName(stmtBytes) {
+		return proxy.Verdict{}, errReservedStatement
 	}
 	e := g.engine()
 	c.markUnsynced()

@@ -71,6 +71,10 @@ type Guard struct {
 	opts  Options
 	log   *zap.Logger
 	nonce string
+	// prepNonce names the guard's prepared statements (upstream.go): a
+	// client can read their names (pg_prepared_statements), so it is not
+	// the nonce that makes the sentinels unguessable.
+	prepNonce string
 
 	mu    sync.Mutex // serialises rebuilds
 	built atomic.Pointer[engine]
@@ -99,9 +103,10 @@ func New(opts Options) *Guard {
 	if opts.Metrics == nil {
 		opts.Metrics = admin.NewMetrics()
 	}
-	var b [8]byte
+	var b, pb [8]byte
 	_, _ = rand.Read(b[:])
-	return &Guard{opts: opts, log: opts.Logger, nonce: hex.EncodeToString(b[:])}
+	_, _ = rand.Read(pb[:])
+	return &Guard{opts: opts, log: opts.Logger, nonce: hex.EncodeToString(b[:]), prepNonce: hex.EncodeToString(pb[:])}
 }
 
 // engine returns the rewriter for the policy and catalog in force, building
@@ -260,6 +265,7 @@ type conn struct {
 	upOn         bool
 	upShown      bool
 	upStatus     byte
+	upOff        bool // the upstream lost a prepared form: none for this session
 
 	refused bool // refused at startup: nothing to count at the end
 	// refusal is the startup refusal, sent once authentication is over.
@@ -388,8 +394,10 @@ type inflight struct {
 	protocol  string
 	injected  bool
 	// conv is the prepared form a simple-protocol statement went upstream
-	// in (upstream.go): its BindComplete and NoData are dropped.
-	conv *upStmt
+	// in (upstream.go): its BindComplete and NoData are dropped, and the
+	// CloseComplete of the convCloses Closes sent in front of it.
+	conv       *upStmt
+	convCloses int
 	// rejected statements wait for the sentinel error; their audit event is
 	// written when it arrives.
 	reject *rejection

@@ -79,6 +79,7 @@ type env struct {
 	audit   *syncBuffer
 	metrics *admin.Metrics
 	holder  *policy.Holder
+	guard   *guard.Guard // startGuard's
 }
 
 // start starts tenantguard in front of a fresh fixture database, with the
@@ -129,7 +130,8 @@ func startGuard(t *testing.T, policyYAML string, catalogFor func(c *pgtest.Clust
 	for _, w := range with {
 		w(&opts)
 	}
-	serve(t, e, guard.New(opts), nil)
+	e.guard = guard.New(opts)
+	serve(t, e, e.guard, nil)
 	return e
 }
 

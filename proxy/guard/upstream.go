@@ -1,7 +1,9 @@
 package guard
 
 import (
+	"bytes"
 	"encoding/binary"
+	"strings"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/zap"
@@ -54,14 +56,22 @@ type upStmt struct {
 
 // upstreamQuery sends the simple-protocol statement d (its record f) in its
 // prepared form, or prepares the form in front of query (the client's
-// Query, as it goes upstream) when quiet says nothing of the client's is
-// in flight. It reports false when the Query goes as it is. Callers hold
-// c.mu.
-func (g *Guard) upstreamQuery(c *conn, e *engine, d *rewriter.Decision, f *inflight, quiet bool, query func() []byte) (proxy.Verdict, bool) {
+// Query, as it goes upstream). Both only when quiet says nothing of the
+// client's is in flight and the upstream is outside a transaction block:
+// a prepared form the upstream's plan no longer fits (a column's type
+// changed) fails its statement, which must not fail a block the text would
+// not have failed, and a Parse the server refuses must fail nothing of the
+// client's. unnamed says the client may hold an unnamed statement, which
+// its Query would have destroyed. It reports false when the Query goes as
+// it is. Callers hold c.mu.
+func (g *Guard) upstreamQuery(c *conn, e *engine, d *rewriter.Decision, f *inflight, quiet, unnamed bool, query func() []byte) (proxy.Verdict, bool) {
+	if !quiet || c.upOff {
+		return proxy.Verdict{}, false
+	}
 	u := d.Upstream
 	if c.upEngine != e {
 		// Another policy or catalog: its templates are new shapes.
-		c.forgetUpstream(true)
+		c.forgetUpstream()
 		c.upEngine = e
 	}
 	k := upKey{form: u.Form, tenant: u.TenantLit, sig: u.Sig}
@@ -71,11 +81,17 @@ func (g *Guard) upstreamQuery(c *conn, e *engine, d *rewriter.Decision, f *infli
 		st.used = c.upTick
 		f.conv = st
 		g.opts.Metrics.SimpleStatementsPrepared.Inc()
-		c.queryBuf = appendBindExecute(c.queryBuf[:0], st.name, u.Args)
+		out := c.appendCloses(c.queryBuf[:0], unnamed)
+		f.convCloses = len(c.upClose)
+		if unnamed {
+			f.convCloses++
+		}
+		c.dropCloses()
+		c.queryBuf = appendBindExecute(out, st.name, u.Args)
 		return proxy.Verdict{Replace: c.queryBuf}, true
 	}
-	if st != nil || !quiet {
-		return proxy.Verdict{}, false // refused, being prepared, or not now
+	if st != nil {
+		return proxy.Verdict{}, false // refused, or being prepared
 	}
 	if c.ups == nil {
 		c.ups = make(map[upKey]*upStmt)
@@ -84,19 +100,55 @@ func (g *Guard) upstreamQuery(c *conn, e *engine, d *rewriter.Decision, f *infli
 		c.evictUpstream()
 	}
 	c.upSeq++
-	st = &upStmt{key: k, name: "tg_prepared_" + c.nonce + "_" + uitoa(c.id) + "_" + uitoa(c.upSeq)}
+	st = &upStmt{key: k, name: preparedPrefix + g.prepNonce + "_" + uitoa(c.id) + "_" + uitoa(c.upSeq)}
 	c.ups[k] = st
-	var out []byte
-	for _, name := range c.upClose {
-		out = encodeAppend(out, &pgproto3.Close{ObjectType: 'S', Name: name})
-	}
+	out := c.appendCloses(nil, false)
 	c.probeCloses = len(c.upClose)
-	clear(c.upClose)
-	c.upClose = c.upClose[:0]
+	c.dropCloses()
 	out = encodeAppend(out, &pgproto3.Parse{Name: st.name, Query: u.SQL(), ParameterOIDs: u.ParamOIDs()})
 	out = encodeAppend(out, &pgproto3.Sync{})
 	c.probe, c.probeReplies = st, c.probeCloses+2
 	return proxy.Verdict{Replace: append(out, query()...)}, true
+}
+
+// preparedPrefix starts the names of the guard's prepared statements, which
+// no client may use (reservedStatement).
+const preparedPrefix = "tg_prepared_"
+
+// reservedStatement reports whether a client's statement name is one the
+// guard's prepared forms use: a client that closed or replaced one would
+// have the guard bind its literals, unchecked, to the client's statement.
+func reservedStatement(name string) bool {
+	return len(name) >= len(preparedPrefix) && strings.EqualFold(name[:len(preparedPrefix)], preparedPrefix)
+}
+
+// reservedName is reservedStatement of a name in a message.
+func reservedName(name []byte) bool {
+	return len(name) >= len(preparedPrefix) && bytes.EqualFold(name[:len(preparedPrefix)], []byte(preparedPrefix))
+}
+
+// errReservedStatement ends a session that names one of the guard's
+// prepared statements in a protocol message.
+var errReservedStatement = &proxy.ProtocolError{Code: "42501",
+	Message: "tenantguard: prepared statement names starting with " + preparedPrefix + " are reserved"}
+
+// appendCloses appends a Close of every name waiting to be closed, and of
+// the unnamed statement when unnamed. Callers hold c.mu.
+func (c *conn) appendCloses(dst []byte, unnamed bool) []byte {
+	for _, name := range c.upClose {
+		dst = encodeAppend(dst, &pgproto3.Close{ObjectType: 'S', Name: name})
+	}
+	if unnamed {
+		dst = append(dst, 'C', 0, 0, 0, 6, 'S', 0)
+	}
+	return dst
+}
+
+// dropCloses empties the names waiting to be closed (appendCloses sent
+// them). Callers hold c.mu.
+func (c *conn) dropCloses() {
+	clear(c.upClose)
+	c.upClose = c.upClose[:0]
 }
 
 // evictUpstream closes the least recently used prepared form that is not
@@ -117,27 +169,25 @@ func (c *conn) evictUpstream() {
 	}
 }
 
-// closeUpstream queues a prepared form's Close for the next preparation.
-// Past maxUpstreamClose the name is left to the end of the session.
+// closeUpstream queues a prepared form's Close for the next statement sent
+// in a prepared form or prepared. Past maxUpstreamClose the name is left to
+// the end of the session.
 func (c *conn) closeUpstream(name string) {
 	if len(c.upClose) < maxUpstreamClose {
 		c.upClose = append(c.upClose, name)
 	}
 }
 
-// forgetUpstream forgets the session's prepared forms: closing them
-// upstream (another engine's shapes), or not (DEALLOCATE ALL and DISCARD
-// ALL drop them there). Callers hold c.mu.
-func (c *conn) forgetUpstream(closeThem bool) {
-	if closeThem {
-		for _, st := range c.ups {
-			if st.ready {
-				c.closeUpstream(st.name)
-			}
+// forgetUpstream forgets the session's prepared forms and closes them
+// upstream: another engine's shapes, or after DEALLOCATE ALL or DISCARD ALL
+// (which may fail in a transaction block; a Close of a name the upstream
+// does not hold is no error). The one being prepared is closed too, after
+// its Parse. Callers hold c.mu.
+func (c *conn) forgetUpstream() {
+	for _, st := range c.ups {
+		if st.ready || st == c.probe {
+			c.closeUpstream(st.name)
 		}
-	} else {
-		clear(c.upClose)
-		c.upClose = c.upClose[:0]
 	}
 	c.ups = nil
 }
@@ -210,14 +260,24 @@ func (g *Guard) onProbeReply(c *conn, m proxy.Message) (proxy.Verdict, bool) {
 
 // upstreamFailed forgets a prepared form whose Bind or Execute failed in a
 // way a new preparation mends: the upstream's plan no longer returns the
-// columns it was prepared with (a table changed), or it no longer holds the
-// statement. Callers hold c.mu.
-func (c *conn) upstreamFailed(st *upStmt, code string) {
-	if code != "0A000" && code != "26000" {
-		return // an error of the statement itself, as its text would have had
-	}
-	if c.ups[st.key] == st {
-		delete(c.ups, st.key)
-		c.closeUpstream(st.name)
+// columns it was prepared with (a column's type changed). When the
+// upstream no longer holds the statement at all, something between the
+// guard and the server drops a session's prepared statements (a pooler in
+// transaction mode): the session sends its statements as text from then
+// on. Callers hold c.mu.
+func (g *Guard) upstreamFailed(c *conn, st *upStmt, code string) {
+	switch code {
+	case "0A000":
+		if c.ups[st.key] == st {
+			delete(c.ups, st.key)
+			c.closeUpstream(st.name)
+		}
+	case "26000":
+		if !c.upOff {
+			c.upOff = true
+			c.forgetUpstream()
+			g.log.Warn("the upstream lost a prepared statement of tenantguard's: simple-protocol statements go as text for the rest of the session (set prepare-simple to false for a pooler in transaction mode)",
+				zap.Uint64("conn_id", c.id))
+		}
 	}
 }
