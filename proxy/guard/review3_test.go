@@ -13,55 +13,7 @@ import (
 	"github.com/tenantguard/tenantguard/proxy/guard"
 )
 
-// fullTranscript is transcript with notices and every error field a
-// client can read.
-func fullTranscript(t *testing.T, fe *pgproto3.Frontend) []string {
-	t.Helper()
-	var out []string
-	for {
-		m, err := fe.Receive()
-		require.NoError(t, err)
-		switch m := m.(type) {
-		case *pgproto3.RowDescription:
-			var b strings.Builder
-			b.WriteString("T")
-			for _, f := range m.Fields {
-				fmt.Fprintf(&b, " %s/%t/%d/%d/%d/%d/%d", f.Name, f.TableOID != 0, f.TableAttributeNumber, f.DataTypeOID, f.DataTypeSize, f.TypeModifier, f.Format)
-			}
-			out = append(out, b.String())
-		case *pgproto3.DataRow:
-			var b strings.Builder
-			b.WriteString("D")
-			for _, v := range m.Values {
-				if v == nil {
-					b.WriteString(" NULL")
-				} else {
-					fmt.Fprintf(&b, " %q", v)
-				}
-			}
-			out = append(out, b.String())
-		case *pgproto3.CommandComplete:
-			out = append(out, "C "+string(m.CommandTag))
-		case *pgproto3.ErrorResponse:
-			out = append(out, fmt.Sprintf("E %s %s detail=%q hint=%q pos=%d where=%q", m.Code, m.Message, m.Detail, m.Hint, m.Position, m.Where))
-		case *pgproto3.NoticeResponse:
-			out = append(out, fmt.Sprintf("N %s %s", m.Code, m.Message))
-		case *pgproto3.ParameterStatus:
-		case *pgproto3.ReadyForQuery:
-			return append(out, "Z "+string(m.TxStatus))
-		default:
-			out = append(out, fmt.Sprintf("%T", m))
-		}
-	}
-}
-
-func fullQuery(t *testing.T, fe *pgproto3.Frontend, sql string) []string {
-	t.Helper()
-	fe.Send(&pgproto3.Query{String: sql})
-	require.NoError(t, fe.Flush())
-	return fullTranscript(t, fe)
-}
-
+// textGuard starts a guard that sends simple-protocol statements as text.
 func textGuard(t *testing.T) *env {
 	return startGuard(t, basePolicy, loadedCatalog(t, nil), func(o *guard.Options) { o.KeepSimple = true })
 }
@@ -140,7 +92,7 @@ func TestReviewShapesShowWhatTextShows(t *testing.T) {
 		for v := 1; v <= 8; v++ {
 			sql := strings.ReplaceAll(sh, "%d", fmt.Sprint(v))
 			sql = strings.ReplaceAll(sql, "%%", "%")
-			want, got := fullQuery(t, ft, sql), fullQuery(t, fp, sql)
+			want, got := query(t, ft, sql), query(t, fp, sql)
 			if fmt.Sprint(want) != fmt.Sprint(got) {
 				t.Errorf("%s\n text: %q\n prep: %q", sql, want, got)
 				break
@@ -160,7 +112,7 @@ func TestReviewShapesShowWhatTextShows(t *testing.T) {
 func compareRuns(t *testing.T, ft, fp *pgproto3.Frontend, sqls ...string) {
 	t.Helper()
 	for _, sql := range sqls {
-		want, got := fullQuery(t, ft, sql), fullQuery(t, fp, sql)
+		want, got := query(t, ft, sql), query(t, fp, sql)
 		for i := range got {
 			if i < len(want) && strings.Contains(got[i], " pos=0 ") {
 				want[i] = posField.ReplaceAllString(want[i], " pos=0 ")
@@ -361,7 +313,7 @@ func sendBatch(t *testing.T, fe *pgproto3.Frontend, n int, msgs ...pgproto3.Fron
 	require.NoError(t, fe.Flush())
 	var out []string
 	for i := 0; i < n; i++ {
-		out = append(out, fullTranscript(t, fe)...)
+		out = append(out, transcript(t, fe)...)
 	}
 	return out
 }
@@ -494,7 +446,7 @@ func TestReviewTenantSwitchesMatchText(t *testing.T) {
 		}
 	}
 	for _, sql := range sqls {
-		want, got := fullQuery(t, ft, sql), fullQuery(t, fp, sql)
+		want, got := query(t, ft, sql), query(t, fp, sql)
 		require.Equal(t, noPosition(want), noPosition(got), sql)
 	}
 	t.Log(preparedForms(t, fp))

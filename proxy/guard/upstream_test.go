@@ -8,12 +8,11 @@ import (
 
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/stretchr/testify/require"
-
-	"github.com/tenantguard/tenantguard/proxy/guard"
 )
 
 // transcript reads the replies up to ReadyForQuery, each as a line with
-// everything a client could see of it (errors by code and message).
+// everything a client could see of it: notices and every error field
+// included.
 func transcript(t *testing.T, fe *pgproto3.Frontend) []string {
 	t.Helper()
 	var out []string
@@ -44,8 +43,10 @@ func transcript(t *testing.T, fe *pgproto3.Frontend) []string {
 		case *pgproto3.CommandComplete:
 			out = append(out, "C "+string(m.CommandTag))
 		case *pgproto3.ErrorResponse:
-			out = append(out, "E "+m.Code+" "+m.Message+" "+m.Detail+" "+m.Hint+" "+m.Where)
-		case *pgproto3.NoticeResponse, *pgproto3.ParameterStatus:
+			out = append(out, fmt.Sprintf("E %s %s detail=%q hint=%q pos=%d where=%q", m.Code, m.Message, m.Detail, m.Hint, m.Position, m.Where))
+		case *pgproto3.NoticeResponse:
+			out = append(out, fmt.Sprintf("N %s %s", m.Code, m.Message))
+		case *pgproto3.ParameterStatus:
 		case *pgproto3.ReadyForQuery:
 			return append(out, "Z "+string(m.TxStatus))
 		default:
@@ -106,7 +107,7 @@ func TestSimpleShapesPreparedUpstream(t *testing.T) {
 
 // TestKeepSimpleSendsText: with KeepSimple nothing is prepared upstream.
 func TestKeepSimpleSendsText(t *testing.T) {
-	e := startGuard(t, basePolicy, loadedCatalog(t, nil), func(o *guard.Options) { o.KeepSimple = true })
+	e := textGuard(t)
 	fe := rawFrontend(t, e)
 	for _, id := range []int{1, 4, 7, 10} {
 		require.Equal(t, "C SELECT 1", query(t, fe, fmt.Sprintf("SELECT full_name FROM patients WHERE id = %d", id))[2])
@@ -122,7 +123,7 @@ func TestKeepSimpleSendsText(t *testing.T) {
 // go as text; the others were prepared.
 func TestPreparedFormsShowWhatTextShows(t *testing.T) {
 	prep := start(t, basePolicy)
-	text := startGuard(t, basePolicy, loadedCatalog(t, nil), func(o *guard.Options) { o.KeepSimple = true })
+	text := textGuard(t)
 	shapes := []struct {
 		sql  string
 		runs int // in the prepared form; -1: not prepared
@@ -150,7 +151,7 @@ func TestPreparedFormsShowWhatTextShows(t *testing.T) {
 	for _, sh := range shapes {
 		for _, v := range []int{1, 4, 7, 10, 13} {
 			sql := fmt.Sprintf(sh.sql, v)
-			require.Equal(t, query(t, ft, sql), query(t, fp, sql), "%s", sql)
+			compareRuns(t, ft, fp, sql)
 		}
 		if sh.runs >= 0 {
 			want = append(want, sh.runs)
@@ -287,7 +288,7 @@ func TestPreparedFormsAfterSchemaChanges(t *testing.T) {
 	_, err = e.direct(t).Exec(ctx(t), "ALTER TABLE patients ALTER COLUMN status TYPE varchar(20)")
 	require.NoError(t, err)
 	got = run(19)
-	require.Equal(t, []string{"E 0A000 cached plan must not change result type   ", "Z I"}, got)
+	require.Equal(t, []string{`E 0A000 cached plan must not change result type detail="" hint="" pos=0 where=""`, "Z I"}, got)
 	for _, id := range []int{22, 25, 28} { // prepare again (closing the old one), run
 		got = run(id)
 		require.Equal(t, "C SELECT 1", got[2], "%v", got)
