@@ -24,6 +24,9 @@ import (
 //     PostgreSQL requires to be constants or to match an index exactly);
 //   - SELECT (without INTO), INSERT, UPDATE and DELETE only, without a
 //     star (SELECT *, RETURNING *), whose columns change with the table's;
+//   - no expression of parameters and constants alone, which PostgreSQL
+//     folds when it plans the text but not in a generic plan
+//     (constantParams);
 //   - each parameter typed as PostgreSQL types the literal (an integer as
 //     integer, bigint or numeric by its value, a decimal as numeric, a
 //     string as unknown, resolved from its context as the literal is).

@@ -23,12 +23,12 @@ import (
 // NoData.
 //
 // The guard prepares a shape on the side: its Parse and a Sync go upstream
-// in front of the client's Query, which still goes as text, only when
-// nothing of the client's is in flight and the upstream is outside a
-// transaction block, so that a Parse the server refuses (a literal whose
-// parameter type PostgreSQL cannot infer) fails nothing of the client's.
-// Its replies are the guard's own. The shape's later statements go in
-// their prepared form only once the Parse succeeded.
+// in front of the client's Query, which still goes as text, so that a Parse
+// the server refuses (a literal whose parameter type PostgreSQL cannot
+// infer) fails nothing of the client's. Its replies are the guard's own.
+// The shape's later statements go in their prepared form once the Parse
+// succeeded. Both only when nothing of the client's is in flight and the
+// upstream is outside a transaction block (upstreamQuery says why).
 
 // maxUpstream bounds the prepared forms a session holds upstream; the
 // least recently used one is closed to make room.
@@ -45,13 +45,14 @@ type upKey struct {
 	sig    uint64
 }
 
-// upStmt is a prepared form the session prepares or holds upstream.
+// upStmt is a prepared form the session prepares or holds upstream; one
+// that is neither ready nor being prepared (conn.probe) was refused there,
+// and its shape goes as text.
 type upStmt struct {
-	key    upKey
-	name   string
-	ready  bool   // the upstream holds it: ParseComplete came
-	failed bool   // the upstream refused it: the shape goes as text
-	used   uint64 // conn.upTick at its last use
+	key   upKey
+	name  string
+	ready bool   // the upstream holds it: ParseComplete came
+	used  uint64 // conn.upTick at its last use
 }
 
 // upstreamQuery sends the simple-protocol statement d (its record f) in its
@@ -244,13 +245,9 @@ func (g *Guard) onProbeReply(c *conn, m proxy.Message) (proxy.Verdict, bool) {
 			code = e.Code
 		}
 		g.log.Debug("statement shape not prepared upstream", zap.Uint64("conn_id", c.id), zap.String("sqlstate", code))
-		c.probe.failed = true
 		c.probeCloses, c.probeReplies = 0, 1
 		g.opts.Metrics.SimpleShapes.WithLabelValues("refused").Inc()
 	case proxy.MsgReadyForQuery:
-		if !c.probe.ready {
-			c.probe.failed = true
-		}
 		c.probe, c.probeCloses, c.probeReplies = nil, 0, 0
 	default:
 		return proxy.Verdict{}, false
