@@ -179,6 +179,11 @@ func preparedOp(stmt *pg.Node) *PreparedOp {
 	case *pg.Node_ExecuteStmt:
 		return &PreparedOp{Op: "execute", Name: x.ExecuteStmt.Name}
 	case *pg.Node_ExplainStmt:
+		// EXPLAIN EXECUTE, and EXPLAIN CREATE TABLE AS EXECUTE (found in
+		// review: it ran a name the EXECUTE check never saw).
+		if x.ExplainStmt.Query != nil && x.ExplainStmt.Query.GetCreateTableAsStmt() != nil {
+			return preparedOp(x.ExplainStmt.Query)
+		}
 		if e := x.ExplainStmt.Query.GetExecuteStmt(); e != nil {
 			return &PreparedOp{Op: "execute", Name: e.Name}
 		}

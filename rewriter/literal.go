@@ -430,7 +430,8 @@ func (r *Rewriter) buildLiteral(sql string, lits []literalSpan, s Session, role 
 			lt.text.litSegs = split
 		}
 	}
-	if preparable(fd.Kind, ad.SQL) {
+	number := func(k int) bool { return k >= 1 && k <= len(lits) && sql[lits[k-1].start] != '\'' }
+	if preparable(fd.Kind, ad.SQL, number) {
 		lt.form = &lt.text
 	}
 	if st := qt.stmts[0]; s.HasTenant && len(st.checks) == 0 && (!st.needsTenant || len(st.segments) <= 1) {

@@ -26,7 +26,8 @@ import (
 //     star (SELECT *, RETURNING *), whose columns change with the table's;
 //   - no expression of parameters and constants alone, which PostgreSQL
 //     folds when it plans the text but not in a generic plan
-//     (constantParams);
+//     (constantParams), and no identifier PostgreSQL truncates (with a
+//     NOTICE each time it parses the text);
 //   - each parameter typed as PostgreSQL types the literal (an integer as
 //     integer, bigint or numeric by its value, a decimal as numeric, a
 //     string as unknown, resolved from its context as the literal is).
@@ -115,8 +116,9 @@ func (f *PreparedForm) write(b *strings.Builder, tenantLit string, arg func(k in
 }
 
 // preparable reports whether a template of kind whose abstract text is sql
-// has a prepared form: every parameter stands for its literal.
-func preparable(kind, sql string) bool {
+// has a prepared form: every parameter stands for its literal. number(k)
+// says whether parameter k stands for a number (else a string).
+func preparable(kind, sql string, number func(k int) bool) bool {
 	switch kind {
 	case KindSelect, KindInsert, KindUpdate, KindDelete:
 	default:
@@ -131,13 +133,27 @@ func preparable(kind, sql string) bool {
 	default:
 		return false
 	}
+	sc, err := pg.Scan(sql)
+	if err != nil {
+		return false
+	}
+	for _, t := range sc.Tokens {
+		// PostgreSQL truncates a longer identifier with a NOTICE when it
+		// parses the text; a prepared form is parsed once.
+		if t.Token == pg.Token_IDENT && t.End-t.Start > maxIdentifier {
+			return false
+		}
+	}
 	root := tree.Stmts[0].Stmt.ProtoReflect()
 	if !paramsAsValues(root, false) {
 		return false
 	}
-	_, _, ok := constantParams(root)
+	_, _, ok := constantParams(root, number)
 	return ok
 }
+
+// maxIdentifier is PostgreSQL's longest identifier (NAMEDATALEN - 1).
+const maxIdentifier = 63
 
 // paramsAsValues reports whether every parameter below m stands where a
 // value goes (forbidden: m is in a clause where it may not).
@@ -190,7 +206,7 @@ func paramsAsValues(m protoreflect.Message, forbidden bool) bool {
 // `10 / $1` for the rows it reads, and would not. A parameter alone, cast
 // (its value is converted at Bind), in a list or in an ARRAY or ROW of
 // such is no expression of its own.
-func constantParams(m protoreflect.Message) (param, variable, ok bool) {
+func constantParams(m protoreflect.Message, number func(k int) bool) (param, variable, ok bool) {
 	if !m.IsValid() {
 		return false, false, true
 	}
@@ -201,19 +217,22 @@ func constantParams(m protoreflect.Message) (param, variable, ok bool) {
 	case *pg.ColumnRef, *pg.SQLValueFunction:
 		return false, true, true
 	case *pg.TypeCast:
-		if x.Arg.GetParamRef() != nil {
+		// A string's parameter takes the cast's type and is converted at
+		// Bind; a number's is converted by the cast, which the text folds
+		// (40000::smallint fails when planned).
+		if p := x.Arg.GetParamRef(); p != nil && !number(int(p.Number)) {
 			return true, false, true
 		}
 	case *pg.FuncCall:
-		if len(x.Args) == 0 {
+		if schema, name := funcName(x); len(x.Args) == 0 && (schema == "" || schema == "pg_catalog") && volatileNoArgs[name] {
 			return false, true, true
 		}
 	case *pg.A_ArrayExpr:
-		if onlyParamsAndConstants(x.Elements) {
+		if onlyParamsAndConstants(x.Elements, number) {
 			return true, false, true
 		}
 	case *pg.RowExpr:
-		if onlyParamsAndConstants(x.Args) {
+		if onlyParamsAndConstants(x.Args, number) {
 			return true, false, true
 		}
 	}
@@ -223,7 +242,7 @@ func constantParams(m protoreflect.Message) (param, variable, ok bool) {
 			return true
 		}
 		visit := func(c protoreflect.Message) {
-			p, vr, o := constantParams(c)
+			p, vr, o := constantParams(c, number)
 			param, variable, ok = param || p, variable || vr, ok && o
 		}
 		if fd.IsList() {
@@ -253,15 +272,29 @@ func constantParams(m protoreflect.Message) (param, variable, ok bool) {
 	return param, variable, true
 }
 
-// onlyParamsAndConstants reports whether every node is a parameter, a cast
-// parameter or a constant.
-func onlyParamsAndConstants(nodes []*pg.Node) bool {
+// onlyParamsAndConstants reports whether every node is a parameter, a
+// string's parameter cast, or a constant.
+func onlyParamsAndConstants(nodes []*pg.Node, number func(k int) bool) bool {
 	for _, n := range nodes {
-		if n.GetParamRef() == nil && n.GetAConst() == nil && n.GetTypeCast().GetArg().GetParamRef() == nil {
-			return false
+		if n.GetParamRef() != nil || n.GetAConst() != nil {
+			continue
 		}
+		if p := n.GetTypeCast().GetArg().GetParamRef(); p != nil && !number(int(p.Number)) {
+			continue
+		}
+		return false
 	}
 	return true
+}
+
+// volatileNoArgs are the builtin functions without arguments that are not
+// immutable, so not folded when PostgreSQL plans a statement (pi() is).
+var volatileNoArgs = map[string]bool{
+	"now": true, "clock_timestamp": true, "statement_timestamp": true, "transaction_timestamp": true,
+	"timeofday": true, "random": true, "gen_random_uuid": true, "pg_backend_pid": true,
+	"txid_current": true, "pg_current_xact_id": true, "inet_client_addr": true, "inet_client_port": true,
+	"inet_server_addr": true, "inet_server_port": true, "pg_postmaster_start_time": true,
+	"pg_conf_load_time": true, "current_database": true, "current_schema": true, "version": true,
 }
 
 // upstreamArgs types and unquotes the literals of sql for its prepared

@@ -144,6 +144,9 @@ func TestPreparedFormsNeverFoldParameters(t *testing.T) {
 	s := Session{Tenant: "7", HasTenant: true}
 	for sql, want := range map[string]bool{
 		"SELECT name, 10 / %d FROM patients WHERE id = 1":                                              false,
+		"SELECT name, %d::smallint FROM patients WHERE id = 1":                                         false,
+		"SELECT name FROM patients WHERE id = %d AND pi() > 3":                                         false,
+		"SELECT name FROM patients WHERE id = %d AND random() > 0.5":                                   true,
 		"SELECT name FROM patients WHERE id = %d AND 5 + 1 = 6":                                        false,
 		"SELECT name FROM patients WHERE id = %d AND (CASE WHEN 1 = 1 THEN 2 END) = 2":                 false,
 		"SELECT name FROM patients WHERE id = %d AND coalesce(2, 3) = 2":                               false,

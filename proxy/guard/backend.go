@@ -30,6 +30,7 @@ const (
 	msgCopyOut       = 'H'
 	msgCopyData      = 'd'
 	msgCopyDone      = 'c'
+	msgNotice        = 'N'
 )
 
 // BackendInterest selects the backend messages the guard sees: statement
@@ -47,6 +48,10 @@ func (g *Guard) BackendInterest(typ byte) proxy.Interest {
 		return proxy.Ignore
 	case msgNotification, msgParseComplete, msgCloseComplete, msgCopyIn:
 		return proxy.Inspect
+	case msgNotice:
+		// Seen by length only: dropped while the guard's own Parse is
+		// answered (upstream.go).
+		return proxy.Notify
 	}
 	return proxy.Ignore
 }
@@ -583,7 +588,7 @@ func (g *Guard) onError(c *conn, body []byte) (proxy.Verdict, error) {
 	sql, conv := "", false
 	if f := c.pop(g); f != nil {
 		if f.conv != nil {
-			g.upstreamFailed(c, f.conv, e.Code)
+			g.upstreamFailed(c, f.conv, e.Code, e.Message)
 			conv = true
 		}
 		sql = f.dec.SQL
@@ -651,6 +656,15 @@ func (g *Guard) onReady(c *conn, body []byte) {
 	}
 	if len(c.replies) > 0 {
 		c.staleReplies()
+	}
+	if len(c.rejects) > 0 {
+		// Refusals whose sentinel a failed block answered with 25P02, or
+		// that an earlier error skipped (found in review: they stayed).
+		for name, r := range c.rejects {
+			if r.cycle < c.backCycle {
+				delete(c.rejects, name)
+			}
+		}
 	}
 	if len(c.queue) == 0 {
 		// Start the next cycle on a small array of the session's own; a

@@ -141,7 +141,7 @@ func sentinelQuery(name string) string { return "SELECT " + name + "()" }
 // it. Callers hold c.mu.
 func (c *conn) reject(err *rewriter.Error, reason string) (string, *rejection) {
 	name := c.nextSentinel()
-	r := &rejection{err: err, reason: reason, name: name}
+	r := &rejection{err: err, reason: reason, name: name, cycle: c.frontCycle}
 	c.rejects[name] = r
 	return name, r
 }
@@ -829,6 +829,11 @@ func (g *Guard) onExecute(c *conn, body []byte) (proxy.Verdict, error) {
 		f.rowsSoFar = &pt.rows
 		g.countDecision(c, pt.dec)
 		c.applyEffects(pt.dec, pt.effectValue)
+		if op := pt.dec.Prepared; op != nil && op.Op == "deallocate" && op.Name == "" {
+			// DEALLOCATE ALL or DISCARD ALL prepared earlier runs now:
+			// the guard's prepared forms go too (found in review).
+			c.forgetUpstream()
+		}
 		if pt.dec.CopyIn {
 			c.copyIn, c.lastCopy = f, f
 		}

@@ -413,6 +413,11 @@ type rejection struct {
 	err    *rewriter.Error
 	reason string
 	name   string // its sentinel's
+	// cycle is conn.frontCycle when it was registered: its sentinel's
+	// error, if the server runs it, comes before the ReadyForQuery of that
+	// cycle (or of the one before), so a rejection older than backCycle
+	// was answered or skipped (onReady forgets it).
+	cycle uint64
 }
 
 // nextSentinel names the next rejected statement of the session: a name no

@@ -243,12 +243,20 @@ func (g *Guard) onProbeReply(c *conn, m proxy.Message) (proxy.Verdict, bool) {
 		code := ""
 		if e.Decode(append([]byte(nil), m.Body...)) == nil {
 			code = e.Code
+			if e.SeverityUnlocalized == "FATAL" || e.SeverityUnlocalized == "PANIC" {
+				// The session ends (an administrator's termination, a
+				// shutdown): the client must see why.
+				return proxy.Verdict{}, false
+			}
 		}
 		g.log.Debug("statement shape not prepared upstream", zap.Uint64("conn_id", c.id), zap.String("sqlstate", code))
 		c.probeCloses, c.probeReplies = 0, 1
 		g.opts.Metrics.SimpleShapes.WithLabelValues("refused").Inc()
 	case proxy.MsgReadyForQuery:
 		c.probe, c.probeCloses, c.probeReplies = nil, 0, 0
+	case msgNotice:
+		// The text's notices (an identifier truncated) come with the
+		// client's Query, which follows.
 	default:
 		return proxy.Verdict{}, false
 	}
@@ -262,7 +270,7 @@ func (g *Guard) onProbeReply(c *conn, m proxy.Message) (proxy.Verdict, bool) {
 // guard and the server drops a session's prepared statements (a pooler in
 // transaction mode): the session sends its statements as text from then
 // on. Callers hold c.mu.
-func (g *Guard) upstreamFailed(c *conn, st *upStmt, code string) {
+func (g *Guard) upstreamFailed(c *conn, st *upStmt, code, message string) {
 	switch code {
 	case "0A000":
 		if c.ups[st.key] == st {
@@ -270,7 +278,9 @@ func (g *Guard) upstreamFailed(c *conn, st *upStmt, code string) {
 			c.closeUpstream(st.name)
 		}
 	case "26000":
-		if !c.upOff {
+		// A function may raise 26000 itself: only the server's error
+		// about the statement's own name counts.
+		if !c.upOff && strings.Contains(message, `"`+st.name+`"`) {
 			c.upOff = true
 			c.forgetUpstream()
 			g.log.Warn("the upstream lost a prepared statement of tenantguard's: simple-protocol statements go as text for the rest of the session (set prepare-simple to false for a pooler in transaction mode)",
