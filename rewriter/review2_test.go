@@ -142,8 +142,15 @@ func TestReview2InheritanceParentKey(t *testing.T) {
 		"SELECT v FROM base WHERE id = 1",
 		"SELECT b.v, c.name FROM base b JOIN clinics c ON c.id = b.clinic_id WHERE b.id = 1",
 	)
-	if d := rw.Decide("SELECT v FROM ONLY base WHERE id = 1", Session{Tenant: "7", HasTenant: true}).Statements[0]; d.Verdict == VerdictRejected {
-		t.Logf("FROM ONLY base is refused (%s): safe, if stricter than needed", d.Reason)
+	// FROM ONLY reads the parent's own rows, which its key covers.
+	for _, sql := range []string{
+		"SELECT v FROM ONLY base WHERE id = 1",
+		"SELECT v FROM ONLY public.base WHERE id = 1",
+		"SELECT b.v, c.name FROM ONLY base b JOIN clinics c ON c.id = b.clinic_id WHERE b.id = 1",
+	} {
+		if d := rw.Decide(sql, Session{Tenant: "7", HasTenant: true}).Statements[0]; d.Verdict == VerdictRejected {
+			t.Errorf("%s: refused (%s), but ONLY base is bounded by its key", sql, d.Reason)
+		}
 	}
 }
 

@@ -28,6 +28,10 @@ type relationIndex struct {
 	refusedViews map[string]bool
 	// uniqueKeys by "schema.name" and bare name.
 	uniqueKeys map[string][][]string
+	// ownKeys are the unique keys of inheritance parents, by "schema.name"
+	// and bare name: they hold for FROM ONLY parent, which reads the
+	// parent's own rows, not for FROM parent (uniqueKeys has none).
+	ownKeys map[string][][]string
 	// shared are bare names several relations have (in different
 	// schemas): search_path decides which one a statement reads.
 	shared map[string]bool
@@ -58,7 +62,7 @@ type relationIndex struct {
 
 func buildRelationIndex(p *policy.Policy, c *Catalog) *relationIndex {
 	ix := &relationIndex{pol: p, bySchemaName: map[string]*tenantRel{}, byName: map[string]*tenantRel{},
-		refusedViews: map[string]bool{}, uniqueKeys: map[string][][]string{}, shared: map[string]bool{}, columns: map[string][]string{}, columnNames: map[string]bool{}, kinds: map[string]RelKind{},
+		refusedViews: map[string]bool{}, uniqueKeys: map[string][][]string{}, ownKeys: map[string][][]string{}, shared: map[string]bool{}, columns: map[string][]string{}, columnNames: map[string]bool{}, kinds: map[string]RelKind{},
 		funcs: map[string][]*Function{}, funcByKey: map[string]*Function{}}
 	seen := map[string]bool{}
 	for _, t := range p.Tables {
@@ -124,6 +128,8 @@ func buildRelationIndex(p *policy.Policy, c *Catalog) *relationIndex {
 		return tr
 	}
 	bareKeys := map[string][][][]string{} // every same-named relation's keys
+	bareOwn := map[string][][][]string{}  // and their own (FROM ONLY)
+	parents := map[string]bool{}          // bare names of inheritance parents
 	bareCols := map[string][][]string{}   // and columns
 	for key, rel := range c.Relations {
 		if rel == nil {
@@ -148,11 +154,16 @@ func buildRelationIndex(p *policy.Policy, c *Catalog) *relationIndex {
 		keys := rel.UniqueKeys
 		if rel.Kind == KindTable && len(rel.Children) > 0 {
 			keys = nil
+			parents[rel.Name] = true
+			if len(rel.UniqueKeys) > 0 {
+				ix.ownKeys[key] = rel.UniqueKeys
+			}
 		}
 		if len(keys) > 0 {
 			ix.uniqueKeys[key] = keys
 		}
 		bareKeys[rel.Name] = append(bareKeys[rel.Name], keys)
+		bareOwn[rel.Name] = append(bareOwn[rel.Name], rel.UniqueKeys)
 		for _, col := range rel.Columns {
 			ix.columnNames[col] = true
 		}
@@ -169,6 +180,11 @@ func buildRelationIndex(p *policy.Policy, c *Catalog) *relationIndex {
 	for name, all := range bareKeys {
 		if common := commonKeys(all); len(common) > 0 {
 			ix.uniqueKeys[name] = common
+		}
+	}
+	for name := range parents {
+		if common := commonKeys(bareOwn[name]); len(common) > 0 {
+			ix.ownKeys[name] = common
 		}
 	}
 	// Its columns, likewise, only when every relation of that name has the
@@ -316,10 +332,17 @@ func (ix *relationIndex) keysOf(rv *pg.RangeVar) [][]string {
 	if rv.Alias != nil && len(rv.Alias.Colnames) > 0 {
 		return nil // c(cid, id): the names are not the key's columns
 	}
+	key := rv.Relname
 	if rv.Schemaname != "" {
-		return ix.uniqueKeys[rv.Schemaname+"."+rv.Relname]
+		key = rv.Schemaname + "." + rv.Relname
 	}
-	return ix.uniqueKeys[rv.Relname]
+	if !rv.Inh {
+		// FROM ONLY: a parent's own rows, which its keys cover.
+		if own, ok := ix.ownKeys[key]; ok {
+			return own
+		}
+	}
+	return ix.uniqueKeys[key]
 }
 
 func (ix *relationIndex) columnsOf(rv *pg.RangeVar) []string {
