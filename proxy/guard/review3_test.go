@@ -18,13 +18,28 @@ func textGuard(t *testing.T) *env {
 	return startGuard(t, basePolicy, loadedCatalog(t, nil), func(o *guard.Options) { o.KeepSimple = true })
 }
 
+// sessionPair opens a pinned session on the guard that sends statements as
+// text (ft) and one on the guard that prepares them (fp).
+func sessionPair(t *testing.T, prep, text *env) (ft, fp *pgproto3.Frontend) {
+	return rawFrontend(t, text), rawFrontend(t, prep)
+}
+
+// numbered returns shape with each of 1..n for its %d, then extra.
+func numbered(shape string, n int, extra ...string) []string {
+	var sqls []string
+	for v := 1; v <= n; v++ {
+		sqls = append(sqls, fmt.Sprintf(shape, v))
+	}
+	return append(sqls, extra...)
+}
+
 // TestReviewShapesShowWhatTextShows: many more shapes, each run with
 // literals 1..8 (past PostgreSQL's five custom plans), compared reply for
 // reply (notices and every error field included) with the text path.
 func TestReviewShapesShowWhatTextShows(t *testing.T) {
 	prep := start(t, basePolicy)
 	text := textGuard(t)
-	fp, ft := rawFrontend(t, prep), rawFrontend(t, text)
+	ft, fp := sessionPair(t, prep, text)
 	shapes := []string{
 		"SELECT %d AS x, 'a' AS y, 'b' FROM patients WHERE id = 1",
 		"SELECT full_name FROM patients WHERE id = %d FOR UPDATE",
@@ -132,7 +147,7 @@ var posField = regexp.MustCompile(` pos=[0-9]+ `)
 func TestReviewErrorFieldsMatch(t *testing.T) {
 	prep := start(t, basePolicy)
 	text := textGuard(t)
-	fp, ft := rawFrontend(t, prep), rawFrontend(t, text)
+	ft, fp := sessionPair(t, prep, text)
 	compareRuns(t, ft, fp,
 		"SELECT full_name FROM patients WHERE id = 1 AND status = 'a'",
 		"SELECT full_name FROM patients WHERE id = 4 AND status = 'b'",
@@ -155,13 +170,9 @@ func TestReviewErrorFieldsMatch(t *testing.T) {
 func TestReviewGenericPlanSkipsAFoldedError(t *testing.T) {
 	prep := start(t, basePolicy)
 	text := textGuard(t)
-	fp, ft := rawFrontend(t, prep), rawFrontend(t, text)
-	var sqls []string
-	for v := 1; v <= 9; v++ {
-		sqls = append(sqls, fmt.Sprintf("SELECT full_name, 10 / %d FROM patients WHERE id = 999", v))
-	}
-	sqls = append(sqls, "SELECT full_name, 10 / 0 FROM patients WHERE id = 999")
-	compareRuns(t, ft, fp, sqls...)
+	ft, fp := sessionPair(t, prep, text)
+	const shape = "SELECT full_name, 10 / %d FROM patients WHERE id = 999"
+	compareRuns(t, ft, fp, numbered(shape, 9, fmt.Sprintf(shape, 0))...)
 }
 
 // formName returns the name of the session's only prepared form.
@@ -344,7 +355,7 @@ func TestReviewPipelinedQueriesMatchText(t *testing.T) {
 		_, err := e.direct(t).Exec(ctx(t), "INSERT INTO patients (id, clinic_id, full_name) SELECT i, 2, 'extra ' || i || ' TENANT2' FROM generate_series(1000, 1059) i")
 		require.NoError(t, err)
 	}
-	fp, ft := rawFrontend(t, prep), rawFrontend(t, text)
+	ft, fp := sessionPair(t, prep, text)
 	for round := 0; round < 5; round++ {
 		msgs := []pgproto3.FrontendMessage{
 			q(fmt.Sprintf("SELECT full_name FROM patients WHERE id = %d", 1+3*round)),
@@ -395,7 +406,7 @@ func TestReviewPipelinedQueriesMatchText(t *testing.T) {
 func TestReviewCutInPreparedForm(t *testing.T) {
 	prep := startWith(t, rowGuard5Policy, rowGuard5Catalog())
 	text := startGuard(t, rowGuard5Policy, loadedCatalog(t, rowGuard5Catalog()), func(o *guard.Options) { o.KeepSimple = true })
-	fp, ft := rawFrontend(t, prep), rawFrontend(t, text)
+	ft, fp := sessionPair(t, prep, text)
 	shape := func(v int) pgproto3.FrontendMessage {
 		return q(fmt.Sprintf("SELECT full_name FROM patients WHERE status = 'active' AND id > %d", v))
 	}
@@ -459,7 +470,7 @@ func TestReviewTenantSwitchesMatchText(t *testing.T) {
 func TestReviewUnnamedLeftovers(t *testing.T) {
 	prep := start(t, basePolicy)
 	text := textGuard(t)
-	fp, ft := rawFrontend(t, prep), rawFrontend(t, text)
+	ft, fp := sessionPair(t, prep, text)
 	for _, id := range []int{1, 4, 7} {
 		compareRuns(t, ft, fp, fmt.Sprintf("SELECT full_name FROM patients WHERE id = %d", id))
 	}

@@ -28,23 +28,23 @@ import (
 func TestRev4FoldedExpressionsStillPrepared(t *testing.T) {
 	prep := start(t, basePolicy)
 	text := textGuard(t)
-	run := func(shape, bad string) (ft, fp *pgproto3.Frontend, sqls []string) {
-		fp, ft = rawFrontend(t, prep), rawFrontend(t, text)
-		for v := 1; v <= 9; v++ {
-			sqls = append(sqls, fmt.Sprintf(shape, fmt.Sprint(v)))
-		}
-		return ft, fp, append(sqls, fmt.Sprintf(shape, bad))
+	run := func(shape string, bad int64) (ft, fp *pgproto3.Frontend, sqls []string) {
+		ft, fp = sessionPair(t, prep, text)
+		return ft, fp, numbered(shape, 9, fmt.Sprintf(shape, bad))
 	}
-	for _, sh := range []struct{ shape, bad string }{
-		{"SELECT full_name, %s::smallint FROM patients WHERE id = 999", "40000"},
-		{"SELECT full_name, 1 / (%s * pi()) FROM patients WHERE id = 999", "0"},
-		{"INSERT INTO invoices (id, patient_id) SELECT id, %s::smallint FROM invoices WHERE id = 999", "40000"},
+	for _, sh := range []struct {
+		shape string
+		bad   int64
+	}{
+		{"SELECT full_name, %d::smallint FROM patients WHERE id = 999", 40000},
+		{"SELECT full_name, 1 / (%d * pi()) FROM patients WHERE id = 999", 0},
+		{"INSERT INTO invoices (id, patient_id) SELECT id, %d::smallint FROM invoices WHERE id = 999", 40000},
 	} {
 		ft, fp, sqls := run(sh.shape, sh.bad)
 		compareRuns(t, ft, fp, sqls...)
 		require.Empty(t, preparedForms(t, fp), sh.shape)
 	}
-	ft, fp, sqls := run("UPDATE invoices SET patient_id = %s.5 WHERE id = 999", "99999999999")
+	ft, fp, sqls := run("UPDATE invoices SET patient_id = %d.5 WHERE id = 999", 99999999999)
 	for _, sql := range sqls[:9] {
 		compareRuns(t, ft, fp, sql)
 	}
@@ -62,12 +62,8 @@ func TestRev4FoldedExpressionsStillPrepared(t *testing.T) {
 func TestRev4NoticesOfTheText(t *testing.T) {
 	prep := start(t, basePolicy)
 	text := textGuard(t)
-	fp, ft := rawFrontend(t, prep), rawFrontend(t, text)
-	var sqls []string
-	for v := 1; v <= 4; v++ {
-		sqls = append(sqls, fmt.Sprintf("SELECT name AS this_is_a_very_long_alias_name_that_is_more_than_sixty_three_bytes_long_x FROM clinics WHERE id = %d", v))
-	}
-	compareRuns(t, ft, fp, sqls...)
+	ft, fp := sessionPair(t, prep, text)
+	compareRuns(t, ft, fp, numbered("SELECT name AS this_is_a_very_long_alias_name_that_is_more_than_sixty_three_bytes_long_x FROM clinics WHERE id = %d", 4)...)
 	// A shape with an identifier PostgreSQL truncates is not prepared.
 	require.Empty(t, preparedForms(t, fp))
 }

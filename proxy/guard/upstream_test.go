@@ -146,7 +146,7 @@ func TestPreparedFormsShowWhatTextShows(t *testing.T) {
 		{"SELECT full_name FROM patients WHERE id = 'x%d'", 0}, // 22P02, at its Bind or its parse
 		{"SELECT full_name FROM patients WHERE id = %d AND now() > '2020-01-01'", 3},
 	}
-	fp, ft := rawFrontend(t, prep), rawFrontend(t, text)
+	ft, fp := sessionPair(t, prep, text)
 	var want []int
 	for _, sh := range shapes {
 		for _, v := range []int{1, 4, 7, 10, 13} {
