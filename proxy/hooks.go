@@ -62,6 +62,11 @@ func (s *Session) SetBackendInterest(typ byte, in Interest) {
 	s.interest[typ] = in
 }
 
+// BackendInterest reports the session's interest in a backend message
+// type: the hooks' BackendInterest at startup, as SetBackendInterest
+// changed it since.
+func (s *Session) BackendInterest(typ byte) Interest { return s.interest[typ] }
+
 // RowCounter may be implemented by Hooks whose interest in DataRow is
 // Notify. The event loop then shows it a run of consecutive DataRows it
 // holds whole in one call, instead of one OnBackend per row (a page of 20

@@ -60,14 +60,20 @@ func BenchmarkGuardCycle(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer al.Close()
-	g := guard.New(guard.Options{Policies: policy.NewHolder(pol), Audit: al, Metrics: admin.NewMetrics(),
-		Logger: zap.NewNop(), Catalog: func() *rewriter.Catalog { return cat }})
-
-	s := &proxy.Session{ID: 1, ProtocolVersion: 196608, ClientAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 40000},
-		Params: map[string]string{"user": "app", "database": db, "application_name": "bench", "options": "-c app.clinic_id=7"}}
-	if err := g.OnStartup(s); err != nil {
-		b.Fatal(err)
+	newSession := func(keepSimple bool) (*guard.Guard, *proxy.Session) {
+		g := guard.New(guard.Options{Policies: policy.NewHolder(pol), Audit: al, Metrics: admin.NewMetrics(),
+			Logger: zap.NewNop(), Catalog: func() *rewriter.Catalog { return cat }, KeepSimple: keepSimple})
+		s := &proxy.Session{ID: 1, ProtocolVersion: 196608, ClientAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 40000},
+			Params: map[string]string{"user": "app", "database": db, "application_name": "bench", "options": "-c app.clinic_id=7"}}
+		for t := range 256 {
+			s.SetBackendInterest(byte(t), g.BackendInterest(byte(t)))
+		}
+		if err := g.OnStartup(s); err != nil {
+			b.Fatal(err)
+		}
+		return g, s
 	}
+	g, s := newSession(false)
 	front := func(m pgproto3.FrontendMessage) {
 		buf, err := m.Encode(nil)
 		if err != nil {
@@ -92,9 +98,10 @@ func BenchmarkGuardCycle(b *testing.B) {
 		}
 		return out
 	}
-	// back shows the messages as the event loop does: a DataRow through
+	// relay shows the messages as the event loop does: a DataRow through
 	// OnRows, the others through OnBackend when the guard asks for them.
-	back := func(ms []msg) {
+	// It reports how many the guard dropped (an empty Replace).
+	relay := func(g *guard.Guard, s *proxy.Session, ms []msg) (dropped int) {
 		for _, m := range ms {
 			if m.typ == proxy.MsgDataRow {
 				if pass, _, err := g.OnRows(s, 1); err != nil || pass != 1 {
@@ -102,13 +109,23 @@ func BenchmarkGuardCycle(b *testing.B) {
 				}
 				continue
 			}
-			if g.BackendInterest(m.typ) == proxy.Ignore {
-				continue
+			if m.typ != proxy.MsgReadyForQuery && m.typ != proxy.MsgErrorResponse && s.BackendInterest(m.typ) == proxy.Ignore {
+				continue // the relay passes it without a call
 			}
 			v, err := g.OnBackend(s, proxy.Message{Type: m.typ, Body: m.body, Len: len(m.body)})
-			if err != nil || v.Replace != nil {
+			switch {
+			case err != nil || v.Replace != nil && len(v.Replace) > 0:
 				b.Fatalf("backend %c: replaced %v, %v", m.typ, v.Replace != nil, err)
+			case v.Replace != nil:
+				dropped++
 			}
+		}
+		return dropped
+	}
+	// back relays messages the guard must pass unchanged.
+	back := func(ms []msg) {
+		if n := relay(g, s, ms); n != 0 {
+			b.Fatalf("backend: %d messages dropped", n)
 		}
 	}
 	ready := backendMsgs(&pgproto3.ReadyForQuery{TxStatus: 'I'})
@@ -142,24 +159,64 @@ func BenchmarkGuardCycle(b *testing.B) {
 		}
 	})
 	// simple: pgbench -M simple, a literal that changes every query (the
-	// literal-insensitive path) and the rewritten Query relayed instead.
+	// literal-insensitive path). "simple-text" relays the rewritten Query
+	// (prepare-simple off); "simple-prepared" sends each Query as a Bind of
+	// the shape's prepared form, prepared once upstream before the loop.
 	var queries [][]byte
 	for id := 6; id < 6+200*64; id += 200 {
 		q, _ := (&pgproto3.Query{String: "SELECT id, full_name, email, birth_date, status FROM patients WHERE id = " + strconv.Itoa(id)}).Encode(nil)
 		queries = append(queries, q)
 	}
 	simpleReplies := replies[1:] // no BindComplete
-	b.Run("simple", func(b *testing.B) {
+	query := func(b *testing.B, g *guard.Guard, s *proxy.Session, q []byte) []byte {
+		v, err := g.OnFrontend(s, proxy.Message{Type: q[0], Body: q[5:], Len: len(q) - 5})
+		if err != nil || v.Replace == nil {
+			b.Fatalf("query: replaced %v, %v", v.Replace != nil, err)
+		}
+		return v.Replace
+	}
+	b.Run("simple-text", func(b *testing.B) {
+		g, s := newSession(true)
+		relay(g, s, ready)
 		b.ReportAllocs()
 		i := 0
 		for b.Loop() {
-			q := queries[i%len(queries)]
-			i++
-			v, err := g.OnFrontend(s, proxy.Message{Type: q[0], Body: q[5:], Len: len(q) - 5})
-			if err != nil || v.Replace == nil {
-				b.Fatalf("query: replaced %v, %v", v.Replace != nil, err)
+			if out := query(b, g, s, queries[i%len(queries)]); out[0] != 'Q' {
+				b.Fatalf("query sent as %q, want the text", out[0])
 			}
-			back(simpleReplies)
+			i++
+			if n := relay(g, s, simpleReplies); n != 0 {
+				b.Fatalf("text: %d replies dropped", n)
+			}
+		}
+	})
+	b.Run("simple-prepared", func(b *testing.B) {
+		g, s := newSession(false)
+		relay(g, s, ready)
+		// The first Query decides the shape (a miss) and goes as text; the
+		// second prepares it on the side (Parse, Sync in front of the
+		// Query): the guard drops ParseComplete and its ReadyForQuery.
+		if out := query(b, g, s, queries[0]); out[0] != 'Q' {
+			b.Fatalf("first query sent as %q, want the text", out[0])
+		}
+		relay(g, s, simpleReplies)
+		if out := query(b, g, s, queries[1]); out[0] != 'P' {
+			b.Fatalf("second query sent as %q, want the Parse in front", out[0])
+		}
+		probe := backendMsgs(&pgproto3.ParseComplete{}, &pgproto3.ReadyForQuery{TxStatus: 'I'})
+		if n := relay(g, s, append(probe, simpleReplies...)); n != 2 {
+			b.Fatalf("prepare: %d replies dropped, want 2", n)
+		}
+		b.ReportAllocs()
+		i := 2
+		for b.Loop() {
+			if out := query(b, g, s, queries[i%len(queries)]); out[0] != 'B' {
+				b.Fatalf("query sent as %q, want a Bind", out[0])
+			}
+			i++
+			if n := relay(g, s, replies); n != 1 {
+				b.Fatalf("prepared: %d replies dropped, want BindComplete", n)
+			}
 		}
 	})
 }
