@@ -24,6 +24,8 @@ test: vet
 	@# The relay and enforcement tests once more with the event loops off:
 	@# every session on its own goroutines, as TLS sessions always are.
 	TENANTGUARD_TEST_EVENT_LOOPS=-1 $(GO) test -race -count=1 -timeout 30m ./proxy/ ./proxy/guard/
+	@# Every Go benchmark once (their own checks fail them; no timing is judged).
+	$(GO) test -run '^$$' -bench . -benchtime 1x -count=1 -timeout 10m $(PKGS)
 
 vet:
 	$(GO) vet $(PKGS)
