@@ -64,7 +64,9 @@ func (s *Session) SetBackendInterest(typ byte, in Interest) {
 
 // BackendInterest reports the session's interest in a backend message
 // type: the hooks' BackendInterest at startup, as SetBackendInterest
-// changed it since.
+// changed it since. Like SetBackendInterest, call it only where the
+// upstream's messages are relayed (a hook's OnBackend or OnRows, or a test
+// that relays them itself).
 func (s *Session) BackendInterest(typ byte) Interest { return s.interest[typ] }
 
 // RowCounter may be implemented by Hooks whose interest in DataRow is
