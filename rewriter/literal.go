@@ -342,7 +342,7 @@ func (r *Rewriter) renderLiteral(lt *literalTemplate, sql string, lits []literal
 	if d.Enforced {
 		d.SQL = b.String()
 		if lt.form != nil && (d.Verdict == VerdictAllowed || d.Verdict == VerdictRewritten) {
-			if sig, args, ok := upstreamArgs(sql, lits); ok {
+			if sig, args, ok := upstreamArgs(one.args[:0], sql, lits); ok {
 				one.up = UpstreamCall{Form: lt.form, TenantLit: tenantLit, Sig: sig, Args: args}
 				d.Upstream = &one.up
 			}
@@ -362,9 +362,10 @@ func (r *Rewriter) renderLiteral(lt *literalTemplate, sql string, lits []literal
 
 // singleResult is a Result of one statement in one allocation.
 type singleResult struct {
-	res Result
-	d   [1]Decision
-	up  UpstreamCall
+	res  Result
+	d    [1]Decision
+	up   UpstreamCall
+	args [4]string // up.Args of up to four literals
 }
 
 // validTenant reports whether v is a valid tenant of type t.

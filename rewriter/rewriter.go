@@ -1,6 +1,8 @@
 package rewriter
 
 import (
+	"slices"
+
 	"github.com/tenantguard/tenantguard/policy"
 )
 
@@ -341,7 +343,9 @@ func (r *Rewriter) Decide(sql string, s Session) *Result {
 	if litOK {
 		lt := r.literals.get(litKey)
 		if lt == nil {
-			lt = r.learnLiteral(string(litKey), sql, lits, s, roleInfo{role, roleKey}, tpl, res)
+			// A copy: learning keeps the spans, and litBuf stays on the
+			// stack for the hit path.
+			lt = r.learnLiteral(string(litKey), sql, slices.Clone(lits), s, roleInfo{role, roleKey}, tpl, res)
 		}
 		served = lt.qt != nil && lt.proven[modeIndex(s)]
 	}

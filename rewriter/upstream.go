@@ -299,12 +299,12 @@ var volatileNoArgs = map[string]bool{
 
 // upstreamArgs types and unquotes the literals of sql for its prepared
 // form, or reports false when one has no parameter type that PostgreSQL
-// would give the literal.
-func upstreamArgs(sql string, lits []literalSpan) (sig uint64, args []string, ok bool) {
+// would give the literal. The values are appended to dst.
+func upstreamArgs(dst []string, sql string, lits []literalSpan) (sig uint64, args []string, ok bool) {
 	if len(lits) > maxUpstreamArgs {
 		return 0, nil, false
 	}
-	args = make([]string, len(lits))
+	args = dst
 	for i, l := range lits {
 		v := sql[l.start:l.end]
 		code := argUnknown
@@ -338,7 +338,7 @@ func upstreamArgs(sql string, lits []literalSpan) (sig uint64, args []string, ok
 			v = sql[l.start:l.end]
 		}
 		sig |= uint64(code) << (2 * i)
-		args[i] = v
+		args = append(args, v)
 	}
 	return sig, args, true
 }
