@@ -503,9 +503,15 @@ const (
 )
 
 // tenantValue classifies an expression that should stand for the tenant.
+// Only casts that keep a value whole are looked through (keepsValue): a
+// length or precision, a character(n) or a domain could turn the tenant's
+// value, or the setting's name, into another ('17'::varchar(1) is '1').
 func (c *stmtCtx) tenantValue(n *pg.Node) (valueKind, string, int) {
 	for n != nil {
 		if tc := n.GetTypeCast(); tc != nil {
+			if !keepsValue(tc.TypeName) {
+				return valueOther, "", 0
+			}
 			n = tc.Arg
 			continue
 		}
@@ -549,6 +555,34 @@ func (c *stmtCtx) tenantValue(n *pg.Node) (valueKind, string, int) {
 		}
 	}
 	return valueOther, "", 0
+}
+
+// keepsValue reports whether a cast to t keeps a tenant value or a setting
+// name whole: a builtin integer, numeric, text, varchar or uuid type, no
+// type modifier, no array. Other types may truncate, round or pad
+// (varchar(1), numeric(2,0), character, a domain over them) or compare
+// otherwise.
+func keepsValue(t *pg.TypeName) bool {
+	if t == nil || len(t.Typmods) > 0 || len(t.ArrayBounds) > 0 || t.Setof || t.PctType {
+		return false
+	}
+	var name string
+	switch len(t.Names) {
+	case 1:
+		name = t.Names[0].GetString_().GetSval()
+	case 2:
+		if t.Names[0].GetString_().GetSval() != "pg_catalog" {
+			return false
+		}
+		name = t.Names[1].GetString_().GetSval()
+	default:
+		return false
+	}
+	switch name {
+	case "int2", "int4", "int8", "numeric", "text", "varchar", "uuid":
+		return true
+	}
+	return false
 }
 
 // accept records what a tenant value requires; false when it cannot stand

@@ -1,0 +1,99 @@
+package rewriter
+
+import (
+	"strings"
+	"testing"
+)
+
+// TestTenantValueCasts: a cast is looked through, where an expression must
+// stand for the tenant, only when it keeps the value whole. A length,
+// precision or character(n) changes it: '17'::varchar(1)::int is 1, and
+// current_setting('app.clinic_id'::varchar(8)) reads another setting
+// (app.clin, which any session may set). Found by FuzzDecide: under
+// strategy verify such a conjunct passed as the tenant's, and in either
+// mode such a value was written as the tenant's (tenant 17 inserted a row
+// of tenant 1).
+func TestTenantValueCasts(t *testing.T) {
+	s := Session{Tenant: "17", HasTenant: true}
+	changes := []string{
+		"'17'::varchar(1)::int",
+		"'17'::char(1)::int",
+		"'17'::character(1)::int",
+		"CAST(CAST('17' AS varchar(1)) AS integer)",
+		"'17'::numeric(1,0)::int",
+		"current_setting('app.clinic_id')::varchar(1)::int",
+		"current_setting('app.clinic_id'::varchar(8))::int",
+		"current_setting(varchar(8) 'app.clinic_id')::int",
+		"current_setting('app.clinic_id')::bpchar::int",
+		"current_setting('app.clinic_id')::int[]",
+		"('17'::varchar(1))::int",
+		"(SELECT current_setting('app.clinic_id')::varchar(1)::int)",
+	}
+	keeps := []string{
+		"17",
+		"'17'",
+		"'17'::int",
+		"'17'::integer",
+		"CAST('17' AS bigint)",
+		"'17'::pg_catalog.int4",
+		"'17'::text::int",
+		"'17'::varchar::int",
+		"current_setting('app.clinic_id')::int",
+		"current_setting('app.clinic_id'::text)::integer",
+		"current_setting('app.clinic_id', true)::bigint",
+		"(SELECT current_setting('app.clinic_id')::int)",
+	}
+	for _, mode := range []string{"default", "verify"} {
+		r := New(testPolicy(mode), testCatalog(), WithCacheSize(0))
+		decide := func(sql string) *Decision {
+			t.Helper()
+			res := r.Decide(sql, s)
+			if len(res.Statements) != 1 {
+				t.Fatalf("%s: %d statements", sql, len(res.Statements))
+			}
+			return &res.Statements[0]
+		}
+		for _, v := range changes {
+			// Written as the tenant's: refused in both modes.
+			for _, sql := range []string{
+				"INSERT INTO invoices (clinic_id, patient_id, amount) VALUES (" + v + ", 1, 1)",
+				"UPDATE invoices SET clinic_id = " + v + " WHERE clinic_id = 17 AND id = 1",
+			} {
+				if d := decide(sql); d.Verdict != VerdictRejected {
+					t.Errorf("%s: %s %s: %s", mode, d.Verdict, d.Reason, sql)
+				}
+			}
+			// As the scope: verify refuses it, inject adds its own.
+			sql := "DELETE FROM invoices WHERE clinic_id = " + v
+			d := decide(sql)
+			switch {
+			case mode == "verify" && d.Verdict != VerdictRejected:
+				t.Errorf("verify: %s %s: %s", d.Verdict, d.Reason, sql)
+			case mode == "default" && d.Verdict != VerdictRejected && !strings.Contains(d.SQL, "invoices.clinic_id = 17"):
+				t.Errorf("default: not scoped: %s", d.SQL)
+			}
+		}
+		// The tenant set: the value set must be the one tracked.
+		for _, sql := range []string{
+			"SELECT set_config('app.clinic_id', '17'::varchar(1), false)",
+			"SELECT set_config('app.clinic_id'::varchar(8), '8', false)",
+		} {
+			if d := decide(sql); d.Verdict != VerdictRejected {
+				t.Errorf("%s: %s %s: %s", mode, d.Verdict, d.Reason, sql)
+			}
+		}
+		if d := decide("SELECT set_config('app.clinic_id', '17'::text, false)"); d.Verdict == VerdictRejected || d.TenantEffect == nil || d.TenantEffect.Value != "17" {
+			t.Errorf("%s: set_config with ::text: %s %s %+v", mode, d.Verdict, d.Reason, d.TenantEffect)
+		}
+		for _, v := range keeps {
+			for _, sql := range []string{
+				"INSERT INTO invoices (clinic_id, patient_id, amount) VALUES (" + v + ", 1, 1)",
+				"DELETE FROM invoices WHERE clinic_id = " + v,
+			} {
+				if d := decide(sql); d.Verdict == VerdictRejected {
+					t.Errorf("%s: refused %s: %s", mode, d.Reason, sql)
+				}
+			}
+		}
+	}
+}
