@@ -97,3 +97,22 @@ func TestTenantValueCasts(t *testing.T) {
 		}
 	}
 }
+
+// TestLimitValueCasts: a LIMIT bounds a result only through casts that
+// keep its value: '150'::numeric(2,-2) is 200.
+func TestLimitValueCasts(t *testing.T) {
+	r := New(testPolicy("default"), testCatalog(), WithCacheSize(0))
+	s := Session{Tenant: "7", HasTenant: true}
+	for sql, bounded := range map[string]bool{
+		"SELECT * FROM invoices LIMIT 50":                    true,
+		"SELECT * FROM invoices LIMIT 50::int":               true,
+		"SELECT * FROM invoices LIMIT CAST(50 AS bigint)":    true,
+		"SELECT * FROM invoices LIMIT 50::numeric(2,-2)":     false,
+		"SELECT * FROM invoices LIMIT '50'::varchar(1)::int": false,
+	} {
+		d := r.Decide(sql, s).Statements[0]
+		if got := d.Verdict != VerdictRejected; got != bounded {
+			t.Errorf("%s: %s %s, want bounded %v", sql, d.Verdict, d.Reason, bounded)
+		}
+	}
+}

@@ -44,8 +44,14 @@ func (c *stmtCtx) bound(s *pg.SelectStmt, ctes map[string]*pg.SelectStmt) int64 
 	return shape
 }
 
+// limitValue classifies a LIMIT or OFFSET value: a literal or a parameter,
+// through casts that keep it whole (keepsValue: '150'::numeric(2,-2) is
+// 200).
 func (c *stmtCtx) limitValue(n *pg.Node) (valueKind, string, int) {
 	for n != nil && n.GetTypeCast() != nil {
+		if !keepsValue(n.GetTypeCast().TypeName) {
+			return valueOther, "", 0
+		}
 		n = n.GetTypeCast().Arg
 	}
 	if a := n.GetAConst(); a != nil {
