@@ -116,3 +116,24 @@ func TestLimitValueCasts(t *testing.T) {
 		}
 	}
 }
+
+// TestStatementTextKeepsUnicodeSpaces: a statement's text is trimmed of
+// the SQL scanner's whitespace only. PostgreSQL reads U+00A0 (and U+0085,
+// U+2000...) as part of an identifier: trimmed, `x<U+00A0>` became `x`,
+// another name (found by FuzzDecide on `SELECT?<U+00A0>`).
+func TestStatementTextKeepsUnicodeSpaces(t *testing.T) {
+	r := New(testPolicy("default"), testCatalog(), WithCacheSize(0))
+	s := Session{Tenant: "7", HasTenant: true}
+	for _, sp := range []string{"\u00a0", "\u0085", "\u2003"} {
+		sql := "SELECT 1 AS x" + sp + "; SELECT 2 AS y" + sp
+		res := r.Decide(sql, s)
+		if len(res.Statements) != 2 {
+			t.Fatalf("%q: %d statements", sql, len(res.Statements))
+		}
+		for i, want := range []string{"SELECT 1 AS x" + sp, "SELECT 2 AS y" + sp} {
+			if d := res.Statements[i]; d.Verdict == VerdictRejected || d.SQL != want {
+				t.Errorf("%q, statement %d: %s %q, want %q", sql, i, d.Verdict, d.SQL, want)
+			}
+		}
+	}
+}

@@ -60,9 +60,17 @@ func stmtText(sql string, raw *pg.RawStmt) string {
 		end = start + int(raw.StmtLen)
 	}
 	if start < 0 || start > len(sql) || end > len(sql) || end < start {
-		return strings.TrimSpace(sql)
+		return trimSQLSpace(sql)
 	}
-	return strings.TrimSpace(sql[start:end])
+	return trimSQLSpace(sql[start:end])
+}
+
+// trimSQLSpace trims what the SQL scanner reads as whitespace, and only
+// that: strings.TrimSpace also trims Unicode spaces such as U+00A0, which
+// PostgreSQL reads as part of an identifier (`patients<U+00A0>` is another
+// table than `patients`).
+func trimSQLSpace(s string) string {
+	return strings.Trim(s, " \t\n\r\f\v")
 }
 
 func (r *Rewriter) rejected(kind, reason, subject, text string) *stmtTemplate {
