@@ -137,3 +137,34 @@ func TestStatementTextKeepsUnicodeSpaces(t *testing.T) {
 		}
 	}
 }
+
+// TestTenantValueCastsByTenantType: which casts keep a value whole depends
+// on the tenant's type. For a text tenant a number's cast rewrites the
+// string ('007'::int::text is '7', another tenant), as a uuid's does
+// ('{A0EE…}'::uuid::text); for an integer tenant they keep it.
+func TestTenantValueCastsByTenantType(t *testing.T) {
+	cases := []struct {
+		variant, tenant, value string
+		kept                   bool
+	}{
+		{"text", "007", "'007'", true},
+		{"text", "007", "'007'::varchar", true},
+		{"text", "007", "'007'::int::text", false},
+		{"text", "007", "'007'::numeric::text", false},
+		{"text", "007", "current_setting('app.clinic_id')::int::text", false},
+		{"text", "{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11}", "'{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11}'::uuid::text", false},
+		{"default", "7", "'007'::int", true},
+		{"default", "7", "'7'::text::int", true},
+		{"bigint", "7", "'7'::numeric::int8", true},
+		{"uuid", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "'A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11'::text::uuid", true},
+		{"uuid", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::int::uuid", false},
+	}
+	for _, tc := range cases {
+		r := New(testPolicy(tc.variant), testCatalog(), WithCacheSize(0))
+		sql := "INSERT INTO invoices (clinic_id, patient_id, amount) VALUES (" + tc.value + ", 1, 1)"
+		d := r.Decide(sql, Session{Tenant: tc.tenant, HasTenant: true}).Statements[0]
+		if kept := d.Verdict != VerdictRejected; kept != tc.kept {
+			t.Errorf("%s tenant %s: %s %s, want kept %v: %s", tc.variant, tc.tenant, d.Verdict, d.Reason, tc.kept, sql)
+		}
+	}
+}

@@ -509,7 +509,7 @@ const (
 func (c *stmtCtx) tenantValue(n *pg.Node) (valueKind, string, int) {
 	for n != nil {
 		if tc := n.GetTypeCast(); tc != nil {
-			if !keepsValue(tc.TypeName) {
+			if !keepsValue(tc.TypeName, c.pol.Tenant.Type) {
 				return valueOther, "", 0
 			}
 			n = tc.Arg
@@ -557,12 +557,15 @@ func (c *stmtCtx) tenantValue(n *pg.Node) (valueKind, string, int) {
 	return valueOther, "", 0
 }
 
-// keepsValue reports whether a cast to t keeps a tenant value or a setting
-// name whole: a builtin integer, numeric, text, varchar or uuid type, no
-// type modifier, no array. Other types may truncate, round or pad
-// (varchar(1), numeric(2,0), character, a domain over them) or compare
-// otherwise.
-func keepsValue(t *pg.TypeName) bool {
+// keepsValue reports whether a cast to t keeps a value of tenant type tt
+// (or a setting name) whole: a builtin type without type modifier or
+// array, and one that does not rewrite the value's text for that tenant
+// type. text and varchar keep any; the integer and numeric types keep an
+// integer tenant ('007'::int is 7, as the tenant check reads '007') but
+// rewrite a text one ('007'::int::text is '7'); uuid keeps a uuid tenant
+// only. Other types may truncate, round or pad (varchar(1), numeric(2,0),
+// character, a domain over them) or compare otherwise.
+func keepsValue(t *pg.TypeName, tt policy.TenantType) bool {
 	if t == nil || len(t.Typmods) > 0 || len(t.ArrayBounds) > 0 || t.Setof || t.PctType {
 		return false
 	}
@@ -579,8 +582,12 @@ func keepsValue(t *pg.TypeName) bool {
 		return false
 	}
 	switch name {
-	case "int2", "int4", "int8", "numeric", "text", "varchar", "uuid":
+	case "text", "varchar":
 		return true
+	case "int2", "int4", "int8", "numeric":
+		return tt != policy.TypeText && tt != policy.TypeUUID
+	case "uuid":
+		return tt == policy.TypeUUID
 	}
 	return false
 }

@@ -49,7 +49,7 @@ func (c *stmtCtx) bound(s *pg.SelectStmt, ctes map[string]*pg.SelectStmt) int64 
 // 200).
 func (c *stmtCtx) limitValue(n *pg.Node) (valueKind, string, int) {
 	for n != nil && n.GetTypeCast() != nil {
-		if !keepsValue(n.GetTypeCast().TypeName) {
+		if !keepsValue(n.GetTypeCast().TypeName, policy.TypeBigint) { // a count: integer rules
 			return valueOther, "", 0
 		}
 		n = n.GetTypeCast().Arg
