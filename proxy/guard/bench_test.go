@@ -114,7 +114,7 @@ func BenchmarkGuardCycle(b *testing.B) {
 			}
 			v, err := g.OnBackend(s, proxy.Message{Type: m.typ, Body: m.body, Len: len(m.body)})
 			switch {
-			case err != nil || v.Replace != nil && len(v.Replace) > 0:
+			case err != nil || len(v.Replace) > 0:
 				b.Fatalf("backend %c: replaced %v, %v", m.typ, v.Replace != nil, err)
 			case v.Replace != nil:
 				dropped++
