@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"unicode/utf8"
 
 	pg "github.com/pganalyze/pg_query_go/v6"
 
@@ -56,6 +57,11 @@ func scanLiterals(sql string) (key string, lits []literalSpan, ok bool) {
 // literals to lits (the caller's buffers: no allocation while they last).
 func appendLiteralKey(b []byte, lits []literalSpan, sql string) ([]byte, []literalSpan, bool) {
 	if len(sql) > maxLiteralSQL {
+		return b, lits, false
+	}
+	if !utf8.ValidString(sql) || strings.IndexByte(sql, 0) >= 0 {
+		// The parser refuses both, even inside a string literal: so does
+		// the full path.
 		return b, lits, false
 	}
 	last := 0
@@ -146,6 +152,11 @@ func appendLiteralKey(b []byte, lits []literalSpan, sql string) ([]byte, []liter
 			if j < len(sql) && (isIdentCont(sql[j]) || sql[j] == '.') {
 				return b, lits, false // 0x1F, 1_000, 123abc, 1.2.3
 			}
+			if c == '0' && j-i > 1 && allDigits(sql[i:j]) {
+				// 007: the full path renders an integer from its value (7),
+				// a template would keep the text.
+				return b, lits, false
+			}
 			b = append(b, sql[last:i]...)
 			b = append(b, 0, litNumber)
 			lits = append(lits, literalSpan{i, j})
@@ -162,6 +173,15 @@ func appendLiteralKey(b []byte, lits []literalSpan, sql string) ([]byte, []liter
 		return b, lits, false // nothing to abstract: the text cache serves it
 	}
 	return append(b, sql[last:]...), lits, true
+}
+
+func allDigits(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
 }
 
 func isIdentStart(c byte) bool {

@@ -40,7 +40,7 @@ func TestScanLiterals(t *testing.T) {
 		"SELECT 'a\\b'", "SELECT B'101'", "SELECT X'1F'", "SELECT U&'\\0041'", `SELECT U&"a" FROM t WHERE 1 = 1`,
 		"SELECT 0x1F", "SELECT 1_000", "SELECT 123abc", "SELECT 'a'\n'b'", "SELECT 'unterminated",
 		"SELECT a FROM t", // no literal: the text cache serves it
-		"SELECT é FROM t WHERE x = 1e", "SELECT 1\x01",
+		"SELECT é FROM t WHERE x = 1e", "SELECT 1\x01", "SELECT 1 FROM t WHERE x = 007", "SELECT 1 FROM t WHERE x = '\xaa'", "SELECT 1 FROM t WHERE x = 'a\x00'",
 	} {
 		if _, _, ok := scanLiterals(sql); ok {
 			t.Errorf("%q: scanned, want the full path", sql)
