@@ -150,10 +150,22 @@ func (ck *scopeChecker) hasPred(expr *pg.Node, rv *pg.RangeVar, col string, sole
 	flat(expr)
 	for _, c := range cj {
 		e := c.GetAExpr()
-		if e == nil || e.Kind != pg.A_Expr_Kind_AEXPR_OP || len(e.Name) != 1 || e.Name[0].GetString_().GetSval() != "=" {
+		if e == nil || len(e.Name) != 1 || e.Name[0].GetString_().GetSval() != "=" {
 			continue
 		}
-		for _, pair := range [][2]*pg.Node{{e.Lexpr, e.Rexpr}, {e.Rexpr, e.Lexpr}} {
+		pairs := [][2]*pg.Node{{e.Lexpr, e.Rexpr}, {e.Rexpr, e.Lexpr}}
+		switch e.Kind {
+		case pg.A_Expr_Kind_AEXPR_OP:
+		case pg.A_Expr_Kind_AEXPR_IN: // col IN (v), one value
+			items := e.Rexpr.GetList().GetItems()
+			if len(items) != 1 {
+				continue
+			}
+			pairs = [][2]*pg.Node{{e.Lexpr, items[0]}, {items[0], e.Lexpr}}
+		default:
+			continue
+		}
+		for _, pair := range pairs {
 			cr := pair[0].GetColumnRef()
 			if cr == nil {
 				continue

@@ -653,6 +653,25 @@ func isEq(n *pg.Node) (*pg.Node, *pg.Node, bool) {
 	return e.Lexpr, e.Rexpr, true
 }
 
+// isTenantEq returns the operands of `l = r`, or of `l IN (r)` with a single
+// value (as ORMs write a one-element list), which is the same condition.
+func isTenantEq(n *pg.Node) (*pg.Node, *pg.Node, bool) {
+	if l, r, ok := isEq(n); ok {
+		return l, r, true
+	}
+	e := n.GetAExpr()
+	if e == nil || e.Kind != pg.A_Expr_Kind_AEXPR_IN || len(e.Name) != 1 || e.Lexpr == nil {
+		return nil, nil, false
+	}
+	if s := e.Name[0].GetString_(); s == nil || s.Sval != "=" {
+		return nil, nil, false // NOT IN
+	}
+	if l := e.Rexpr.GetList(); l != nil && len(l.Items) == 1 && l.Items[0] != nil {
+		return e.Lexpr, l.Items[0], true
+	}
+	return nil, nil, false
+}
+
 // colMatches reports a column reference to col of the relation known by
 // one of quals (or unqualified, when the relation is alone at its level).
 func colMatches(n *pg.Node, quals [][]string, col string, sole bool) bool {
@@ -699,7 +718,7 @@ func (c *stmtCtx) verifyConjunct(cands []**pg.Node, quals [][]string, col string
 			continue
 		}
 		for _, cj := range conjuncts(*cp, nil) {
-			l, r, ok := isEq(cj)
+			l, r, ok := isTenantEq(cj)
 			if !ok {
 				continue
 			}
