@@ -363,7 +363,7 @@ func (g *rlsGen) selectCore(depth int, outer, ctes []genRel, names []string) str
 		case depth > 0 && g.r.IntN(6) == 0:
 			e = "(" + g.scalar(depth-1, all, ctes) + ")"
 		case g.r.IntN(10) == 0:
-			e = "count(*) OVER ()"
+			e = g.pick([]string{"count(*) OVER ()", "count(*) OVER (PARTITION BY " + g.col(scope) + ")", "sum(" + g.col(scope) + ") OVER (PARTITION BY " + g.col(scope) + ")"})
 		default:
 			e = g.col(scope)
 		}
@@ -418,6 +418,17 @@ func (g *rlsGen) from(depth int, outer, ctes []genRel) (string, []genRel) {
 			cte := ctes[g.r.IntN(len(ctes))]
 			rel = genRel{g.alias(), cte.cols}
 			item = cte.alias + " " + rel.alias
+		case k == 4 && g.r.IntN(3) == 0:
+			rel = genRel{g.alias(), []string{"id"}}
+			item = g.pick([]string{"(VALUES (1), (2), (4), (NULL::int))", "generate_series(1, 5)"}) + " " + rel.alias + "(id)"
+		case k == 5 && depth > 0 && g.r.IntN(2) == 0:
+			// a subquery cut by its own ORDER BY and LIMIT (by a unique
+			// key, so that the rows are the same each time)
+			mark := len(g.pending)
+			inner, in := g.table()
+			rel = genRel{g.alias(), []string{"id", "pid"}}
+			item = fmt.Sprintf("(SELECT %s.id AS id, %s AS pid FROM %s%s ORDER BY %s.id %s LIMIT %d) %s",
+				in.alias, g.col([]genRel{in}), inner, whereOf("", g.scopeConds(mark)), in.alias, g.pick([]string{"ASC", "DESC"}), 1+g.r.IntN(3), rel.alias)
 		default:
 			item, rel = g.table()
 		}
@@ -572,6 +583,10 @@ func (g *rlsGen) write() string {
 		case "orders":
 			set = "total = " + a + ".total * 2"
 		}
+		if t.name == "invoices" && g.r.IntN(3) == 0 {
+			// a scalar subquery in SET reads tenant tables too
+			set = "amount = coalesce((" + g.scalar(1, scope, nil) + "), 0)"
+		}
 		fmt.Fprintf(&b, "UPDATE %s %s SET %s", t.name, a, set)
 	} else {
 		fmt.Fprintf(&b, "DELETE FROM %s %s", t.name, a)
@@ -595,7 +610,11 @@ func (g *rlsGen) write() string {
 		b.WriteString(" WHERE " + strings.Join(where, " AND "))
 	}
 	if g.r.IntN(2) == 0 {
-		b.WriteString(" RETURNING " + g.col([]genRel{target}))
+		b.WriteString(" RETURNING " + g.col([]genRel{target}) + " AS id")
+		if !g.scoped && g.r.IntN(3) == 0 {
+			// a data-modifying CTE, its rows read by the outer statement
+			return "WITH d AS (" + b.String() + ") SELECT count(*), sum(d.id) FROM d"
+		}
 	}
 	return b.String()
 }
