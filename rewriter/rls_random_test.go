@@ -171,16 +171,28 @@ func rlsRun(ctx context.Context, conn *pgx.Conn, write bool, q string, args ...a
 }
 
 func rlsRunTx(ctx context.Context, conn *pgx.Conn, write bool, q string, args ...any) (string, error) {
-	tx, err := conn.Begin(ctx)
-	if err != nil {
-		return "", err
-	}
-	defer func() { _ = tx.Rollback(ctx) }()
-	mode := []any{pgx.QueryExecModeSimpleProtocol}
 	if len(args) > 0 {
-		mode = append([]any{pgx.QueryExecModeExec}, args...)
+		return rlsRunMode(ctx, conn, write, q, pgx.QueryExecModeExec, args...)
 	}
-	rows, err := tx.Query(ctx, q, mode...)
+	return rlsRunMode(ctx, conn, write, q, pgx.QueryExecModeSimpleProtocol)
+}
+
+func rlsRunMode(ctx context.Context, conn *pgx.Conn, write bool, q string, mode pgx.QueryExecMode, args ...any) (string, error) {
+	// A read runs outside a transaction block, where tenantguard sends a
+	// simple-protocol statement in its prepared form.
+	var db interface {
+		Query(context.Context, string, ...any) (pgx.Rows, error)
+		QueryRow(context.Context, string, ...any) pgx.Row
+	} = conn
+	if write {
+		tx, err := conn.Begin(ctx)
+		if err != nil {
+			return "", err
+		}
+		defer func() { _ = tx.Rollback(ctx) }()
+		db = tx
+	}
+	rows, err := db.Query(ctx, q, append([]any{mode}, args...)...)
 	if err != nil {
 		return "", err
 	}
@@ -201,7 +213,7 @@ func rlsRunTx(ctx context.Context, conn *pgx.Conn, write bool, q string, args ..
 	res := strings.Join(out, "\n")
 	if write {
 		var dump string
-		if err := tx.QueryRow(ctx, "SELECT tg_dump()").Scan(&dump); err != nil {
+		if err := db.QueryRow(ctx, "SELECT tg_dump()").Scan(&dump); err != nil {
 			return "", err
 		}
 		res += "\n--\n" + dump
@@ -617,4 +629,37 @@ func (g *rlsGen) write() string {
 		}
 	}
 	return b.String()
+}
+
+// RLSGen exposes the generator to the proxy-level differential
+// (rls_proxy_test.go, package rewriter_test, in this test binary).
+type RLSGen struct{ g *rlsGen }
+
+// RLSFixture is rlsFixture, for the proxy-level differential.
+const RLSFixture = rlsFixture
+
+// NewRLSGen returns a generator seeded with seed.
+func NewRLSGen(seed uint64) *RLSGen {
+	return &RLSGen{&rlsGen{r: rand.New(rand.NewPCG(seed, 0x7e4a47))}}
+}
+
+// Next returns a statement for tenant, hand-scoped when scoped, and whether
+// it writes.
+func (x *RLSGen) Next(tenant int, scoped bool) (sql string, write bool) {
+	x.g.scoped, x.g.tenant = scoped, tenant
+	if x.g.r.IntN(4) == 0 {
+		return x.g.write(), true
+	}
+	return x.g.read(), false
+}
+
+// RLSRun is rlsRun: q's rows (and for a write, every table after it, rolled
+// back) or its error with its SQLSTATE.
+func RLSRun(ctx context.Context, conn *pgx.Conn, write bool, q string, mode pgx.QueryExecMode) (string, error) {
+	res, err := rlsRunMode(ctx, conn, write, q, mode)
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		err = fmt.Errorf("%s: %s", pe.Code, pe.Message)
+	}
+	return res, err
 }
