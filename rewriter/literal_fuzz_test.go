@@ -24,6 +24,8 @@ func FuzzLiteralCache(f *testing.F) {
 	f.Add("SELECT full_name FROM patients WHERE id = 5 LIMIT 10 OFFSET 3", "0", "00")
 	f.Add("UPDATE patients SET full_name = 'a' WHERE id = 5", "it's", "1e3")
 	f.Add("INSERT INTO patients (clinic_id, full_name) VALUES (7, 'x')", "007", "7.0")
+	f.Add("SELECT full_name FROM patients WHERE clinic_id IN (7) AND id = 5 LIMIT 3", "8", "7")
+	f.Add("DELETE FROM invoices WHERE clinic_id IN ('7') AND id = 5", "7", "8")
 	policies := []string{"default", "verify"}
 	f.Fuzz(func(t *testing.T, sql, a, b string) {
 		_, lits, ok := scanLiterals(sql)
