@@ -106,7 +106,7 @@ func TestRLSDifferentialThroughProxy(t *testing.T) {
 		{"describe", pgx.QueryExecModeDescribeExec},
 	}
 	gen := rewriter.NewRLSGen(seed)
-	var compared, refused, invalid, differs, verified int
+	var compared, refused, invalid, differs, verified, withParams int
 	for i := 0; i < n; i++ {
 		tenant := 1 + i%3
 		ts := strconv.Itoa(tenant)
@@ -126,6 +126,10 @@ func TestRLSDifferentialThroughProxy(t *testing.T) {
 			continue
 		}
 		compared++
+		// ... and with parameters for its numbers, checked at Bind (the
+		// extended modes only).
+		qp, paramArgs := paramify(q)
+		wantP, wantErrP := rewriter.RLSRun(ctx, app, write, qp, pgx.QueryExecModeCacheStatement, paramArgs...)
 		type session struct {
 			name string
 			conn *pgx.Conn
@@ -137,12 +141,20 @@ func TestRLSDifferentialThroughProxy(t *testing.T) {
 		}
 		for _, sess := range sessions {
 			for _, m := range modes {
-				for k, v := range []string{q, q, q2} {
-					q, want := v, want
-					if k == 2 {
+				runs := []string{q, q, q2}
+				if m.mode != pgx.QueryExecModeSimpleProtocol && wantErrP == nil && len(paramArgs) > 0 {
+					runs = append(runs, qp)
+					withParams++
+				}
+				for k, v := range runs {
+					q, want, args := v, want, []any(nil)
+					switch k {
+					case 2:
 						want = want2
+					case 3:
+						want, args = wantP, paramArgs
 					}
-					got, err := rewriter.RLSRun(ctx, sess.conn, write, q, m.mode)
+					got, err := rewriter.RLSRun(ctx, sess.conn, write, q, m.mode, args...)
 					switch {
 					case err != nil && strings.Contains(err.Error(), "tenantguard:"):
 						refused++
@@ -169,9 +181,33 @@ func TestRLSDifferentialThroughProxy(t *testing.T) {
 	t.Logf("seed %d: %d statements compared with RLS in 6 ways each, the hand-scoped half in 6 more under verify (3 runs each: the statement, again, "+
 		"and with other numbers), %d runs refused by tenantguard, %d verify runs matched RLS, %d invalid; %.0f simple-protocol statements went in their prepared form",
 		seed, compared, refused, verified, invalid, prepared)
+	t.Logf("%d extended-protocol runs with parameters for the numbers", withParams)
 	if compared < n/2 || verified < compared || prepared < float64(compared)/4 {
 		t.Fatalf("only %d of %d statements compared, %d runs refused, %.0f prepared forms: the test proves little", compared, n, refused, prepared)
 	}
+}
+
+// paramify returns q with a parameter for every number that is not part
+// of a name, and the numbers as arguments.
+func paramify(q string) (string, []any) {
+	var b strings.Builder
+	var args []any
+	for i := 0; i < len(q); i++ {
+		c := q[i]
+		if c >= '0' && c <= '9' && (i == 0 || !isNameByte(q[i-1])) {
+			j := i
+			for j < len(q) && q[j] >= '0' && q[j] <= '9' {
+				j++
+			}
+			n, _ := strconv.Atoi(q[i:j])
+			args = append(args, n)
+			b.WriteString("$" + strconv.Itoa(len(args)))
+			i = j - 1
+			continue
+		}
+		b.WriteByte(c)
+	}
+	return b.String(), args
 }
 
 // otherNumbers returns q with every number that is not part of a name

@@ -655,8 +655,8 @@ func (x *RLSGen) Next(tenant int, scoped bool) (sql string, write bool) {
 
 // RLSRun is rlsRun: q's rows (and for a write, every table after it, rolled
 // back) or its error with its SQLSTATE.
-func RLSRun(ctx context.Context, conn *pgx.Conn, write bool, q string, mode pgx.QueryExecMode) (string, error) {
-	res, err := rlsRunMode(ctx, conn, write, q, mode)
+func RLSRun(ctx context.Context, conn *pgx.Conn, write bool, q string, mode pgx.QueryExecMode, args ...any) (string, error) {
+	res, err := rlsRunMode(ctx, conn, write, q, mode, args...)
 	var pe *pgconn.PgError
 	if errors.As(err, &pe) {
 		err = fmt.Errorf("%s: %s", pe.Code, pe.Message)
