@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -106,7 +107,8 @@ func TestRLSDifferentialThroughProxy(t *testing.T) {
 		{"describe", pgx.QueryExecModeDescribeExec},
 	}
 	gen := rewriter.NewRLSGen(seed)
-	var compared, refused, invalid, differs, verified, withParams int
+	var compared, refused, invalid, differs, verified, withParams, multi int
+	prevRead := ""
 	for i := 0; i < n; i++ {
 		tenant := 1 + i%3
 		ts := strconv.Itoa(tenant)
@@ -173,6 +175,31 @@ func TestRLSDifferentialThroughProxy(t *testing.T) {
 				}
 			}
 		}
+		// Two reads in one simple-protocol Query: tenantguard rebuilds
+		// the Query from its statements.
+		if !write && prevRead != "" {
+			mq := prevRead + ";\n" + q
+			if want, err := multiRun(ctx, app, mq); err == nil {
+				for _, conn := range []*pgx.Conn{pinned[tenant], setter} {
+					got, err := multiRun(ctx, conn, mq)
+					switch {
+					case err != nil && strings.Contains(err.Error(), "tenantguard:"):
+						refused++
+					case err != nil:
+						differs++
+						t.Errorf("statements %d (tenant %d) in one Query: RLS runs them, through tenantguard they fail: %v\n %s", i, tenant, err, mq)
+					case got != want:
+						differs++
+						t.Errorf("statements %d (tenant %d) in one Query differ from RLS\n %s\nRLS:\n%s\nthrough tenantguard:\n%s", i, tenant, mq, want, got)
+					default:
+						multi++
+					}
+				}
+			}
+		}
+		if !write {
+			prevRead = q
+		}
 		if differs > 10 {
 			t.Fatal("too many differences")
 		}
@@ -181,10 +208,39 @@ func TestRLSDifferentialThroughProxy(t *testing.T) {
 	t.Logf("seed %d: %d statements compared with RLS in 6 ways each, the hand-scoped half in 6 more under verify (3 runs each: the statement, again, "+
 		"and with other numbers), %d runs refused by tenantguard, %d verify runs matched RLS, %d invalid; %.0f simple-protocol statements went in their prepared form",
 		seed, compared, refused, verified, invalid, prepared)
-	t.Logf("%d extended-protocol runs with parameters for the numbers", withParams)
+	t.Logf("%d extended-protocol runs with parameters for the numbers, %d two-statement Queries matched RLS", withParams, multi)
+	if multi == 0 {
+		t.Fatal("no two-statement Query compared")
+	}
 	if compared < n/2 || verified < compared || prepared < float64(compared)/4 {
 		t.Fatalf("only %d of %d statements compared, %d runs refused, %.0f prepared forms: the test proves little", compared, n, refused, prepared)
 	}
+}
+
+// multiRun runs sql as one simple-protocol Query and returns every
+// result's rows (sorted within each result).
+func multiRun(ctx context.Context, conn *pgx.Conn, sql string) (string, error) {
+	results, err := conn.PgConn().Exec(ctx, sql).ReadAll()
+	if err != nil {
+		return "", err
+	}
+	var out []string
+	for _, r := range results {
+		if r.Err != nil {
+			return "", r.Err
+		}
+		var rows []string
+		for _, row := range r.Rows {
+			var cells []string
+			for _, v := range row {
+				cells = append(cells, string(v))
+			}
+			rows = append(rows, strings.Join(cells, "|"))
+		}
+		sort.Strings(rows)
+		out = append(out, strings.Join(rows, "\n"))
+	}
+	return strings.Join(out, "\n--\n"), nil
 }
 
 // paramify returns q with a parameter for every number that is not part
