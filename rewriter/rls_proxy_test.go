@@ -5,7 +5,6 @@ import (
 	"io"
 	"net"
 	"net/url"
-	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -53,13 +52,8 @@ roles:
 // returns for app_user with the same tenant. TENANTGUARD_RLS_RANDOM and
 // TENANTGUARD_RLS_SEED as for TestRLSDifferentialRandom (default 200).
 func TestRLSDifferentialThroughProxy(t *testing.T) {
-	n, seed := 200, uint64(1)
-	if v, err := strconv.Atoi(os.Getenv("TENANTGUARD_RLS_RANDOM")); err == nil && v > 0 {
-		n = v / 2
-	}
-	if v, err := strconv.ParseUint(os.Getenv("TENANTGUARD_RLS_SEED"), 10, 64); err == nil {
-		seed = v
-	}
+	n, seed := rewriter.RLSRandomArgs(400)
+	n /= 2
 	c := pgtest.Shared(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
@@ -246,29 +240,22 @@ func multiRun(ctx context.Context, conn *pgx.Conn, sql string) (string, error) {
 // paramify returns q with a parameter for every number that is not part
 // of a name, and the numbers as arguments.
 func paramify(q string) (string, []any) {
-	var b strings.Builder
 	var args []any
-	for i := 0; i < len(q); i++ {
-		c := q[i]
-		if c >= '0' && c <= '9' && (i == 0 || !isNameByte(q[i-1])) {
-			j := i
-			for j < len(q) && q[j] >= '0' && q[j] <= '9' {
-				j++
-			}
-			n, _ := strconv.Atoi(q[i:j])
-			args = append(args, n)
-			b.WriteString("$" + strconv.Itoa(len(args)))
-			i = j - 1
-			continue
-		}
-		b.WriteByte(c)
-	}
-	return b.String(), args
+	return mapNumbers(q, func(n int) string {
+		args = append(args, n)
+		return "$" + strconv.Itoa(len(args))
+	}), args
 }
 
 // otherNumbers returns q with every number that is not part of a name
 // changed.
 func otherNumbers(q string) string {
+	return mapNumbers(q, func(n int) string { return strconv.Itoa(n%7 + 1) })
+}
+
+// mapNumbers returns q with every number that is not part of a name
+// replaced by f of it.
+func mapNumbers(q string, f func(int) string) string {
 	var b strings.Builder
 	for i := 0; i < len(q); i++ {
 		c := q[i]
@@ -278,7 +265,7 @@ func otherNumbers(q string) string {
 				j++
 			}
 			n, _ := strconv.Atoi(q[i:j])
-			b.WriteString(strconv.Itoa(n%7 + 1))
+			b.WriteString(f(n))
 			i = j - 1
 			continue
 		}

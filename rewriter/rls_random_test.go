@@ -17,7 +17,6 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/tenantguard/tenantguard/policy"
-	"github.com/tenantguard/tenantguard/proxy/pgtest"
 )
 
 // TestRLSDifferentialRandom is TestRLSDifferential over generated
@@ -29,33 +28,10 @@ import (
 // them (writes, rolled back). TENANTGUARD_RLS_RANDOM=n runs n statements
 // (default 400) and TENANTGUARD_RLS_SEED picks the seed.
 func TestRLSDifferentialRandom(t *testing.T) {
-	n, seed := 400, uint64(1)
-	if v, err := strconv.Atoi(os.Getenv("TENANTGUARD_RLS_RANDOM")); err == nil && v > 0 {
-		n = v
-	}
-	if v, err := strconv.ParseUint(os.Getenv("TENANTGUARD_RLS_SEED"), 10, 64); err == nil {
-		seed = v
-	}
-	c := pgtest.Shared(t)
+	n, seed := RLSRandomArgs(400)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	db, err := c.CreateDatabase(ctx, "rewriter_rls_random")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Exec(ctx, db, rlsFixture); err != nil {
-		t.Fatal(err)
-	}
-	su, err := pgx.Connect(ctx, c.URL(pgtest.SuperUser, "", db))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer su.Close(ctx)
-	app, err := pgx.Connect(ctx, c.URL(pgtest.AppUser, "", db))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer app.Close(ctx)
+	su, app := rlsDatabase(ctx, t, "rewriter_rls_random")
 	r := New(rlsPolicy(), nil)
 	rs := New(rlsPolicy(), nil, WithTenantSetting())
 	vp := rlsPolicy()
@@ -634,6 +610,20 @@ func (g *rlsGen) write() string {
 // RLSGen exposes the generator to the proxy-level differential
 // (rls_proxy_test.go, package rewriter_test, in this test binary).
 type RLSGen struct{ g *rlsGen }
+
+// RLSRandomArgs returns how many statements to generate (defaultN unless
+// TENANTGUARD_RLS_RANDOM says) and the seed (1 unless TENANTGUARD_RLS_SEED
+// says).
+func RLSRandomArgs(defaultN int) (n int, seed uint64) {
+	n, seed = defaultN, 1
+	if v, err := strconv.Atoi(os.Getenv("TENANTGUARD_RLS_RANDOM")); err == nil && v > 0 {
+		n = v
+	}
+	if v, err := strconv.ParseUint(os.Getenv("TENANTGUARD_RLS_SEED"), 10, 64); err == nil {
+		seed = v
+	}
+	return n, seed
+}
 
 // RLSFixture is rlsFixture, for the proxy-level differential.
 const RLSFixture = rlsFixture

@@ -150,27 +150,37 @@ var rlsVerified = []string{
 	"WITH o AS (SELECT * FROM invoices WHERE clinic_id = %[1]d) SELECT count(*) FROM o",
 }
 
-func TestRLSDifferential(t *testing.T) {
+// rlsDatabase creates a database with rlsFixture and returns connections to
+// it as the superuser (whom RLS does not restrict) and as app_user (whom it
+// does), closed when the test ends.
+func rlsDatabase(ctx context.Context, t *testing.T, prefix string) (su, app *pgx.Conn) {
+	t.Helper()
 	c := pgtest.Shared(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	db, err := c.CreateDatabase(ctx, "rewriter_rls")
+	db, err := c.CreateDatabase(ctx, prefix)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := c.Exec(ctx, db, rlsFixture); err != nil {
 		t.Fatal(err)
 	}
-	su, err := pgx.Connect(ctx, c.URL(pgtest.SuperUser, "", db))
-	if err != nil {
-		t.Fatal(err)
+	for _, u := range []struct {
+		user string
+		conn **pgx.Conn
+	}{{pgtest.SuperUser, &su}, {pgtest.AppUser, &app}} {
+		conn, err := pgx.Connect(ctx, c.URL(u.user, "", db))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close(context.Background()) })
+		*u.conn = conn
 	}
-	defer su.Close(ctx)
-	app, err := pgx.Connect(ctx, c.URL(pgtest.AppUser, "", db))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer app.Close(ctx)
+	return su, app
+}
+
+func TestRLSDifferential(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	su, app := rlsDatabase(ctx, t, "rewriter_rls")
 	r := New(rlsPolicy(), nil)
 	vp := rlsPolicy()
 	vp.Strategy = policy.StrategyVerify
