@@ -304,7 +304,7 @@ func (g *rlsGen) read() string {
 				b.WriteString(", ")
 			}
 			name := "w" + strconv.Itoa(i+1)
-			fmt.Fprintf(&b, "%s AS (%s)", name, g.selectCore(2, nil, ctes, []string{"id", "pid"}))
+			fmt.Fprintf(&b, "%s AS %s(%s)", name, g.pick([]string{"", "", "MATERIALIZED ", "NOT MATERIALIZED "}), g.selectCore(2, nil, ctes, []string{"id", "pid"}))
 			ctes = append(ctes, genRel{name, []string{"id", "pid"}})
 		}
 		b.WriteString(" ")
@@ -510,7 +510,25 @@ func (g *rlsGen) pred(depth int, scope, ctes []genRel, n int) string {
 			user := g.col([]genRel{rel}) + " = " + g.col(scope)
 			p = fmt.Sprintf("%sEXISTS (SELECT 1 FROM %s%s)", g.pick([]string{"", "NOT "}), item, whereOf(user, g.scopeConds(mark)))
 		case k == 9 && depth > 0:
-			p = fmt.Sprintf("%s %s (%s)", g.col(scope), g.pick([]string{"=", ">", "<"}), g.scalar(depth-1, scope, ctes))
+			switch g.r.IntN(5) {
+			case 0: // = ANY (ARRAY (subquery))
+				mark := len(g.pending)
+				item, rel := g.table()
+				p = fmt.Sprintf("%s = ANY (ARRAY (SELECT %s FROM %s%s))", g.col(scope), g.col([]genRel{rel}), item, whereOf("", g.scopeConds(mark)))
+			case 1: // a row compared with a subquery's rows
+				mark := len(g.pending)
+				item, rel := g.table()
+				p = fmt.Sprintf("(%s, %s) IN (SELECT %s, %s FROM %s%s)", g.col(scope), g.col(scope), g.col([]genRel{rel}), g.col([]genRel{rel}), item, whereOf("", g.scopeConds(mark)))
+			case 2: // CASE over EXISTS
+				mark := len(g.pending)
+				item, rel := g.table()
+				p = fmt.Sprintf("CASE WHEN EXISTS (SELECT 1 FROM %s%s) THEN %s > %d ELSE true END", item,
+					whereOf(g.col([]genRel{rel})+" = "+g.col(scope), g.scopeConds(mark)), g.col(scope), g.r.IntN(5))
+			case 3:
+				p = fmt.Sprintf("%s IN (VALUES (%d), (%d))", g.col(scope), g.r.IntN(5), g.r.IntN(5))
+			default:
+				p = fmt.Sprintf("%s %s (%s)", g.col(scope), g.pick([]string{"=", ">", "<"}), g.scalar(depth-1, scope, ctes))
+			}
 		case k == 10:
 			g.nest++
 			p = "NOT (" + g.pred(depth, scope, ctes, 1) + ")"

@@ -59,7 +59,7 @@ CREATE FUNCTION tg_dump() RETURNS text LANGUAGE sql SECURITY DEFINER AS $$
     (SELECT string_agg(p::text, ',' ORDER BY id) FROM patients p),
     (SELECT string_agg(i::text, ',' ORDER BY id) FROM invoices i),
     (SELECT string_agg(s::text, ',' ORDER BY id) FROM soap_notes s),
-    (SELECT string_agg(o::text, ',' ORDER BY id) FROM orders o))
+    (SELECT string_agg(o::text, ',' ORDER BY id, o::text) FROM orders o)) -- orders has no key
 $$;
 GRANT EXECUTE ON FUNCTION tg_dump() TO app_user;
 `
