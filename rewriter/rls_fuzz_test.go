@@ -62,7 +62,7 @@ func FuzzRLSDifferential(f *testing.F) {
 		if conn == nil {
 			t.Skip("no connection")
 		}
-		if len(q) > 2000 || !comparable(q) {
+		if len(q) > 2000 || !repeatable(q) {
 			return
 		}
 		tenant := 1 + int(tb%3)
@@ -114,9 +114,9 @@ func rlsRunOff(ctx context.Context, conn *pgx.Conn, q string, off bool) (string,
 	return rlsRun(ctx, conn, true, q)
 }
 
-// comparable reports whether q's results can be compared run to run: no
+// repeatable reports whether q's results can be compared run to run: no
 // clock, chance, system column, statistics or unordered cut.
-func comparable(q string) bool {
+func repeatable(q string) bool {
 	l := strings.ToLower(q)
 	for _, w := range []string{"now", "time", "random", "uuid", "xact", "txid", "xmin", "xmax", "cmin", "cmax", "ctid",
 		"pg_", "stat", "recursive", "limit", "fetch", "offset", "tablesample", "rls_off", "agg", "distinct", "sleep", "setseed", "age(",

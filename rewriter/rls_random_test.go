@@ -135,22 +135,12 @@ func TestRLSDifferentialRandom(t *testing.T) {
 	}
 }
 
-// rlsRun runs q (in a rolled-back transaction for a write) and returns its
-// rows sorted, and for a write every table's rows after it.
+// rlsRun is RLSRun in the simple protocol, or with args in the extended one.
 func rlsRun(ctx context.Context, conn *pgx.Conn, write bool, q string, args ...any) (string, error) {
-	res, err := rlsRunTx(ctx, conn, write, q, args...)
-	var pe *pgconn.PgError
-	if errors.As(err, &pe) {
-		err = fmt.Errorf("%s: %s", pe.Code, pe.Message)
-	}
-	return res, err
-}
-
-func rlsRunTx(ctx context.Context, conn *pgx.Conn, write bool, q string, args ...any) (string, error) {
 	if len(args) > 0 {
-		return rlsRunMode(ctx, conn, write, q, pgx.QueryExecModeExec, args...)
+		return RLSRun(ctx, conn, write, q, pgx.QueryExecModeExec, args...)
 	}
-	return rlsRunMode(ctx, conn, write, q, pgx.QueryExecModeSimpleProtocol)
+	return RLSRun(ctx, conn, write, q, pgx.QueryExecModeSimpleProtocol)
 }
 
 func rlsRunMode(ctx context.Context, conn *pgx.Conn, write bool, q string, mode pgx.QueryExecMode, args ...any) (string, error) {
@@ -661,8 +651,9 @@ func (x *RLSGen) Next(tenant int, scoped bool) (sql string, write bool) {
 	return x.g.read(), false
 }
 
-// RLSRun is rlsRun: q's rows (and for a write, every table after it, rolled
-// back) or its error with its SQLSTATE.
+// RLSRun runs q (a read outside a transaction block, a write in one that is
+// rolled back) and returns its rows sorted, and for a write every table's
+// rows after it; or its error, with the SQLSTATE in front.
 func RLSRun(ctx context.Context, conn *pgx.Conn, write bool, q string, mode pgx.QueryExecMode, args ...any) (string, error) {
 	res, err := rlsRunMode(ctx, conn, write, q, mode, args...)
 	var pe *pgconn.PgError
