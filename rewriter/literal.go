@@ -59,11 +59,6 @@ func appendLiteralKey(b []byte, lits []literalSpan, sql string) ([]byte, []liter
 	if len(sql) > maxLiteralSQL {
 		return b, lits, false
 	}
-	if !utf8.ValidString(sql) || strings.IndexByte(sql, 0) >= 0 {
-		// The parser refuses both, even inside a string literal: so does
-		// the full path.
-		return b, lits, false
-	}
 	last := 0
 	i := 0
 	for i < len(sql) {
@@ -109,6 +104,14 @@ func appendLiteralKey(b []byte, lits []literalSpan, sql string) ([]byte, []liter
 					continue
 				}
 				break
+			}
+			if body := sql[i+1 : j-1]; !utf8.ValidString(body) || strings.IndexByte(body, 0) >= 0 {
+				// The parser refuses both, even inside a string, and so
+				// does the full path; a template would take them (a
+				// literal's contents are not in the key). Outside strings
+				// such bytes are part of the key, so a template for them
+				// was learnt from the same bytes.
+				return b, lits, false
 			}
 			// 'a' 'b' across a newline is one literal in PostgreSQL.
 			k := j
